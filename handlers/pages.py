@@ -1,0 +1,91 @@
+"""The caller and receiver pages, and the start page with a form to pick ids."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+from tornado.web import RequestHandler
+
+from routing import check_ids
+
+# The pages run only our own scripts and talk only to this server.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
+    "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+)
+
+
+def script_json(value: Any) -> str:
+    """JSON safe to place inside ``<script type="application/json">``.
+
+    ``<`` and ``>`` become ``\\u003c``/``\\u003e``, so no value (an id such as
+    ``</script><script>...`` or ``<!--``) can end or alter the element; JSON.parse gives
+    the original text back.
+    """
+    return json.dumps(value).replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def relative_url(path: str, **query: str) -> str:
+    """``path?k=v&...`` in the keyword order, leaving out empty values."""
+    pairs = [(key, value) for key, value in query.items() if value]
+    return f"{path}?{urlencode(pairs)}" if pairs else path
+
+
+class PageHandler(RequestHandler):
+    """Base of the HTML pages: security headers."""
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        # Page URLs carry ids: do not leak them to other sites.
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Permissions-Policy", "camera=(self), microphone=(self)")
+
+
+class HomeHandler(PageHandler):
+    """``/``: a form to start a call or wait for one."""
+
+    def get(self) -> None:
+        self.render("start.html", problem=None, my_id="", peer_id="")
+
+
+class CallPageHandler(PageHandler):
+    """Caller or receiver page; GET with a query and POST with the same form are identical."""
+
+    #: Name of the websocket route the page connects to, and the page title.
+    ws_url_name = ""
+    title = ""
+
+    def get(self) -> None:
+        config = self.application.config  # type: ignore[attr-defined]
+        my_id = self.get_argument("id", "")
+        peer_id = self.get_argument("peer_id", "")
+        problem = check_ids(my_id, peer_id, config.MAX_ID_LENGTH)
+        if problem:
+            self.set_status(400)
+            self.render("start.html", problem=problem, my_id=my_id, peer_id=peer_id)
+            return
+        self.render(
+            "base.html",
+            ws_uri=relative_url(self.reverse_url(self.ws_url_name), id=my_id, peer_id=peer_id),
+            my_id=my_id,
+            peer_id=peer_id,
+            title=self.title,
+            ice_url=config.ICE_URL,
+            ice_pass=config.get_ice_pass(),
+        )
+
+    post = get
+
+
+class CallerPageHandler(CallPageHandler):
+    ws_url_name = "caller_ws"
+    title = "Caller"
+
+
+class ReceiverPageHandler(CallPageHandler):
+    ws_url_name = "reciever_ws"
+    title = "Receiver"

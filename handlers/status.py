@@ -1,0 +1,32 @@
+"""Operators' endpoints."""
+
+from __future__ import annotations
+
+import hmac
+
+from tornado.web import HTTPError
+
+from handlers import JsonHandler
+
+
+class ConnectionsHandler(JsonHandler):
+    """``GET /connections?id=X``: ``[{"peer": ..., "session": ...}]`` for each socket of X.
+
+    It reveals who talks to whom, so it needs ``Authorization: Bearer <ADMIN_TOKEN>``;
+    with no ADMIN_TOKEN configured the route does not exist (404).
+    """
+
+    async def get(self) -> None:
+        admin_token = self.application.config.ADMIN_TOKEN  # type: ignore[attr-defined]
+        if not admin_token:
+            raise HTTPError(404, "not found (set ADMIN_TOKEN to enable /connections)")
+        scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credential.strip().encode("utf-8"), admin_token.encode("utf-8")
+        ):
+            self.set_header("WWW-Authenticate", 'Bearer realm="webrtc_app"')
+            raise HTTPError(401, "an admin bearer token is required")
+        my_id = self.get_query_argument("id", "")
+        if not my_id:
+            raise HTTPError(400, "missing id")
+        self.send_json(await self.application.router.connections(my_id))  # type: ignore[attr-defined]

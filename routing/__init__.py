@@ -1,0 +1,90 @@
+"""Who receives a signaling message: webrtc_app's routing rules, free of Tornado.
+
+The websocket handler is a thin adapter: it hands each open socket to a :class:`Router` as
+a :class:`Session` and passes every text message to :meth:`Router.relay`. The router decides
+who gets it (SPEC.md, "The signaling socket"):
+
+1. every socket of the peer (B) whose own peer_id is the sender's id (A), or who connected
+   with no peer_id;
+2. every *other* socket of A whose peer_id is B (the sender's other devices);
+3. if step 1 reached nobody, every socket of A whose peer_id is B, the sender included,
+   gets the ``PEER-UNAVAILABLE`` server notice.
+
+:class:`routing.memory.MemoryRouter` keeps the registry in this process. A router spanning
+several processes implements the same interface.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Protocol
+
+SERVER_NOTICE = "SERVER_NOTICE"
+PEER_UNAVAILABLE = "PEER-UNAVAILABLE"
+
+#: Close code and reason for a socket opened with a missing or invalid id/peer_id.
+BAD_REQUEST_CODE = 4400
+BAD_REQUEST = "BAD-REQUEST"
+
+
+def server_notice(message: str) -> str:
+    """The text frame of a server notice, e.g. ``{"msg_type": "SERVER_NOTICE", "message": ...}``."""
+    return json.dumps({"msg_type": SERVER_NOTICE, "message": message})
+
+
+PEER_UNAVAILABLE_NOTICE = server_notice(PEER_UNAVAILABLE)
+
+
+class Session(Protocol):
+    """One open signaling socket, as the router sees it."""
+
+    #: The socket's own id (never empty).
+    id: str
+    #: The id it talks to; "" when it connected without one (it then hears from anyone
+    #: whose peer_id is its id).
+    peer_id: str
+    #: Unique name of this socket, shown by /connections.
+    session_id: str
+
+    def send(self, text: str) -> None:
+        """Queue ``text`` for the socket. Must not raise if the socket is already closing,
+        and must not call back into the router."""
+
+
+class Router(Protocol):
+    """The registry of open sockets and the delivery rules."""
+
+    def join(self, session: Session) -> None:
+        """Register an open socket."""
+
+    def leave(self, session: Session) -> None:
+        """Forget a closed socket (idempotent)."""
+
+    def relay(self, sender: Session, text: str) -> None:
+        """Deliver ``text`` from ``sender`` by the rules above, in the order relay is called."""
+
+    def local_sessions(self) -> list[Session]:
+        """Every socket registered by this process."""
+
+    async def connections(self, id: str) -> list[dict[str, str | None]]:
+        """``[{"peer": peer_id or None, "session": session_id}]`` for every socket of ``id``."""
+
+    async def start(self) -> None:
+        """Prepare the router (connect to a backplane, ...)."""
+
+    async def stop(self) -> None:
+        """Release what start() took."""
+
+
+def check_ids(my_id: str, peer_id: str, max_length: int) -> str | None:
+    """Why ``my_id``/``peer_id`` cannot open a socket or a page, or None if they can."""
+    if not my_id:
+        return "missing id"
+    if my_id == peer_id:
+        return "id equals peer_id"
+    for name, value in (("id", my_id), ("peer_id", peer_id)):
+        if len(value) > max_length:
+            return f"{name} longer than {max_length} characters"
+        if not value.isprintable():
+            return f"{name} contains control characters"
+    return None

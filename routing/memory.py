@@ -1,0 +1,87 @@
+"""The in-process registry: id -> peer_id -> the open sockets of that conversation."""
+
+from __future__ import annotations
+
+from routing import PEER_UNAVAILABLE_NOTICE, Session
+
+
+class MemoryRouter:
+    """Routes messages between the sockets of one process.
+
+    Sockets are indexed by their id and then by their peer_id, so each rule of the routing
+    module is a dictionary lookup, whatever the number of sockets. Dicts are used as ordered
+    sets: a message fans out to several devices in the order they connected.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[str, dict[str, dict[Session, None]]] = {}
+        self._sockets = 0
+        #: Messages handed to relay(), and those that reached no peer socket.
+        self.relayed = 0
+        self.undelivered = 0
+
+    def join(self, session: Session) -> None:
+        conversations = self._ids.setdefault(session.id, {})
+        group = conversations.setdefault(session.peer_id, {})
+        if session not in group:
+            group[session] = None
+            self._sockets += 1
+
+    def leave(self, session: Session) -> None:
+        conversations = self._ids.get(session.id)
+        group = conversations.get(session.peer_id) if conversations else None
+        if group is None or session not in group:
+            return
+        del group[session]
+        self._sockets -= 1
+        if not group:
+            del conversations[session.peer_id]  # type: ignore[union-attr]
+            if not conversations:
+                del self._ids[session.id]
+
+    def relay(self, sender: Session, text: str) -> int:
+        """Deliver ``text``; answers how many of the peer's sockets received it."""
+        self.relayed += 1
+        delivered = 0
+        peer = self._ids.get(sender.peer_id)
+        if peer:
+            for key in (sender.id, ""):
+                group = peer.get(key)
+                if group:
+                    for session in tuple(group):
+                        session.send(text)
+                    delivered += len(group)
+        mine = self._ids.get(sender.id, {}).get(sender.peer_id) or {sender: None}
+        if len(mine) > 1:
+            for session in tuple(mine):
+                if session is not sender:
+                    session.send(text)
+        if not delivered:
+            self.undelivered += 1
+            for session in tuple(mine):
+                session.send(PEER_UNAVAILABLE_NOTICE)
+        return delivered
+
+    def local_sessions(self) -> list[Session]:
+        return [s for conversations in self._ids.values() for group in conversations.values() for s in group]
+
+    def sessions(self, id: str) -> list[Session]:
+        """The open sockets of ``id``, in the order they connected per conversation."""
+        return [s for group in self._ids.get(id, {}).values() for s in group]
+
+    async def connections(self, id: str) -> list[dict[str, str | None]]:
+        return [{"peer": s.peer_id or None, "session": s.session_id} for s in self.sessions(id)]
+
+    @property
+    def ids_online(self) -> int:
+        return len(self._ids)
+
+    @property
+    def open_sockets(self) -> int:
+        return self._sockets
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass

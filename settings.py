@@ -1,0 +1,234 @@
+"""Every option of webrtc_app, with its default, and the ICE access hooks.
+
+Edit the values below, or override any of them without touching this file:
+
+* environment variable ``WEBRTC_<NAME>`` (``iceServers`` is ``WEBRTC_ICE_SERVERS``), e.g.
+  ``WEBRTC_ICE_ACCESS_TOKEN=s3cret``;
+* environment variable ``WEBRTC_<NAME>_FILE`` naming a file that holds the value (for secrets
+  kept out of the environment; surrounding whitespace is stripped);
+* keyword arguments to ``webrtc_server.make_app(...)`` when embedding the server.
+
+Lists and dicts are written as JSON in the environment (``ALLOWED_ORIGINS`` also accepts a
+comma-separated list); booleans accept 1/0, true/false, yes/no, on/off.
+
+``get_ice_pass()`` and ``has_ice_pass(request_handler)`` are the access policy of the ICE
+endpoint. Replace them with a module of your own named by ``ICE_POLICY`` (see
+docs/operations.md and README.md), or pass ``get_ice_pass=`` / ``has_ice_pass=`` to
+``make_app``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib
+import json
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from types import SimpleNamespace
+from typing import Any
+
+ENV_PREFIX = "WEBRTC_"
+
+# --- ICE (STUN/TURN) servers handed to the pages -------------------------------------------
+
+#: Relative URL of the ICE endpoint the pages POST their token to.
+ICE_URL = "/ice_servers"
+#: Token a client must POST to ICE_URL. Empty: a random token is generated at start
+#: (pages carry it automatically; set it yourself when several processes or machines serve
+#: the same users, or a page from one may be refused by another).
+ICE_ACCESS_TOKEN = ""
+#: ICE servers for RTCPeerConnection: a list of dicts with ``urls`` and, for TURN,
+#: ``username`` and ``credential``. No password is committed here: put TURN credentials in
+#: WEBRTC_ICE_SERVERS or WEBRTC_ICE_SERVERS_FILE.
+iceServers: list[dict[str, Any]] = [{"urls": "stun:stun.l.google.com:19302"}]
+#: Dotted name of a module defining get_ice_pass() and/or has_ice_pass(request_handler)
+#: that replace the defaults below. Empty: use the defaults.
+ICE_POLICY = ""
+
+# --- Operators' endpoints -------------------------------------------------------------------
+
+#: Bearer token for /connections (who talks to whom). Empty: /connections answers 404.
+ADMIN_TOKEN = ""
+
+# --- Listening ------------------------------------------------------------------------------
+
+#: Address to listen on ("" = every interface).
+HOST = ""
+#: Port used when the command line gives none.
+PORT = 8888
+#: debug, info, warning or error.
+LOG_LEVEL = "info"
+
+# --- Signaling socket -----------------------------------------------------------------------
+
+#: Origins allowed to open the signaling socket, besides the server's own host (a browser
+#: on another site is refused with 403). ``["*"]`` accepts every origin.
+ALLOWED_ORIGINS: list[str] = []
+#: Longest id or peer_id accepted, in characters.
+MAX_ID_LENGTH = 256
+#: Largest websocket message accepted, in bytes; a bigger one closes the socket with 1009.
+MAX_MESSAGE_SIZE = 64 * 1024
+#: Largest HTTP request body accepted (pages' forms, ICE tokens), in bytes.
+MAX_BODY_SIZE = 64 * 1024
+#: Seconds between websocket pings (0 = no pings); a peer that does not answer within
+#: WS_PING_TIMEOUT seconds is dropped.
+WS_PING_INTERVAL = 20.0
+WS_PING_TIMEOUT = 20.0
+#: Seconds SIGTERM/SIGINT waits for open sockets to close before exiting.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+# A random token is made once per process (before any fork), so every app and worker of one
+# start agrees on it.
+ICE_ACCESS_TOKEN_GENERATED = False
+ENVIRONMENT_ERROR = ""
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    """Turn the text of an environment variable into the type of the option's default."""
+    if isinstance(default, bool):
+        lowered = raw.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+    if isinstance(default, (list, dict)):
+        text = raw.strip()
+        if isinstance(default, list) and text and not text.startswith("["):
+            return [item.strip() for item in text.split(",") if item.strip()]
+        try:
+            value = json.loads(text) if text else type(default)()
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{name}: invalid JSON ({exc})") from None
+        if not isinstance(value, type(default)):
+            raise ValueError(f"{name}: expected a JSON {type(default).__name__}")
+        return value
+    return raw
+
+
+def env_name(option: str) -> str:
+    """The environment variable that overrides ``option`` (``iceServers`` -> ``WEBRTC_ICE_SERVERS``)."""
+    return ENV_PREFIX + ("ICE_SERVERS" if option == "iceServers" else option)
+
+
+def option_names() -> list[str]:
+    """Names of every option, in the order they are defined above."""
+    return [
+        name
+        for name, value in globals().items()
+        if (name.isupper() or name == "iceServers")
+        and not name.startswith("_")
+        and name not in ("ENV_PREFIX", "ICE_ACCESS_TOKEN_GENERATED", "ENVIRONMENT_ERROR", "HOOKS")
+        and not callable(value)
+    ]
+
+
+def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Values of the options that ``environ`` overrides (``WEBRTC_X`` or ``WEBRTC_X_FILE``)."""
+    values: dict[str, Any] = {}
+    for option in option_names():
+        var = env_name(option)
+        raw = environ.get(var)
+        if raw is None and environ.get(var + "_FILE"):
+            path = environ[var + "_FILE"]
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    raw = handle.read().strip()
+            except OSError as exc:
+                raise ValueError(f"{var}_FILE: cannot read {path}: {exc.strerror}") from None
+        if raw is not None:
+            values[option] = _parse(var, raw, globals()[option])
+    return values
+
+
+def _apply_environment() -> None:
+    global ICE_ACCESS_TOKEN, ICE_ACCESS_TOKEN_GENERATED, ENVIRONMENT_ERROR
+    try:
+        globals().update(from_environment(os.environ))
+    except ValueError as exc:
+        # Reported by resolve(), so the command line can print one clear line.
+        ENVIRONMENT_ERROR = str(exc)
+    if not ICE_ACCESS_TOKEN:
+        ICE_ACCESS_TOKEN = secrets.token_urlsafe(24)
+        ICE_ACCESS_TOKEN_GENERATED = True
+
+
+# --- The ICE access policy (override points) ------------------------------------------------
+
+
+def get_ice_pass() -> str:
+    """Token to embed in a page; called each time a page is rendered.
+
+    Default: the static ``ICE_ACCESS_TOKEN``. Override it to rotate tokens or to ask a
+    database, redis, etc.
+    """
+    return ICE_ACCESS_TOKEN
+
+
+def has_ice_pass(request_handler: Any) -> bool:
+    """Whether a POST to ``ICE_URL`` may read the ICE servers.
+
+    ``request_handler`` is the Tornado ``RequestHandler``; the token is the request body.
+    Default: the body equals the token the active ``get_ice_pass`` hands out
+    (``request_handler.get_ice_pass()``), compared in constant time.
+    """
+    expected = request_handler.get_ice_pass().encode("utf-8")
+    return hmac.compare_digest(request_handler.request.body, expected)
+
+
+IcePassGetter = Callable[[], str]
+IcePassChecker = Callable[[Any], bool]
+HOOKS = ("get_ice_pass", "has_ice_pass")
+
+
+def load_policy(dotted: str) -> dict[str, Callable[..., Any]]:
+    """The hooks defined by the module named ``dotted`` (an ``ICE_POLICY`` value)."""
+    try:
+        module = importlib.import_module(dotted)
+    except ImportError as exc:
+        raise ValueError(f"ICE_POLICY: cannot import {dotted!r}: {exc}") from None
+    hooks = {name: getattr(module, name) for name in HOOKS if callable(getattr(module, name, None))}
+    if not hooks:
+        raise ValueError(f"ICE_POLICY: {dotted!r} defines neither get_ice_pass nor has_ice_pass")
+    return hooks
+
+
+def resolve(**overrides: Any) -> SimpleNamespace:
+    """A snapshot of every option (this module's values, then ``overrides``) plus the hooks.
+
+    Each app gets its own snapshot, so tests and embedders can run apps with different
+    options side by side. Hooks come from, in order of precedence: ``overrides``, the
+    ``ICE_POLICY`` module, this module.
+    """
+    if ENVIRONMENT_ERROR:
+        raise ValueError(ENVIRONMENT_ERROR)
+    names = option_names()
+    unknown = sorted(set(overrides) - set(names) - set(HOOKS))
+    if unknown:
+        raise TypeError(f"unknown setting(s): {', '.join(unknown)}")
+    config = SimpleNamespace(**{name: overrides.get(name, globals()[name]) for name in names})
+    hooks: dict[str, Callable[..., Any]] = {name: globals()[name] for name in HOOKS}
+    if "ICE_ACCESS_TOKEN" in overrides and hooks["get_ice_pass"] is _default_get_ice_pass:
+        # The default policy hands out this app's token, not the module's.
+        hooks["get_ice_pass"] = lambda: config.ICE_ACCESS_TOKEN
+    if config.ICE_POLICY:
+        hooks.update(load_policy(config.ICE_POLICY))
+    hooks.update({name: overrides[name] for name in HOOKS if name in overrides})
+    config.__dict__.update(hooks)
+    return config
+
+
+_default_get_ice_pass = get_ice_pass
+_apply_environment()

@@ -1,0 +1,56 @@
+// The page: status line, chat log and controls. Peer text is always shown as text.
+
+const $ = (id) => document.getElementById(id);
+
+export const elements = {
+  status: $("status"),
+  localVideo: $("local-video"),
+  remoteVideo: $("remote-video"),
+  hangup: $("hangup"),
+  restart: $("restart"),
+  mute: $("mute"),
+  resolution: $("resolution"),
+  codec: $("codec"),
+  bandwidth: $("bandwidth"),
+  chatLog: $("chat-log"),
+  chatForm: $("chat-form"),
+  chatInput: $("chat-input"),
+  peerId: $("peer-id"),
+};
+
+// state: a short word tests and styles can rely on (waiting, connecting, connected, ...).
+export function setStatus(state, text) {
+  elements.status.dataset.state = state;
+  elements.status.textContent = text;
+}
+
+// who: "me", "peer" or "system".
+export function addChatLine(who, name, text, date) {
+  const item = document.createElement("li");
+  item.className = `chat-line ${who}`;
+  const time = document.createElement("time");
+  const when = new Date(Number.isFinite(date) ? date : Date.now());
+  time.dateTime = when.toISOString();
+  time.textContent = when.toLocaleTimeString();
+  item.append(time);
+  if (name) {
+    const author = document.createElement("strong");
+    author.textContent = name;
+    item.append(author);
+  }
+  const body = document.createElement("span");
+  body.className = "text";
+  body.textContent = text;
+  item.append(body);
+  elements.chatLog.append(item);
+  item.scrollIntoView({ block: "end" });
+}
+
+export function setMuted(muted) {
+  elements.mute.textContent = muted ? "Unmute" : "Mute";
+  elements.mute.setAttribute("aria-pressed", String(muted));
+}
+
+export function setInCall(inCall) {
+  elements.hangup.disabled = !inCall;
+}
