@@ -106,7 +106,7 @@ def _parse(name: str, raw: str, default: Any) -> Any:
             raise ValueError(f"{name}: expected a number, got {raw!r}") from None
     if isinstance(default, (list, dict)):
         text = raw.strip()
-        if isinstance(default, list) and text and not text.startswith("["):
+        if isinstance(default, list) and text and text[0] not in "[{":
             return [item.strip() for item in text.split(",") if item.strip()]
         try:
             value = json.loads(text) if text else type(default)()

@@ -13,6 +13,15 @@ from typing import Any
 from tornado.web import HTTPError, RequestHandler
 
 
+class ApiError(HTTPError):
+    """An HTTP error with a message for the JSON body and headers to send with it."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code, message.replace("%", "%%"))
+        self.message = message
+        self.headers = headers or {}
+
+
 class JsonHandler(RequestHandler):
     """A handler whose answers, errors included, are JSON."""
 
@@ -24,7 +33,9 @@ class JsonHandler(RequestHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.log_message if isinstance(exc, HTTPError) and exc.log_message else self._reason
+        message = exc.message if isinstance(exc, ApiError) else self._reason
+        for name, value in getattr(exc, "headers", {}).items():
+            self.set_header(name, value)
         try:
             error = HTTPStatus(status_code).phrase.lower().replace(" ", "-")
         except ValueError:

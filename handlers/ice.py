@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from tornado.web import HTTPError
-
-from handlers import JsonHandler
+from handlers import ApiError, JsonHandler
 
 
 class IceServersHandler(JsonHandler):
@@ -17,7 +15,7 @@ class IceServersHandler(JsonHandler):
     def post(self) -> None:
         config = self.application.config  # type: ignore[attr-defined]
         if not config.has_ice_pass(self):
-            raise HTTPError(403, "wrong or missing ICE access token")
+            raise ApiError(403, "wrong or missing ICE access token")
         # Credentials: never cached by a browser or a proxy.
         self.set_header("Cache-Control", "no-store")
         self.send_json(config.iceServers)

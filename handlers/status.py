@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from tornado.web import HTTPError
-
-from handlers import JsonHandler
+from handlers import ApiError, JsonHandler
 
 
 class ConnectionsHandler(JsonHandler):
@@ -19,14 +17,11 @@ class ConnectionsHandler(JsonHandler):
     async def get(self) -> None:
         admin_token = self.application.config.ADMIN_TOKEN  # type: ignore[attr-defined]
         if not admin_token:
-            raise HTTPError(404, "not found (set ADMIN_TOKEN to enable /connections)")
+            raise ApiError(404, "not found")
         scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credential.strip().encode("utf-8"), admin_token.encode("utf-8")
-        ):
-            self.set_header("WWW-Authenticate", 'Bearer realm="webrtc_app"')
-            raise HTTPError(401, "an admin bearer token is required")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode("utf-8"), admin_token.encode("utf-8")):
+            raise ApiError(401, "an admin bearer token is required", {"WWW-Authenticate": 'Bearer realm="webrtc_app"'})
         my_id = self.get_query_argument("id", "")
         if not my_id:
-            raise HTTPError(400, "missing id")
+            raise ApiError(400, "missing id")
         self.send_json(await self.application.router.connections(my_id))  # type: ignore[attr-defined]

@@ -48,9 +48,10 @@ class MemoryRouter:
             for key in (sender.id, ""):
                 group = peer.get(key)
                 if group:
-                    for session in tuple(group):
+                    targets = tuple(group)  # a send may lead to a leave
+                    for session in targets:
                         session.send(text)
-                    delivered += len(group)
+                    delivered += len(targets)
         mine = self._ids.get(sender.id, {}).get(sender.peer_id) or {sender: None}
         if len(mine) > 1:
             for session in tuple(mine):

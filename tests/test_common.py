@@ -70,7 +70,9 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
         await self.wait_for(lambda: self.app.router.open_sockets > before or conn.close_code is not None)
         return conn
 
-    async def connect(self, my_id: str, peer_id: str | None = None, route: str = "caller_ws") -> websocket.WebSocketClientConnection:
+    async def connect(
+        self, my_id: str, peer_id: str | None = None, route: str = "caller_ws"
+    ) -> websocket.WebSocketClientConnection:
         query = {"id": my_id} if peer_id is None else {"id": my_id, "peer_id": peer_id}
         return await self._mk_ws_connection(self.app.reverse_url(route), **query)
 

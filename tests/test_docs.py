@@ -1,0 +1,29 @@
+"""The README's commands are the ones CI runs."""
+
+from __future__ import annotations
+
+import os
+import re
+
+PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def read(*path: str) -> str:
+    with open(os.path.join(PROJECT_DIR, *path), encoding="utf-8") as handle:
+        return handle.read()
+
+
+def commands_under(heading: str) -> list[str]:
+    section = read("README.md").split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```\n(.+?)\n```", section, re.S)
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    (command,) = commands_under("Run the tests")
+    ci_lines = [line.strip() for line in read(".ci", "run").splitlines()]
+    assert command in ci_lines
+
+
+def test_readme_start_command_starts_the_server():
+    (command,) = commands_under("Start the server")
+    assert command.endswith("pip install -r pip-requirements.txt && python webrtc_server.py start 8888")
