@@ -36,12 +36,6 @@ def close_of(ws) -> tuple[int, str]:
     return closed.value.rcvd.code, closed.value.rcvd.reason
 
 
-@pytest.fixture
-def server():
-    with ServerProcess() as process:
-        yield process
-
-
 def test_a_script_relays_through_the_real_server(server):
     with connect(f"{server.ws}/wscall?id=alice&peer_id=bob") as alice, connect(f"{server.ws}/wscall?id=bob&peer_id=alice") as bob:
         alice.send(json.dumps({"type": "username", "name": "alice", "target": "bob"}))

@@ -14,6 +14,7 @@ const state = {
   call: null,
   peerSession: null, // the page session of the peer our call is with
   muted: false,
+  cameraProblem: null, // why getUserMedia failed, shown until a call connects
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
 
@@ -45,7 +46,9 @@ async function openCamera() {
     elements.localVideo.srcObject = state.localStream;
   } catch (error) {
     state.localStream = null;
-    setStatus("camera-refused", `Camera or microphone unavailable (${error.name}): you can still see and chat with ${peerName()}.`);
+    state.cameraProblem = `Camera or microphone unavailable (${error.name}): you can still see and chat with ${peerName()}.`;
+    setStatus("camera-refused", state.cameraProblem);
+    addChatLine("system", "", state.cameraProblem);
   }
 }
 
@@ -217,7 +220,9 @@ function wireControls() {
 function wireSignaling() {
   signaling.addEventListener("open", () => {
     if (!state.call || state.call.pc.connectionState !== "connected") {
-      setStatus("waiting", state.peerId ? `Waiting for ${peerName()}…` : "Waiting for a caller…");
+      const waiting = state.peerId ? `Waiting for ${peerName()}…` : "Waiting for a caller…";
+      if (state.cameraProblem) setStatus("camera-refused", `${waiting} ${state.cameraProblem}`);
+      else setStatus("waiting", waiting);
     }
     if (state.peerId) presence();
   });
@@ -246,9 +251,6 @@ async function start() {
   setStatus("starting", "Starting camera…");
   const [iceServers] = await Promise.all([fetchIceServers(), openCamera()]);
   state.iceServers = iceServers;
-  if (state.localStream === null && elements.status.dataset.state !== "camera-refused") {
-    setStatus("camera-refused", "Camera unavailable.");
-  }
   signaling.connect();
 }
 

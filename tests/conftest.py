@@ -1,0 +1,70 @@
+"""Fixtures shared by the pytest-style tests, and the rule for missing components.
+
+A test that needs a real component (Chromium, redis-server, turnserver, aiortc) skips with
+the reason on a developer's machine, but fails when CI=true: a green CI must not hide a
+missing install step.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from browser import CHROMIUM_ARGS, PageDriver
+
+from server_process import ServerProcess
+
+
+def require(condition: object, what: str, install: str) -> None:
+    """Skip (or fail under CI) unless ``condition`` holds."""
+    if condition:
+        return
+    message = f"{what} is not available: {install}"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message + " (CI=true: a missing component is a failure)")
+    pytest.skip(message)
+
+
+def find_chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The real server process, shared by a module's tests (which use ids of their own)."""
+    # No STUN: every call stays on this machine.
+    with ServerProcess(env={"WEBRTC_ICE_SERVERS": "[]"}) as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Per module, not per session: Playwright's sync API keeps an event loop running while
+    # it is open, and the Tornado tests in other modules need to run their own.
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    require(sync_playwright, "Playwright for Python", "pip install -r tests/requirements.txt")
+    chromium = find_chromium()
+    require(chromium, "Chromium", "apt-get install -y chromium (or set CHROMIUM=/path/to/chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def pages(browser):
+    opened: list[PageDriver] = []
+
+    def open_page(url: str, init_script: str | None = None, viewport: tuple[int, int] = (1280, 720)) -> PageDriver:
+        driver = PageDriver(browser, url, init_script, viewport)
+        opened.append(driver)
+        return driver
+
+    yield open_page
+    for driver in opened:
+        assert driver.errors == [], driver.errors
+        driver.close()

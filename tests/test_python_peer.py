@@ -1,0 +1,96 @@
+"""The Python peer (webrtc_client.py, aiortc) through the real server: with itself and with Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import require
+
+try:
+    import webrtc_client
+except ImportError:  # aiortc missing: the tests below say so
+    webrtc_client = None  # type: ignore[assignment]
+
+
+@pytest.fixture(autouse=True)
+def needs_aiortc():
+    require(webrtc_client, "aiortc (for the Python peer)", "pip install -r peer-requirements.txt")
+
+
+class PeerThread:
+    """A PythonPeer running on its own event loop in a thread (Playwright's sync API owns this one)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.peer = webrtc_client.PythonPeer(*args, **kwargs)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.runner = self.loop.create_task(self.peer.run())
+        # run_forever, not run_until_complete(run()): stop() still needs the loop after run() returns.
+        self.loop.run_forever()
+
+    def call(self, coroutine: Any, timeout: float = 10) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        async def finish() -> None:
+            await self.peer.stop()
+            await self.runner
+
+        try:
+            self.call(finish(), timeout=15)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+
+
+def test_two_python_peers_call_each_other_through_the_server(server):
+    caller = PeerThread(server.ws, "py-alice", "py-bob", reply=None)
+    receiver = PeerThread(server.ws, "py-bob", "py-alice", route="/wsrecieve")
+    try:
+        for side in (caller, receiver):
+            side.wait(side.peer.connected.is_set, "the connection")
+            side.wait(lambda side=side: side.peer.frames_received >= 10, "video frames")
+        caller.wait(lambda: caller.call(caller.peer.send_chat("hi bob")), "the chat to be sent", timeout=5)
+        receiver.wait(lambda: receiver.peer.chat_received == ["hi bob"], "bob to read the chat")
+        caller.wait(lambda: caller.peer.chat_received == ["echo: hi bob"], "bob's reply")
+    finally:
+        caller.stop()
+        receiver.stop()
+
+
+@pytest.mark.parametrize("bot_role", ["caller", "receiver"])
+def test_python_peer_and_chromium_page_see_each_other_and_chat(server, pages, bot_role):
+    bot_id, human_id = f"bot-{bot_role}", f"human-{bot_role}"
+    page_route = "recieve" if bot_role == "caller" else "call"
+    page = pages(f"{server.http}/{page_route}?id={human_id}&peer_id={bot_id}")
+    page.wait_state("waiting", "not-online")
+    bot = PeerThread(server.ws, bot_id, human_id, route="/wscall" if bot_role == "caller" else "/wsrecieve")
+    try:
+        page.wait_state("connected")
+        video = page.wait_remote_playing()
+        assert (video["width"], video["height"]) == (320, 240)  # the bot's colour bars
+        bot.wait(lambda: bot.peer.frames_received >= 10, "the page's video at the bot")
+        page.send_chat("hello bot <b>")
+        page.wait_chat("echo: hello bot <b>")
+        assert bot.peer.chat_received == ["hello bot <b>"]
+        assert bot.call(bot.peer.send_chat("hello human"))
+        page.wait_chat("hello human")
+        assert page.js("() => window.webrtcApp.state.call.channel.readyState") == "open"
+    finally:
+        bot.stop()
