@@ -12,9 +12,9 @@ Lists and dicts are written as JSON in the environment (``ALLOWED_ORIGINS`` also
 comma-separated list); booleans accept 1/0, true/false, yes/no, on/off.
 
 ``get_ice_pass()`` and ``has_ice_pass(request_handler)`` are the access policy of the ICE
-endpoint. Replace them with a module of your own named by ``ICE_POLICY`` (see
-docs/operations.md and README.md), or pass ``get_ice_pass=`` / ``has_ice_pass=`` to
-``make_app``.
+endpoint, ``has_socket_pass(handler)`` that of the signaling socket. Replace any of them
+with a module of your own named by ``POLICY`` (see docs/operations.md), or pass them as
+keyword arguments to ``make_app``.
 """
 
 from __future__ import annotations
@@ -38,18 +38,26 @@ ICE_URL = "/ice_servers"
 #: (pages carry it automatically; set it yourself when several processes or machines serve
 #: the same users, or a page from one may be refused by another).
 ICE_ACCESS_TOKEN = ""
-#: ICE servers for RTCPeerConnection: a list of dicts with ``urls`` and, for TURN,
-#: ``username`` and ``credential``. No password is committed here: put TURN credentials in
-#: WEBRTC_ICE_SERVERS or WEBRTC_ICE_SERVERS_FILE.
+#: ICE servers for RTCPeerConnection: a list of dicts with ``urls`` and, for TURN, either
+#: ``username`` and ``credential``, or a ``secret`` (and ``ttl`` in seconds, default one day)
+#: shared with the TURN server (coturn's use-auth-secret): the ICE endpoint then hands out
+#: time-limited credentials and never the secret. No password is committed here: put TURN
+#: entries in WEBRTC_ICE_SERVERS or WEBRTC_ICE_SERVERS_FILE.
 iceServers: list[dict[str, Any]] = [{"urls": "stun:stun.l.google.com:19302"}]
-#: Dotted name of a module defining get_ice_pass() and/or has_ice_pass(request_handler)
-#: that replace the defaults below. Empty: use the defaults.
-ICE_POLICY = ""
+#: Dotted name of a module whose get_ice_pass(), has_ice_pass(request_handler) and/or
+#: has_socket_pass(handler) replace the defaults below. Empty: use the defaults.
+POLICY = ""
 
 # --- Operators' endpoints -------------------------------------------------------------------
 
 #: Bearer token for /connections (who talks to whom). Empty: /connections answers 404.
 ADMIN_TOKEN = ""
+#: Serve /metrics (Prometheus text format: counts only, no ids).
+METRICS = True
+#: Seconds between status lines in the log (0 = none).
+STATUS_LOG_INTERVAL = 300.0
+#: Query arguments whose values the access log replaces with "***".
+LOG_REDACTED_ARGUMENTS: list[str] = ["token", "access_token", "jwt", "auth", "key", "secret", "password", "credential"]
 
 # --- Listening ------------------------------------------------------------------------------
 
@@ -59,6 +67,12 @@ HOST = ""
 PORT = 8888
 #: debug, info, warning or error.
 LOG_LEVEL = "info"
+#: Trust X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto / X-Scheme from a reverse proxy
+#: (client addresses in the logs, ws/wss). Only behind a proxy that sets them.
+XHEADERS = False
+#: Serve https and wss directly with this certificate chain and private key (PEM files).
+CERTFILE = ""
+KEYFILE = ""
 
 # --- Signaling socket -----------------------------------------------------------------------
 
@@ -67,14 +81,27 @@ LOG_LEVEL = "info"
 ALLOWED_ORIGINS: list[str] = []
 #: Longest id or peer_id accepted, in characters.
 MAX_ID_LENGTH = 256
+#: A regular expression every id and peer_id must match in full. Empty: any printable text.
+#: E.g. ``[A-Za-z0-9_.@-]+``.
+ID_PATTERN = ""
+#: Most sockets one id may hold at once (devices, tabs); the next gets 4429 TOO-MANY-SOCKETS.
+MAX_SOCKETS_PER_ID = 16
+#: Most sockets this process holds; the next gets 1013 SERVER-FULL.
+MAX_SOCKETS = 50000
+#: Messages per second a socket may send, on average (0 = no limit), and the burst it may
+#: send at once. Over it, messages are dropped with a RATE-LIMITED notice; a socket that
+#: goes on (another burst's worth dropped before it slows down) is closed with 1008.
+RATE_LIMIT = 50.0
+RATE_LIMIT_BURST = 200
 #: Largest websocket message accepted, in bytes; a bigger one closes the socket with 1009.
 MAX_MESSAGE_SIZE = 64 * 1024
 #: Largest HTTP request body accepted (pages' forms, ICE tokens), in bytes.
 MAX_BODY_SIZE = 64 * 1024
-#: Seconds between websocket pings (0 = no pings); a peer that does not answer within
-#: WS_PING_TIMEOUT seconds is dropped.
+#: A socket silent for WS_PING_INTERVAL seconds is pinged; one that stays silent (no pong,
+#: no message) for WS_PING_INTERVAL + WS_PING_TIMEOUT seconds is dropped and leaves the
+#: registry at once (0 = no heartbeat).
 WS_PING_INTERVAL = 20.0
-WS_PING_TIMEOUT = 20.0
+WS_PING_TIMEOUT = 10.0
 #: Seconds SIGTERM/SIGINT waits for open sockets to close before exiting.
 SHUTDOWN_TIMEOUT = 5.0
 
@@ -177,6 +204,16 @@ def get_ice_pass() -> str:
     return ICE_ACCESS_TOKEN
 
 
+def has_socket_pass(handler: Any) -> bool:
+    """Whether a signaling socket may open (called after the ids are checked).
+
+    ``handler`` is the Tornado ``WebSocketHandler``: read its query arguments
+    (``handler.get_query_argument("token", "")``), cookies or headers. It may also be a
+    coroutine function. A refused socket is closed with 4403 FORBIDDEN. Default: allow.
+    """
+    return True
+
+
 def has_ice_pass(request_handler: Any) -> bool:
     """Whether a POST to ``ICE_URL`` may read the ICE servers.
 
@@ -190,18 +227,18 @@ def has_ice_pass(request_handler: Any) -> bool:
 
 IcePassGetter = Callable[[], str]
 IcePassChecker = Callable[[Any], bool]
-HOOKS = ("get_ice_pass", "has_ice_pass")
+HOOKS = ("get_ice_pass", "has_ice_pass", "has_socket_pass")
 
 
 def load_policy(dotted: str) -> dict[str, Callable[..., Any]]:
-    """The hooks defined by the module named ``dotted`` (an ``ICE_POLICY`` value)."""
+    """The hooks defined by the module named ``dotted`` (a ``POLICY`` value)."""
     try:
         module = importlib.import_module(dotted)
     except ImportError as exc:
-        raise ValueError(f"ICE_POLICY: cannot import {dotted!r}: {exc}") from None
+        raise ValueError(f"POLICY: cannot import {dotted!r}: {exc}") from None
     hooks = {name: getattr(module, name) for name in HOOKS if callable(getattr(module, name, None))}
     if not hooks:
-        raise ValueError(f"ICE_POLICY: {dotted!r} defines neither get_ice_pass nor has_ice_pass")
+        raise ValueError(f"POLICY: {dotted!r} defines none of {', '.join(HOOKS)}")
     return hooks
 
 
@@ -210,7 +247,7 @@ def resolve(**overrides: Any) -> SimpleNamespace:
 
     Each app gets its own snapshot, so tests and embedders can run apps with different
     options side by side. Hooks come from, in order of precedence: ``overrides``, the
-    ``ICE_POLICY`` module, this module.
+    ``POLICY`` module, this module.
     """
     if ENVIRONMENT_ERROR:
         raise ValueError(ENVIRONMENT_ERROR)
@@ -223,8 +260,8 @@ def resolve(**overrides: Any) -> SimpleNamespace:
     if "ICE_ACCESS_TOKEN" in overrides and hooks["get_ice_pass"] is _default_get_ice_pass:
         # The default policy hands out this app's token, not the module's.
         hooks["get_ice_pass"] = lambda: config.ICE_ACCESS_TOKEN
-    if config.ICE_POLICY:
-        hooks.update(load_policy(config.ICE_POLICY))
+    if config.POLICY:
+        hooks.update(load_policy(config.POLICY))
     hooks.update({name: overrides[name] for name in HOOKS if name in overrides})
     config.__dict__.update(hooks)
     return config

@@ -63,7 +63,7 @@ class CallPageHandler(PageHandler):
         config = self.application.config  # type: ignore[attr-defined]
         my_id = self.get_argument("id", "")
         peer_id = self.get_argument("peer_id", "")
-        problem = check_ids(my_id, peer_id, config.MAX_ID_LENGTH)
+        problem = check_ids(my_id, peer_id, config.MAX_ID_LENGTH, self.application.id_pattern)  # type: ignore[attr-defined]
         if problem:
             self.set_status(400)
             self.render("start.html", problem=problem, my_id=my_id, peer_id=peer_id)

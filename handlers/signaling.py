@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import time
 import uuid
 from urllib.parse import urlsplit
 
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from routing import BAD_REQUEST, BAD_REQUEST_CODE, check_ids
+from routing import BAD_REQUEST, BAD_REQUEST_CODE, check_ids, server_notice
+from routing.limits import ALLOW, CLOSE, NOTICE, RateLimiter
 
 log = logging.getLogger(__name__)
 
-#: Close code and reason for a binary frame: the protocol is JSON text.
-UNSUPPORTED_DATA_CODE = 1003
-BINARY_UNSUPPORTED = "BINARY-UNSUPPORTED"
-#: Close code and reason sent to every socket when the server stops.
-GOING_AWAY_CODE = 1001
-SERVER_SHUTDOWN = "SERVER-SHUTDOWN"
+# Close codes and reasons of the sockets the server ends (docs/protocol.md lists them all).
+UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED = 1003, "BINARY-UNSUPPORTED"
+GOING_AWAY_CODE, SERVER_SHUTDOWN, PING_TIMEOUT = 1001, "SERVER-SHUTDOWN", "PING-TIMEOUT"
+POLICY_VIOLATION_CODE, RATE_LIMITED = 1008, "RATE-LIMITED"
+TRY_AGAIN_LATER_CODE, SERVER_FULL = 1013, "SERVER-FULL"
+FORBIDDEN_CODE, FORBIDDEN = 4403, "FORBIDDEN"
+TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS = 4429, "TOO-MANY-SOCKETS"
+
+RATE_LIMITED_NOTICE = server_notice(RATE_LIMITED)
 
 
 class SignalingHandler(WebSocketHandler):
@@ -29,7 +35,10 @@ class SignalingHandler(WebSocketHandler):
     id = ""
     peer_id = ""
     session_id = ""
+    #: Heartbeat tick when the peer was last heard (services.heartbeat).
+    heard = 0
     _joined = False
+    _limiter: RateLimiter | None = None
 
     def check_origin(self, origin: str) -> bool:
         allowed = self.application.config.ALLOWED_ORIGINS  # type: ignore[attr-defined]
@@ -38,35 +47,71 @@ class SignalingHandler(WebSocketHandler):
         # Otherwise Tornado's rule: the Origin's host must be the one the browser asked.
         if super().check_origin(origin):
             return True
-        log.info("signaling socket refused: origin %r not allowed", urlsplit(origin).netloc or origin)
+        self.application.stats.rejected["origin"] += 1  # type: ignore[attr-defined]
+        log.info("signaling socket refused: origin %r not allowed", urlsplit(origin).netloc or origin[:100])
         return False
 
     def get_compression_options(self) -> None:
         # Signaling messages are small; compression would cost more CPU than it saves.
         return None
 
-    def open(self) -> None:
-        config = self.application.config  # type: ignore[attr-defined]
+    def refuse(self, code: int, reason: str, why: str) -> None:
+        self.application.stats.rejected[reason.lower()] += 1  # type: ignore[attr-defined]
+        log.info("signaling socket refused (%s) from %s", why, self.request.remote_ip)
+        self.close(code, reason)
+
+    async def open(self) -> None:
+        app = self.application
+        config = app.config  # type: ignore[attr-defined]
+        router = app.router  # type: ignore[attr-defined]
+        app.start_services()  # type: ignore[attr-defined]
         self.id = self.get_query_argument("id", "")
         self.peer_id = self.get_query_argument("peer_id", "")
-        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH)
+        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, app.id_pattern)  # type: ignore[attr-defined]
         if problem:
-            log.info("signaling socket refused (%s) from %s", problem, self.request.remote_ip)
-            self.close(BAD_REQUEST_CODE, BAD_REQUEST)
-            return
+            return self.refuse(BAD_REQUEST_CODE, BAD_REQUEST, problem)
+        if router.open_sockets >= config.MAX_SOCKETS:
+            return self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{config.MAX_SOCKETS} sockets open")
+        if router.count(self.id) >= config.MAX_SOCKETS_PER_ID:
+            return self.refuse(TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {config.MAX_SOCKETS_PER_ID} sockets")
+        allowed = config.has_socket_pass(self)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            return self.refuse(FORBIDDEN_CODE, FORBIDDEN, "has_socket_pass said no")
+        if self.ws_connection is None or self.close_code is not None:
+            return  # the client left while the hook was thinking
+        if config.RATE_LIMIT > 0:
+            self._limiter = RateLimiter(config.RATE_LIMIT, config.RATE_LIMIT_BURST, time.monotonic())
         self.session_id = uuid.uuid4().hex
-        self.application.router.join(self)  # type: ignore[attr-defined]
+        self.heard = app.heartbeat.tick  # type: ignore[attr-defined]
+        router.join(self)
         self._joined = True
         log.debug("open %r -> %r (session %s)", self.id, self.peer_id, self.session_id)
 
     def on_message(self, message: str | bytes) -> None:
         if not self._joined:
             return
+        app = self.application
+        self.heard = app.heartbeat.tick  # type: ignore[attr-defined]
         if isinstance(message, bytes):
             log.info("binary frame from %r refused", self.id)
-            self.close(UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED)
-            return
-        self.application.router.relay(self, message)  # type: ignore[attr-defined]
+            return self.end(UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED)
+        if self._limiter is not None:
+            verdict = self._limiter.check(time.monotonic())
+            if verdict is not ALLOW:
+                return self.limited(verdict)
+        app.stats.relayed_bytes += len(message.encode("utf-8"))  # type: ignore[attr-defined]
+        app.router.relay(self, message)  # type: ignore[attr-defined]
+
+    def limited(self, verdict: str) -> None:
+        self.application.stats.rate_limited += 1  # type: ignore[attr-defined]
+        if verdict is NOTICE:
+            log.info("rate limit reached by %r (session %s)", self.id, self.session_id)
+            self.send(RATE_LIMITED_NOTICE)
+        elif verdict is CLOSE:
+            log.info("closing %r (session %s): it kept sending over the rate limit", self.id, self.session_id)
+            self.end(POLICY_VIOLATION_CODE, RATE_LIMITED)
 
     def send(self, text: str) -> None:
         """Session.send: queue ``text``; a socket already closing just drops it."""
@@ -75,7 +120,31 @@ class SignalingHandler(WebSocketHandler):
         except WebSocketClosedError:
             pass
 
+    def on_pong(self, data: bytes) -> None:
+        self.heard = self.application.heartbeat.tick  # type: ignore[attr-defined]
+
+    def ping(self, data: str | bytes = b"") -> None:
+        """Pulse.ping (also Tornado's ping); a socket already closing is skipped."""
+        try:
+            super().ping(data)
+        except WebSocketClosedError:
+            pass
+
+    def drop(self) -> None:
+        """Pulse.drop: the peer stopped answering; forget it now, close without waiting."""
+        log.info("dropping %r (session %s): no answer to pings", self.id, self.session_id)
+        self.end(GOING_AWAY_CODE, PING_TIMEOUT)
+
+    def end(self, code: int, reason: str) -> None:
+        """Close from the server's side, leaving the registry at once."""
+        self.application.stats.closed[reason.lower()] += 1  # type: ignore[attr-defined]
+        self._leave()
+        self.close(code, reason)
+
     def on_close(self) -> None:
+        self._leave()
+
+    def _leave(self) -> None:
         if self._joined:
             self._joined = False
             self.application.router.leave(self)  # type: ignore[attr-defined]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hmac
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from handlers import ApiError, JsonHandler
 
 
@@ -25,3 +27,19 @@ class ConnectionsHandler(JsonHandler):
         if not my_id:
             raise ApiError(400, "missing id")
         self.send_json(await self.application.router.connections(my_id))  # type: ignore[attr-defined]
+
+
+class HealthHandler(JsonHandler):
+    """``GET /healthz``: liveness, ``{"status": "ok"}`` while the process serves requests."""
+
+    def get(self) -> None:
+        self.set_header("Cache-Control", "no-store")
+        self.send_json({"status": "ok"})
+
+
+class MetricsHandler(JsonHandler):
+    """``GET /metrics``: counters in Prometheus' text format (counts only: no ids, no bodies)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(self.application.metrics_registry))  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ several processes implements the same interface.
 from __future__ import annotations
 
 import json
+import re
 from typing import Protocol
 
 SERVER_NOTICE = "SERVER_NOTICE"
@@ -66,6 +67,9 @@ class Router(Protocol):
     def local_sessions(self) -> list[Session]:
         """Every socket registered by this process."""
 
+    def count(self, id: str) -> int:
+        """How many sockets ``id`` holds on this process."""
+
     async def connections(self, id: str) -> list[dict[str, str | None]]:
         """``[{"peer": peer_id or None, "session": session_id}]`` for every socket of ``id``."""
 
@@ -76,8 +80,12 @@ class Router(Protocol):
         """Release what start() took."""
 
 
-def check_ids(my_id: str, peer_id: str, max_length: int) -> str | None:
-    """Why ``my_id``/``peer_id`` cannot open a socket or a page, or None if they can."""
+def check_ids(my_id: str, peer_id: str, max_length: int, pattern: re.Pattern[str] | None = None) -> str | None:
+    """Why ``my_id``/``peer_id`` cannot open a socket or a page, or None if they can.
+
+    Ids are printable text of at most ``max_length`` characters, matching ``pattern`` in
+    full when one is given (an empty peer_id is always allowed).
+    """
     if not my_id:
         return "missing id"
     if my_id == peer_id:
@@ -87,4 +95,6 @@ def check_ids(my_id: str, peer_id: str, max_length: int) -> str | None:
             return f"{name} longer than {max_length} characters"
         if not value.isprintable():
             return f"{name} contains control characters"
+        if pattern is not None and value and not pattern.fullmatch(value):
+            return f"{name} has characters outside ID_PATTERN"
     return None

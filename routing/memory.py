@@ -66,6 +66,9 @@ class MemoryRouter:
     def local_sessions(self) -> list[Session]:
         return [s for conversations in self._ids.values() for group in conversations.values() for s in group]
 
+    def count(self, id: str) -> int:
+        return sum(len(group) for group in self._ids.get(id, {}).values())
+
     def sessions(self, id: str) -> list[Session]:
         """The open sockets of ``id``, in the order they connected per conversation."""
         return [s for group in self._ids.get(id, {}).values() for s in group]

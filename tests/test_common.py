@@ -42,6 +42,7 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
     def tearDown(self) -> None:
         for conn in self.sockets:
             conn.close()
+        self.app.stop_services()
         super().tearDown()
 
     def get_app(self) -> webrtc_server.WebRTCApplication:

@@ -73,7 +73,7 @@ class TestIceUrlSetting(IceTestCase):
 
 
 class TestRotatingPolicyModule(IceTestCase):
-    app_options = {"ICE_POLICY": "rotating_token"}
+    app_options = {"POLICY": "rotating_token"}
 
     @testing.gen_test
     async def test_policy_module_rotates_tokens_and_is_honoured(self):
@@ -90,7 +90,7 @@ class TestRotatingPolicyModule(IceTestCase):
 
 
 class TestPolicyWithOnlyGetIcePass(IceTestCase):
-    app_options = {"ICE_POLICY": "fixed_token"}
+    app_options = {"POLICY": "fixed_token"}
 
     @testing.gen_test
     async def test_default_check_follows_the_replaced_token(self):
@@ -134,6 +134,6 @@ class TestFailingPolicy(IceTestCase):
 
 def test_policy_errors_are_clear():
     with pytest.raises(ValueError, match="cannot import 'no_such_policy_module'"):
-        settings.resolve(ICE_POLICY="no_such_policy_module")
-    with pytest.raises(ValueError, match="defines neither get_ice_pass nor has_ice_pass"):
-        settings.resolve(ICE_POLICY="no_hooks")
+        settings.resolve(POLICY="no_such_policy_module")
+    with pytest.raises(ValueError, match="defines none of get_ice_pass, has_ice_pass, has_socket_pass"):
+        settings.resolve(POLICY="no_hooks")

@@ -95,7 +95,7 @@ def test_token_from_a_file_and_policy_from_the_environment(tmp_path):
         assert post(f"{process.http}/ice_servers", b"file-token") == (200, b'[{"urls": "stun:127.0.0.1:1"}]')
         assert post(f"{process.http}/ice_servers", b"other")[0] == 403
         assert "ICE_ACCESS_TOKEN is not set" not in process.output()
-    with ServerProcess(env={"WEBRTC_ICE_POLICY": "fixed_token", "PYTHONPATH": POLICIES}) as process:
+    with ServerProcess(env={"WEBRTC_POLICY": "fixed_token", "PYTHONPATH": POLICIES}) as process:
         assert post(f"{process.http}/ice_servers", b"fixed-token-from-policy")[0] == 200
 
 

@@ -31,7 +31,7 @@ def fresh_settings(env: dict[str, str], code: str) -> str:
 
 def test_every_option_has_an_environment_variable():
     names = settings.option_names()
-    assert {"ICE_URL", "ICE_ACCESS_TOKEN", "iceServers", "ICE_POLICY", "ADMIN_TOKEN", "PORT"} <= set(names)
+    assert {"ICE_URL", "ICE_ACCESS_TOKEN", "iceServers", "POLICY", "ADMIN_TOKEN", "PORT"} <= set(names)
     assert settings.env_name("iceServers") == "WEBRTC_ICE_SERVERS"
     assert settings.env_name("PORT") == "WEBRTC_PORT"
 

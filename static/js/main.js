@@ -28,7 +28,9 @@ function parseResolution(value) {
 
 async function fetchIceServers() {
   try {
-    const response = await fetch(config.iceUrl, { method: "POST", body: config.icePass });
+    // The id names us in time-limited TURN credentials, when the server hands those out.
+    const url = `${config.iceUrl}?id=${encodeURIComponent(config.myId)}`;
+    const response = await fetch(url, { method: "POST", body: config.icePass });
     if (response.ok) return await response.json();
     console.warn("ICE servers refused:", response.status);
   } catch (error) {
@@ -228,7 +230,9 @@ function wireSignaling() {
   });
   signaling.addEventListener("message", ({ detail }) => onMessage(detail));
   signaling.addEventListener("notice", ({ detail }) => {
-    if (detail === "PEER-UNAVAILABLE") {
+    if (detail === "RATE-LIMITED") {
+      addChatLine("system", "", "Slow down: the server dropped a message (rate limit).");
+    } else if (detail === "PEER-UNAVAILABLE") {
       if (!state.call || state.call.pc.connectionState !== "connected") {
         setStatus("not-online", `${peerName()} not online`);
       }
@@ -237,6 +241,10 @@ function wireSignaling() {
   signaling.addEventListener("close", ({ detail }) => {
     if (detail.code === 4400) {
       setStatus("bad-request", "The server refused these ids (BAD-REQUEST).");
+    } else if (detail.code === 4403) {
+      setStatus("forbidden", "The server refused this page's connection (FORBIDDEN).");
+    } else if (detail.code === 4429) {
+      setStatus("too-many", "Too many pages are open with this id: close one and reload.");
     } else if (detail.retryInMs !== null) {
       const inCall = state.call && state.call.pc.connectionState === "connected";
       const what = inCall ? "Signaling lost (the call goes on)" : "Signaling lost";

@@ -1,6 +1,7 @@
 // The signaling socket: JSON text frames to and from the server, reconnecting by itself.
 
-const BAD_REQUEST_CODE = 4400;
+// Refusals that retrying cannot fix: bad ids, forbidden, too many sockets for this id.
+const FINAL_CODES = new Set([4400, 4403, 4429]);
 const MAX_RETRY_DELAY_MS = 10000;
 
 // Events: "open"; "message" (detail: the parsed message); "notice" (detail: the server
@@ -35,7 +36,7 @@ export class Signaling extends EventTarget {
     socket.addEventListener("message", (event) => this.onFrame(event.data));
     socket.addEventListener("close", (event) => {
       if (socket !== this.socket) return; // an older socket, replaced by reconnect()
-      const retry = !this.stopped && event.code !== BAD_REQUEST_CODE;
+      const retry = !this.stopped && !FINAL_CODES.has(event.code);
       const retryInMs = retry ? this.retryDelay : null;
       this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code, reason: event.reason, retryInMs } }));
       if (retry) {

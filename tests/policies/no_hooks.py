@@ -1,3 +1,3 @@
-"""A module that defines no hook: naming it as ICE_POLICY is an error."""
+"""A module that defines no hook: naming it as POLICY is an error."""
 
 VALUE = 1

@@ -1,6 +1,6 @@
 """An ICE access policy that rotates its token, as a deployment might (used by the tests).
 
-Name it with ``ICE_POLICY=rotating_token`` (the module must be importable). ``rotate()``
+Name it with ``POLICY=rotating_token`` (the module must be importable). ``rotate()``
 starts a new token; the previous one stays valid so pages rendered just before still work.
 """
 

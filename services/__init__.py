@@ -1,0 +1,1 @@
+"""Background duties of a running server, one module each: heartbeat, metrics, status log."""

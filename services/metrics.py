@@ -1,0 +1,61 @@
+"""Counters of one app and their Prometheus exposition (read at scrape time, not per message)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+
+class Stats:
+    """Plain counters the handlers bump: an integer addition is all the hot path pays."""
+
+    def __init__(self) -> None:
+        #: Sockets refused, by reason (origin, bad-request, forbidden, too-many-sockets, server-full).
+        self.rejected: Counter[str] = Counter()
+        #: Sockets the server closed, by reason (binary, rate-limited, ping-timeout, shutdown).
+        self.closed: Counter[str] = Counter()
+        self.rate_limited = 0
+        self.relayed_bytes = 0
+
+
+class AppCollector:
+    """Exposes an app's router, stats and heartbeat as Prometheus metrics."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        router, stats = self.app.router, self.app.stats
+        yield GaugeMetricFamily("webrtc_open_sockets", "Signaling sockets open on this process.", value=router.open_sockets)
+        yield GaugeMetricFamily("webrtc_ids_online", "Ids with at least one socket on this process.", value=router.ids_online)
+        yield CounterMetricFamily("webrtc_messages_relayed", "Messages received for relaying.", value=router.relayed)
+        yield CounterMetricFamily(
+            "webrtc_messages_undelivered",
+            "Messages no peer socket received (PEER-UNAVAILABLE notices).",
+            value=router.undelivered,
+        )
+        yield CounterMetricFamily(
+            "webrtc_relayed_bytes", "UTF-8 bytes of the messages received for relaying.", value=stats.relayed_bytes
+        )
+        yield CounterMetricFamily("webrtc_messages_rate_limited", "Messages dropped by the rate limit.", value=stats.rate_limited)
+        rejected = CounterMetricFamily("webrtc_sockets_rejected", "Sockets refused, by reason.", labels=["reason"])
+        for reason, count in sorted(stats.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+        closed = CounterMetricFamily(
+            "webrtc_sockets_closed_by_server", "Sockets the server closed, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(stats.closed.items()):
+            closed.add_metric([reason], count)
+        yield closed
+
+
+def make_registry(app: Any) -> CollectorRegistry:
+    """A registry of its own per app (no global state), with the process's CPU and memory."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(AppCollector(app))
+    ProcessCollector(registry=registry)
+    return registry

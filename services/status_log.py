@@ -1,0 +1,29 @@
+"""A status line in the log every few minutes: what the server carries, and what it refused."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+log = logging.getLogger("webrtc_app.status")
+
+
+class StatusLog:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.last_relayed = 0
+
+    def write(self) -> None:
+        router, stats = self.app.router, self.app.stats
+        relayed = router.relayed - self.last_relayed
+        self.last_relayed = router.relayed
+        log.info(
+            "status: %d socket(s), %d id(s) online, %d message(s) relayed since last status, "
+            "%d undelivered, %d rate-limited, %d refused in all",
+            router.open_sockets,
+            router.ids_online,
+            relayed,
+            router.undelivered,
+            stats.rate_limited,
+            sum(stats.rejected.values()),
+        )
