@@ -14,22 +14,27 @@ import os
 import re
 import signal
 import socket
+import ssl
 import sys
 import time
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
-from tornado.web import Application, URLSpec
+from tornado.web import Application, RequestHandler, URLSpec
 
 import settings
 from handlers.ice import IceServersHandler
 from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler
 from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN, SignalingHandler
-from handlers.status import ConnectionsHandler
+from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
 from routing import Router
 from routing.memory import MemoryRouter
+from services.heartbeat import Heartbeat
+from services.metrics import Stats, make_registry
+from services.status_log import StatusLog
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE_DIR = os.path.join(PROJECT_DIR, "templates")
@@ -37,13 +42,62 @@ STATIC_DIR = os.path.join(PROJECT_DIR, "static")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 log = logging.getLogger("webrtc_app")
+access_log = logging.getLogger("tornado.access")
 
 
 class WebRTCApplication(Application):
-    """A Tornado application with its own options (``config``) and registry (``router``)."""
+    """A Tornado application with its own options (``config``), registry (``router``),
+    counters (``stats``) and background services (heartbeat, status log)."""
 
     config: SimpleNamespace
     router: Router
+    stats: Stats
+    heartbeat: Heartbeat
+    id_pattern: re.Pattern[str] | None
+    metrics_registry: Any
+    _timers: list[PeriodicCallback] | None = None
+
+    def start_services(self) -> None:
+        """Start the periodic duties on the running loop (idempotent; the first socket does it too)."""
+        if self._timers is not None:
+            return
+        self._timers = []
+        if self.heartbeat.enabled:
+            self._timers.append(PeriodicCallback(self.heartbeat.beat, self.heartbeat.tick_seconds * 1000))
+        if self.config.STATUS_LOG_INTERVAL > 0:
+            self._timers.append(PeriodicCallback(StatusLog(self).write, self.config.STATUS_LOG_INTERVAL * 1000))
+        for timer in self._timers:
+            timer.start()
+
+    def stop_services(self) -> None:
+        for timer in self._timers or ():
+            timer.stop()
+        self._timers = None
+
+    def log_request(self, handler: RequestHandler) -> None:
+        """The access log, with secret-looking query arguments (``?token=``) masked."""
+        status = handler.get_status()
+        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
+        if not access_log.isEnabledFor(level):
+            return
+        request = handler.request
+        uri = redact_query(request.uri or "", self.config.LOG_REDACTED_ARGUMENTS)
+        access_log.log(
+            level, "%d %s %s (%s) %.2fms", status, request.method, uri, request.remote_ip, 1000.0 * request.request_time()
+        )
+
+
+def redact_query(uri: str, names: list[str]) -> str:
+    """``uri`` with the values of the query arguments called ``names`` replaced by ``***``."""
+    path, sep, query = uri.partition("?")
+    if not sep or not names:
+        return uri
+    lowered = {name.lower() for name in names}
+    parts = []
+    for part in query.split("&"):
+        key, eq, _ = part.partition("=")
+        parts.append(f"{key}=***" if eq and key.lower() in lowered else part)
+    return f"{path}?{'&'.join(parts)}"
 
 
 def make_app(config: SimpleNamespace | None = None, router: Router | None = None, **options: Any) -> WebRTCApplication:
@@ -66,45 +120,71 @@ def make_app(config: SimpleNamespace | None = None, router: Router | None = None
         URLSpec(r"/wsreceive", SignalingHandler, name="receiver_ws"),
         URLSpec(re.escape(config.ICE_URL), IceServersHandler, name="ice_url"),
         URLSpec(r"/connections", ConnectionsHandler, name="clients_url"),
+        URLSpec(r"/healthz", HealthHandler, name="health"),
     ]
+    if config.METRICS:
+        routes.append(URLSpec(r"/metrics", MetricsHandler, name="metrics"))
     app = WebRTCApplication(
         routes,
         template_path=TEMPLATE_DIR,
         static_path=STATIC_DIR,
         websocket_max_message_size=config.MAX_MESSAGE_SIZE,
-        websocket_ping_interval=config.WS_PING_INTERVAL,
-        websocket_ping_timeout=config.WS_PING_TIMEOUT,
     )
+    app.settings["log_function"] = app.log_request
     app.config = config
     app.router = router or MemoryRouter()
+    app.stats = Stats()
+    app.id_pattern = re.compile(config.ID_PATTERN) if config.ID_PATTERN else None
+    # Our own heartbeat (one timer for all sockets) replaces Tornado's per-socket pings.
+    app.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, app.router.local_sessions)  # type: ignore[arg-type]
+    app.metrics_registry = make_registry(app) if config.METRICS else None
     return app
 
 
 async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -> None:
     """Stop accepting, close every socket with 1001, wait for them up to ``timeout`` seconds."""
     server.stop()
+    app.stop_services()
     sessions = app.router.local_sessions()
     log.info("shutting down: closing %d socket(s)", len(sessions))
     for session in sessions:
-        session.close(GOING_AWAY_CODE, SERVER_SHUTDOWN)  # type: ignore[attr-defined]
+        session.end(GOING_AWAY_CODE, SERVER_SHUTDOWN)  # type: ignore[attr-defined]
+    # Wait for the close handshakes, so clients see 1001 rather than a cut connection.
     deadline = time.monotonic() + timeout
-    while app.router.local_sessions() and time.monotonic() < deadline:
+    while any(s.ws_connection is not None for s in sessions) and time.monotonic() < deadline:  # type: ignore[attr-defined]
         await asyncio.sleep(0.02)
     await app.router.stop()
+
+
+def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:
+    """The server's TLS context, or None to serve plain http/ws."""
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        raise ValueError("TLS needs both a certificate (--certfile) and its key (--keyfile)")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load the TLS certificate or key: {exc}") from None
+    return context
 
 
 async def serve(config: SimpleNamespace, host: str, port: int) -> None:
     """Run until SIGTERM or SIGINT, then shut down cleanly."""
     app = make_app(config)
+    tls = tls_context(config.CERTFILE, config.KEYFILE)
     await app.router.start()
     sockets = bind_sockets(port, address=host or None)
-    server = HTTPServer(app, max_body_size=config.MAX_BODY_SIZE)
+    server = HTTPServer(app, max_body_size=config.MAX_BODY_SIZE, xheaders=config.XHEADERS, ssl_options=tls)
     server.add_sockets(sockets)
+    app.start_services()
     bound = sockets[0].getsockname()
     shown_host = host or ("[::]" if sockets[0].family == socket.AF_INET6 else "0.0.0.0")
     if ":" in shown_host and not shown_host.startswith("["):
         shown_host = f"[{shown_host}]"
-    log.info("webrtc_app listening on http://%s:%d (pid %d)", shown_host, bound[1], os.getpid())
+    scheme = "https" if tls else "http"
+    log.info("webrtc_app listening on %s://%s:%d (pid %d)", scheme, shown_host, bound[1], os.getpid())
     if settings.ICE_ACCESS_TOKEN_GENERATED and config.get_ice_pass is settings.get_ice_pass:
         log.warning(
             "ICE_ACCESS_TOKEN is not set: using a random token for this run "
@@ -142,14 +222,19 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("port", nargs="?", type=_port, help=f"port to listen on (default {settings.PORT}; 0 picks a free one)")
     start.add_argument("--host", help="address to listen on (default: every interface)")
     start.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {settings.LOG_LEVEL}")
+    start.add_argument("--xheaders", action="store_true", default=None, help="trust X-Forwarded-For/-Proto from a reverse proxy")
+    start.add_argument("--certfile", help="serve https/wss with this PEM certificate chain")
+    start.add_argument("--keyfile", help="the certificate's PEM private key")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    overrides = {"XHEADERS": args.xheaders, "CERTFILE": args.certfile, "KEYFILE": args.keyfile}
     try:
-        config = settings.resolve()
+        config = settings.resolve(**{name: value for name, value in overrides.items() if value is not None})
+        tls_context(config.CERTFILE, config.KEYFILE)  # a bad certificate is a command-line error
     except (ValueError, TypeError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     level = args.log_level or str(config.LOG_LEVEL).lower()

@@ -13,7 +13,7 @@ import threading
 import time
 
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LISTENING = re.compile(r"listening on http://\S+:(\d+)")
+LISTENING = re.compile(r"listening on https?://\S+:(\d+)")
 
 
 def free_port() -> int:
