@@ -74,6 +74,19 @@ XHEADERS = False
 CERTFILE = ""
 KEYFILE = ""
 
+# --- Several processes or machines -----------------------------------------------------------
+
+#: Redis URL of the backplane that joins nodes (redis://host:6379/0). Empty: one process,
+#: registry in memory.
+REDIS_URL = ""
+#: Prefix of the backplane's keys and channels (several deployments can share one Redis).
+REDIS_PREFIX = "webrtc:"
+#: Seconds after which a node that stopped refreshing its presence (killed, frozen, cut
+#: off) is forgotten: its ids stop counting as online within NODE_TTL + NODE_TTL/3.
+NODE_TTL = 10.0
+#: Worker processes on this machine, sharing the port (needs REDIS_URL when above 1).
+PROCESSES = 1
+
 # --- Signaling socket -----------------------------------------------------------------------
 
 #: Origins allowed to open the signaling socket, besides the server's own host (a browser

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -132,13 +133,22 @@ def make_app(config: SimpleNamespace | None = None, router: Router | None = None
     )
     app.settings["log_function"] = app.log_request
     app.config = config
-    app.router = router or MemoryRouter()
+    app.router = router or make_router(config)
     app.stats = Stats()
     app.id_pattern = re.compile(config.ID_PATTERN) if config.ID_PATTERN else None
     # Our own heartbeat (one timer for all sockets) replaces Tornado's per-socket pings.
     app.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, app.router.local_sessions)  # type: ignore[arg-type]
     app.metrics_registry = make_registry(app) if config.METRICS else None
     return app
+
+
+def make_router(config: SimpleNamespace) -> Router:
+    """The in-memory registry, or the Redis backplane when REDIS_URL is set."""
+    if config.REDIS_URL:
+        from routing.redis import RedisRouter  # redis-py is only needed with a backplane
+
+        return RedisRouter(config.REDIS_URL, config.REDIS_PREFIX, config.NODE_TTL)
+    return MemoryRouter()
 
 
 async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -> None:
@@ -170,21 +180,29 @@ def tls_context(certfile: str, keyfile: str) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(config: SimpleNamespace, host: str, port: int) -> None:
-    """Run until SIGTERM or SIGINT, then shut down cleanly."""
-    app = make_app(config)
-    tls = tls_context(config.CERTFILE, config.KEYFILE)
-    await app.router.start()
-    sockets = bind_sockets(port, address=host or None)
-    server = HTTPServer(app, max_body_size=config.MAX_BODY_SIZE, xheaders=config.XHEADERS, ssl_options=tls)
-    server.add_sockets(sockets)
-    app.start_services()
+def listening_line(sockets: list[socket.socket], host: str, tls: bool) -> str:
     bound = sockets[0].getsockname()
     shown_host = host or ("[::]" if sockets[0].family == socket.AF_INET6 else "0.0.0.0")
     if ":" in shown_host and not shown_host.startswith("["):
         shown_host = f"[{shown_host}]"
-    scheme = "https" if tls else "http"
-    log.info("webrtc_app listening on %s://%s:%d (pid %d)", scheme, shown_host, bound[1], os.getpid())
+    return f"{'https' if tls else 'http'}://{shown_host}:{bound[1]}"
+
+
+async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str) -> None:
+    """Serve on already bound ``sockets`` until SIGTERM or SIGINT, then shut down cleanly."""
+    app = make_app(config)
+    tls = tls_context(config.CERTFILE, config.KEYFILE)
+    await app.router.start()
+    server = HTTPServer(app, max_body_size=config.MAX_BODY_SIZE, xheaders=config.XHEADERS, ssl_options=tls)
+    server.add_sockets(sockets)
+    app.start_services()
+    node = getattr(app.router, "node", None)
+    log.info(
+        "webrtc_app listening on %s (pid %d%s)",
+        listening_line(sockets, host, tls is not None),
+        os.getpid(),
+        f", node {node}" if node else "",
+    )
     if settings.ICE_ACCESS_TOKEN_GENERATED and config.get_ice_pass is settings.get_ice_pass:
         log.warning(
             "ICE_ACCESS_TOKEN is not set: using a random token for this run "
@@ -225,16 +243,32 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--xheaders", action="store_true", default=None, help="trust X-Forwarded-For/-Proto from a reverse proxy")
     start.add_argument("--certfile", help="serve https/wss with this PEM certificate chain")
     start.add_argument("--keyfile", help="the certificate's PEM private key")
+    start.add_argument("--redis", metavar="URL", help="join other nodes through this Redis (redis://host:6379/0)")
+    start.add_argument("--processes", type=_count, help="worker processes sharing the port (needs --redis)")
     return parser
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid process count {text!r}: expected a number from 1")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    overrides = {"XHEADERS": args.xheaders, "CERTFILE": args.certfile, "KEYFILE": args.keyfile}
+    overrides = {
+        "XHEADERS": args.xheaders,
+        "CERTFILE": args.certfile,
+        "KEYFILE": args.keyfile,
+        "REDIS_URL": args.redis,
+        "PROCESSES": args.processes,
+    }
     try:
         config = settings.resolve(**{name: value for name, value in overrides.items() if value is not None})
         tls_context(config.CERTFILE, config.KEYFILE)  # a bad certificate is a command-line error
+        if config.PROCESSES > 1 and not config.REDIS_URL:
+            raise ValueError("--processes above 1 needs the Redis backplane (--redis URL or WEBRTC_REDIS_URL)")
     except (ValueError, TypeError) as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     level = args.log_level or str(config.LOG_LEVEL).lower()
@@ -244,10 +278,62 @@ def main(argv: list[str] | None = None) -> int:
     host = config.HOST if args.host is None else args.host
     port = config.PORT if args.port is None else args.port
     try:
-        asyncio.run(serve(config, host, port))
+        sockets = bind_sockets(port, address=host or None)
     except OSError as exc:
         # Port in use, address not available, ...: one line, not a traceback.
         parser.exit(1, f"{parser.prog}: error: cannot listen on {host or '*'}:{port}: {exc.strerror or exc}\n")
+    if config.PROCESSES > 1:
+        return run_workers(config, sockets, host)
+    asyncio.run(serve(config, sockets, host))
+    return 0
+
+
+def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str) -> int:
+    """Fork PROCESSES workers sharing ``sockets``; pass SIGTERM/SIGINT on; restart a worker
+    that dies on its own; exit 0 once all have stopped after a signal."""
+    log.info("starting %d worker processes on %s", config.PROCESSES, listening_line(sockets, host, bool(config.CERTFILE)))
+    workers: dict[int, int] = {}  # pid -> worker number
+    stopping = False
+
+    def spawn(number: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker: a fresh event loop, its own node on the backplane
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            try:
+                asyncio.run(serve(config, sockets, host))
+                code = 0
+            except Exception:  # noqa: BLE001 - logged, and the parent restarts us
+                log.exception("worker %d failed", number)
+                code = 1
+            os._exit(code)
+        workers[pid] = number
+
+    def forward(signum: int, _frame: Any) -> None:
+        nonlocal stopping
+        stopping = True
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for number in range(config.PROCESSES):
+        spawn(number)
+    failures = 0
+    while workers:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        number = workers.pop(pid, None)
+        if number is None or stopping:
+            continue
+        failures += 1
+        log.warning("worker %d (pid %d) exited with status %d: restarting it", number, pid, os.waitstatus_to_exitcode(status))
+        time.sleep(min(failures, 5))
+        spawn(number)
+    log.info("all workers stopped")
     return 0
 
 

@@ -37,6 +37,8 @@ class SignalingHandler(WebSocketHandler):
     session_id = ""
     #: Heartbeat tick when the peer was last heard (services.heartbeat).
     heard = 0
+    #: True once every node can reach the socket (tests wait for it).
+    ready = False
     _joined = False
     _limiter: RateLimiter | None = None
 
@@ -85,8 +87,13 @@ class SignalingHandler(WebSocketHandler):
             self._limiter = RateLimiter(config.RATE_LIMIT, config.RATE_LIMIT_BURST, time.monotonic())
         self.session_id = uuid.uuid4().hex
         self.heard = app.heartbeat.tick  # type: ignore[attr-defined]
-        router.join(self)
         self._joined = True
+        reachable = router.join(self)
+        if reachable is not None:
+            # Across nodes: wait until other nodes can reach this socket; Tornado holds its
+            # messages until open() returns, so none is relayed before.
+            await reachable
+        self.ready = True
         log.debug("open %r -> %r (session %s)", self.id, self.peer_id, self.session_id)
 
     def on_message(self, message: str | bytes) -> None:

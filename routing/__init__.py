@@ -10,14 +10,16 @@ who gets it (SPEC.md, "The signaling socket"):
 3. if step 1 reached nobody, every socket of A whose peer_id is B, the sender included,
    gets the ``PEER-UNAVAILABLE`` server notice.
 
-:class:`routing.memory.MemoryRouter` keeps the registry in this process. A router spanning
-several processes implements the same interface.
+:class:`routing.memory.MemoryRouter` keeps the registry in this process;
+:class:`routing.redis.RedisRouter` spans processes and machines through Redis with the same
+interface and the same rules.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from typing import Protocol
 
 SERVER_NOTICE = "SERVER_NOTICE"
@@ -55,8 +57,9 @@ class Session(Protocol):
 class Router(Protocol):
     """The registry of open sockets and the delivery rules."""
 
-    def join(self, session: Session) -> None:
-        """Register an open socket."""
+    def join(self, session: Session) -> Awaitable[None] | None:
+        """Register an open socket. May answer an awaitable that completes when the socket
+        is reachable from every node (the handler awaits it before reading messages)."""
 
     def leave(self, session: Session) -> None:
         """Forget a closed socket (idempotent)."""

@@ -42,6 +42,15 @@ class MemoryRouter:
     def relay(self, sender: Session, text: str) -> int:
         """Deliver ``text``; answers how many of the peer's sockets received it."""
         self.relayed += 1
+        delivered = self.fan_out(sender, text)
+        if not delivered:
+            self.undelivered += 1
+            self.notify(sender.id, sender.peer_id, PEER_UNAVAILABLE_NOTICE)
+        return delivered
+
+    def fan_out(self, sender: Session, text: str) -> int:
+        """Rules 1 and 2 on this process: the peer's matching sockets, then the sender's
+        other sockets in the conversation. Answers how many of the peer's sockets got it."""
         delivered = 0
         peer = self._ids.get(sender.peer_id)
         if peer:
@@ -52,16 +61,21 @@ class MemoryRouter:
                     for session in targets:
                         session.send(text)
                     delivered += len(targets)
-        mine = self._ids.get(sender.id, {}).get(sender.peer_id) or {sender: None}
-        if len(mine) > 1:
+        mine = self._ids.get(sender.id, {}).get(sender.peer_id)
+        if mine and len(mine) > 1:
             for session in tuple(mine):
                 if session is not sender:
                     session.send(text)
-        if not delivered:
-            self.undelivered += 1
-            for session in tuple(mine):
-                session.send(PEER_UNAVAILABLE_NOTICE)
         return delivered
+
+    def group(self, id: str, peer_id: str) -> tuple[Session, ...]:
+        """The sockets of ``id`` whose peer_id is ``peer_id`` ("" for those with none)."""
+        return tuple(self._ids.get(id, {}).get(peer_id, ()))
+
+    def notify(self, id: str, peer_id: str, notice: str) -> None:
+        """Send ``notice`` to every socket of ``id`` in its conversation with ``peer_id`` (rule 3)."""
+        for session in self.group(id, peer_id):
+            session.send(notice)
 
     def local_sessions(self) -> list[Session]:
         return [s for conversations in self._ids.values() for group in conversations.values() for s in group]

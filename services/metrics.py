@@ -51,6 +51,19 @@ class AppCollector:
         for reason, count in sorted(stats.closed.items()):
             closed.add_metric([reason], count)
         yield closed
+        node = getattr(router, "node", None)
+        if node is not None:  # the Redis backplane
+            yield GaugeMetricFamily(
+                "webrtc_backplane_connected", "1 while this node is connected to Redis.", value=int(router.connected)
+            )
+            yield CounterMetricFamily(
+                "webrtc_backplane_errors",
+                "Messages whose cross-node part was lost because Redis was unreachable.",
+                value=router.backplane_errors,
+            )
+            info = GaugeMetricFamily("webrtc_node_info", "This process' node id on the backplane.", labels=["node"])
+            info.add_metric([node], 1)
+            yield info
 
 
 def make_registry(app: Any) -> CollectorRegistry:

@@ -36,9 +36,9 @@ class TestCallerApp(BasicTestCase):
     @testing.gen_test
     async def test_client_count_increases_everytime_ws_logs_in(self):
         await self.connect(MY_CALLER_ID, TEST_PEER_ID1)
-        self.assertEqual(self.app.router.ids_online, 1)
+        self.assertEqual(self.ids_online(), 1)
         await self.connect(TEST_PEER_ID1, MY_CALLER_ID, route="reciever_ws")
-        self.assertEqual(self.app.router.ids_online, 2)
+        self.assertEqual(self.ids_online(), 2)
 
     @testing.gen_test
     async def test_caller_page_contain_ice_credentials_with_incorrect_ice_token(self):
@@ -86,7 +86,7 @@ class TestCallerApp(BasicTestCase):
         caller_socket2 = await self.connect(MY_CALLER_ID, TEST_PEER_ID1)
         reciever_socket = await self.connect(TEST_PEER_ID1, MY_CALLER_ID, route="reciever_ws")
         reciever_socket2 = await self.connect(TEST_PEER_ID1, MY_CALLER_ID, route="reciever_ws")
-        self.assertEqual(len(self.app.router.sessions(MY_CALLER_ID)), 2)
+        self.assertEqual(self.count(MY_CALLER_ID), 2)
         caller_socket.write_message("hey man")
         await self.assert_next(caller_socket2, "hey man")
         caller_socket2.write_message("hey boy")
@@ -128,7 +128,7 @@ class TestCallerApp(BasicTestCase):
         caller_socket.write_message("hey man")
         await self.assert_next(reciever_socket, "hey man")
         reciever_socket.close()
-        await self.wait_for(lambda: self.app.router.ids_online == 1)
+        await self.wait_for(lambda: self.ids_online() == 1)
         caller_socket.write_message("hey man2")
         await self.assert_next(caller_socket, PEER_UNAVAILABLE_NOTICE)
 
@@ -139,7 +139,7 @@ class TestCallerApp(BasicTestCase):
         caller_socket.write_message("hey man")
         await self.assert_next(reciever_socket, "hey man")
         reciever_socket.close()
-        await self.wait_for(lambda: self.app.router.ids_online == 1)
+        await self.wait_for(lambda: self.ids_online() == 1)
         caller_socket.write_message("hey man2")
         await self.assert_next(caller_socket, PEER_UNAVAILABLE_NOTICE)
         reciever_socket = await self.connect(TEST_PEER_ID1, MY_CALLER_ID, route="reciever_ws")

@@ -47,7 +47,7 @@ class TestConnections(BasicTestCase):
         sessions = [c["session"] for c in listed]
         self.assertEqual(len(set(sessions)), 3)
         self.assertTrue(all(isinstance(s, str) and len(s) == 32 for s in sessions))
-        self.assertEqual(sorted(sessions), sorted(s.session_id for s in self.app.router.sessions("ME")))
+        self.assertEqual(sorted(sessions), sorted(s.session_id for s in self.all_sessions() if s.id == "ME"))
 
     @testing.gen_test
     async def test_unknown_id_is_an_empty_list_and_missing_id_is_400(self):

@@ -43,7 +43,7 @@ class TestIdPattern(BasicTestCase):
             self.assertEqual(page.code, 400)
             self.assertIn(b"outside ID_PATTERN", page.body)
         await self.connect("good_id-1", "peer-2")
-        self.assertEqual(self.app.router.open_sockets, 1)
+        self.assertEqual(self.open_sockets(), 1)
 
 
 class TestSocketLimits(BasicTestCase):
@@ -57,9 +57,9 @@ class TestSocketLimits(BasicTestCase):
         await self.assert_closed_with(third, 4429, "TOO-MANY-SOCKETS")
         await self.connect("B", "A")  # other ids are not affected
         first.close()
-        await self.wait_for(lambda: self.app.router.count("A") == 1)
+        await self.wait_for(lambda: self.count("A") == 1)
         await self.connect("A", "B")
-        self.assertEqual(self.app.router.count("A"), 2)
+        self.assertEqual(self.count("A"), 2)
         self.assertEqual(self.app.stats.rejected["too-many-sockets"], 1)
 
     @testing.gen_test
@@ -68,7 +68,7 @@ class TestSocketLimits(BasicTestCase):
             await self.connect(f"id{n}")
         newest = await self.connect("one-too-many")
         await self.assert_closed_with(newest, 1013, "SERVER-FULL")
-        self.assertEqual(self.app.router.open_sockets, 4)
+        self.assertEqual(self.open_sockets(), 4)
 
 
 class TestSocketPolicyModule(BasicTestCase):
@@ -165,9 +165,9 @@ class TestHeartbeat(BasicTestCase):
         # B completes the handshake, then never reads again: no pong, no FIN.
         raw = await loop.run_in_executor(None, RawWebSocket, "127.0.0.1", self.get_http_port(), "/wscall?id=B&peer_id=A")
         try:
-            await self.wait_for(lambda: self.app.router.count("B") == 1)
+            await self.wait_for(lambda: self.count("B") == 1)
             vanished = time.monotonic()
-            await self.wait_for(lambda: self.app.router.count("B") == 0, timeout=5)
+            await self.wait_for(lambda: self.count("B") == 0, timeout=5)
             dropped_after = time.monotonic() - vanished
             self.assertLess(dropped_after, 0.4 + 0.2 + 0.3)  # interval + timeout, and a little slack
             a.write_message("are you there?")
@@ -181,7 +181,7 @@ class TestHeartbeat(BasicTestCase):
         a = await self.connect("A", "B")
         b = await self.connect("B", "A")
         await asyncio.sleep(2.0)  # five intervals of silence, answered by pongs
-        self.assertEqual(self.app.router.open_sockets, 2)
+        self.assertEqual(self.open_sockets(), 2)
         a.write_message("still there")
         await self.assert_next(b, "still there")
 

@@ -15,7 +15,7 @@ class TestBadRequests(BasicTestCase):
     async def assert_refused(self, **query: str) -> None:
         conn = await self._mk_ws_connection(self.app.reverse_url("caller_ws"), **query)
         await self.assert_closed_with(conn, BAD_REQUEST_CODE, BAD_REQUEST)
-        self.assertEqual(self.app.router.open_sockets, 0)
+        self.assertEqual(self.open_sockets(), 0)
 
     @testing.gen_test
     async def test_missing_id_is_closed_with_4400(self):
@@ -122,15 +122,15 @@ class TestDelivery(BasicTestCase):
         a = await self.connect("A", "B")
         a2 = await self.connect("A", "C")
         b = await self.connect("B")
-        self.assertEqual((self.app.router.ids_online, self.app.router.open_sockets), (2, 3))
+        self.assertEqual((self.ids_online(), self.open_sockets()), (2, 3))
         a.close()
-        await self.wait_for(lambda: self.app.router.open_sockets == 2)
-        self.assertEqual(self.app.router.ids_online, 2)
+        await self.wait_for(lambda: self.open_sockets() == 2)
+        self.assertEqual(self.ids_online(), 2)
         a2.close()
         b.close()
-        await self.wait_for(lambda: self.app.router.open_sockets == 0)
-        self.assertEqual(self.app.router.ids_online, 0)
-        self.assertEqual(self.app.router.local_sessions(), [])
+        await self.wait_for(lambda: self.open_sockets() == 0)
+        self.assertEqual(self.ids_online(), 0)
+        self.assertEqual(self.all_sessions(), [])
 
 
 class TestFrames(BasicTestCase):
@@ -142,7 +142,7 @@ class TestFrames(BasicTestCase):
         await self.connect("B", "A")
         a.write_message(b"\x00\x01binary", binary=True)
         await self.assert_closed_with(a, 1003, "BINARY-UNSUPPORTED")
-        await self.wait_for(lambda: self.app.router.open_sockets == 1)
+        await self.wait_for(lambda: self.open_sockets() == 1)
 
     @testing.gen_test
     async def test_oversized_frame_closes_with_1009_and_server_stays_up(self):
@@ -150,7 +150,7 @@ class TestFrames(BasicTestCase):
         b = await self.connect("B", "A")
         a.write_message("x" * 1025)
         await self.assert_closed_with(a, 1009, "message too big")
-        await self.wait_for(lambda: self.app.router.open_sockets == 1)
+        await self.wait_for(lambda: self.open_sockets() == 1)
         a = await self.connect("A", "B")
         a.write_message("x" * 1024)
         await self.assert_next(b, "x" * 1024)
@@ -169,11 +169,11 @@ class TestOrigins(BasicTestCase):
     async def test_same_host_and_allowed_origins_are_accepted(self):
         await self.open_with_origin(f"http://127.0.0.1:{self.get_http_port()}")
         await self.open_with_origin("https://app.example")
-        await self.wait_for(lambda: self.app.router.open_sockets == 2)
+        await self.wait_for(lambda: self.open_sockets() == 2)
 
     @testing.gen_test
     async def test_other_origins_get_403(self):
         with self.assertRaises(httpclient.HTTPClientError) as caught:
             await self.open_with_origin("https://evil.example")
         self.assertEqual(caught.exception.code, 403)
-        self.assertEqual(self.app.router.open_sockets, 0)
+        self.assertEqual(self.open_sockets(), 0)

@@ -1,0 +1,103 @@
+"""The signaling behaviour suites again, on two nodes joined by a real redis-server.
+
+Each class below is an existing suite run as it is, with its sockets spread over two
+nodes (see BasicTestCase.node_for): caller and receiver on different nodes, and an id's
+second device on the other node from its first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import unittest
+
+import test_caller
+import test_connections
+import test_reciever
+import test_signaling
+from redis_server import RedisServer
+
+REDIS: RedisServer | None = None
+
+
+def setUpModule() -> None:
+    global REDIS
+    if not shutil.which("redis-server"):
+        message = "redis-server is not available: apt-get install -y redis-server"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            raise RuntimeError(message + " (CI=true: a missing component is a failure)")
+        raise unittest.SkipTest(message)
+    REDIS = RedisServer().start()
+    for suite in ON_TWO_NODES:
+        suite.redis = REDIS
+
+
+def tearDownModule() -> None:
+    if REDIS is not None:
+        REDIS.stop()
+
+
+class TestCallerAppOnTwoNodes(test_caller.TestCallerApp):
+    pass
+
+
+class TestRecieverAppOnTwoNodes(test_reciever.TestRecieverApp):
+    pass
+
+
+class TestDeliveryOnTwoNodes(test_signaling.TestDelivery):
+    pass
+
+
+class TestBadRequestsOnTwoNodes(test_signaling.TestBadRequests):
+    pass
+
+
+class TestConnectionsOnTwoNodes(test_connections.TestConnections):
+    pass
+
+
+ON_TWO_NODES = [
+    TestCallerAppOnTwoNodes,
+    TestRecieverAppOnTwoNodes,
+    TestDeliveryOnTwoNodes,
+    TestBadRequestsOnTwoNodes,
+    TestConnectionsOnTwoNodes,
+]
+
+
+class TestTheTwoNodesAreReal(test_signaling.BasicTestCase):
+    """The harness itself: sockets really sit on different nodes, and only Redis joins them."""
+
+    @test_signaling.testing.gen_test
+    async def test_caller_and_receiver_sit_on_different_nodes_joined_only_by_redis(self):
+        self.assertEqual(len(self.apps), 2)
+        a = await self.connect("A", "B")
+        b = await self.connect("B", "A")
+        a2 = await self.connect("A", "B")  # A's second device: the other node
+        (a_session,) = self.apps[0].router.local_sessions()
+        b_session, a2_session = sorted(self.apps[1].router.local_sessions(), key=lambda s: s.id, reverse=True)
+        self.assertEqual((a_session.id, b_session.id, a2_session.id), ("A", "B", "A"))
+        self.assertNotEqual(self.apps[0].router.node, self.apps[1].router.node)
+        a.write_message("across")
+        await self.assert_next(b, "across")
+        await self.assert_next(a2, "across")  # the echo to A's device on the other node
+        # Node 1 never saw the message locally: it came through Redis.
+        self.assertEqual((self.apps[0].router.relayed, self.apps[1].router.relayed), (1, 0))
+
+
+ON_TWO_NODES.append(TestTheTwoNodesAreReal)
+
+
+class TestBackplaneMetrics(test_signaling.BasicTestCase):
+    @test_signaling.testing.gen_test
+    async def test_each_node_reports_its_backplane(self):
+        for app, port in zip(self.apps, self.ports, strict=True):
+            response = await self.http_client.fetch(f"http://127.0.0.1:{port}/metrics")
+            text = response.body.decode()
+            self.assertIn("webrtc_backplane_connected 1.0", text)
+            self.assertIn("webrtc_backplane_errors_total 0.0", text)
+            self.assertIn(f'webrtc_node_info{{node="{app.router.node}"}} 1.0', text)
+
+
+ON_TWO_NODES.append(TestBackplaneMetrics)
