@@ -1,0 +1,175 @@
+"""Real server processes on one redis-server: relaying across nodes, a node killed or frozen,
+Redis restarting, and --processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from contextlib import ExitStack
+
+import pytest
+from redis_server import RedisServer
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from routing import PEER_UNAVAILABLE_NOTICE
+
+from server_process import ServerProcess, run_cli
+
+NODE_TTL = 2.0
+ADMIN = "cluster-admin"
+
+
+@pytest.fixture
+def redis():
+    with RedisServer() as server:
+        yield server
+
+
+def node(redis: RedisServer, *args: str) -> ServerProcess:
+    env = {"WEBRTC_NODE_TTL": str(NODE_TTL), "WEBRTC_ADMIN_TOKEN": ADMIN, "WEBRTC_ICE_SERVERS": "[]"}
+    return ServerProcess("--redis", redis.url, *args, env=env)
+
+
+def connections(server: ServerProcess, my_id: str) -> list[dict]:
+    request = urllib.request.Request(f"{server.http}/connections?id={my_id}", headers={"Authorization": f"Bearer {ADMIN}"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def wait_until(condition, timeout: float, what: str) -> float:
+    """Poll ``condition`` until true; answers how long it took."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def join(stack: ExitStack, server: ServerProcess, my_id: str, peer_id: str, seen_from: ServerProcess | None = None):
+    """Open a socket and wait until the whole cluster can reach it."""
+    ws = stack.enter_context(connect(f"{server.ws}/wscall?id={my_id}&peer_id={peer_id}"))
+    wait_until(lambda: any(c["peer"] == peer_id for c in connections(seen_from or server, my_id)), 10, f"{my_id} to be visible")
+    return ws
+
+
+def receive(ws, timeout: float = 5.0) -> str | None:
+    try:
+        return ws.recv(timeout=timeout)
+    except TimeoutError:
+        return None
+
+
+def notice_arrives(ws, probe: str) -> bool:
+    """Send ``probe``; true if the PEER-UNAVAILABLE notice comes back within 0.2 s."""
+    ws.send(probe)
+    return receive(ws, 0.2) == PEER_UNAVAILABLE_NOTICE
+
+
+def test_messages_cross_nodes_both_ways_and_connections_see_the_cluster(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice = join(stack, one, "alice", "bob")
+        bob = join(stack, two, "bob", "alice", seen_from=one)
+        alice.send("offer")
+        assert receive(bob) == "offer"
+        bob.send("answer")
+        assert receive(alice) == "answer"
+        for n in range(150):  # order holds across nodes (within the rate-limit burst)
+            alice.send(f"candidate {n}")
+        assert [receive(bob) for _ in range(150)] == [f"candidate {n}" for n in range(150)]
+        assert [c["peer"] for c in connections(one, "bob")] == ["alice"]
+        assert [c["peer"] for c in connections(two, "alice")] == ["bob"]
+        # A peer whose only socket talks to someone else is unavailable, wherever it is.
+        carol = join(stack, one, "carol", "bob")
+        carol.send("hello?")
+        assert receive(carol) == PEER_UNAVAILABLE_NOTICE
+
+
+def test_a_killed_node_stops_counting_at_once_and_is_forgotten_within_the_ttl(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice = join(stack, one, "alice", "bob")
+        join(stack, two, "bob", "alice", seen_from=one)
+        os.kill(two.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        # The kernel closes its Redis connections, so its subscriptions go at once.
+        took = wait_until(lambda: notice_arrives(alice, "probe"), NODE_TTL, "PEER-UNAVAILABLE after SIGKILL")
+        assert took < 1.5  # at once, give or take a loaded machine
+        # Its registry entries go once its presence expires (node_ttl + a refresh period).
+        wait_until(lambda: connections(one, "bob") == [], NODE_TTL * 4 / 3 + 2, "bob to leave /connections")
+
+
+def test_a_frozen_node_is_reaped_within_the_ttl_and_rejoins_when_it_wakes(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice = join(stack, one, "alice", "bob")
+        bob = join(stack, two, "bob", "alice", seen_from=one)
+        pid = two.proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)  # no FIN: its connections stay open, as with a lost machine
+        try:
+            # Until the reaper acts, Redis still counts its subscriptions: no notice.
+            assert not notice_arrives(alice, "probe while frozen")
+            bound = NODE_TTL + NODE_TTL / 3 + 1.0
+            wait_until(lambda: notice_arrives(alice, "probe"), bound, "the frozen node to be reaped")
+            assert connections(one, "bob") == []
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Awake again, it reconnects, resubscribes and registers its sockets by itself.
+        wait_until(lambda: connections(one, "bob") != [], 10, "the node to rejoin")
+        while receive(bob, 0.5) is not None:
+            pass  # probes that reached it before it was reaped
+        alice.send("welcome back")
+        assert receive(bob) == "welcome back"
+
+
+def test_redis_restarting_keeps_local_delivery_and_the_cluster_recovers(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice = join(stack, one, "alice", "bob")
+        bob = join(stack, two, "bob", "alice", seen_from=one)
+        carol = join(stack, one, "carol", "dave")
+        dave = join(stack, one, "dave", "carol")
+        redis.stop()
+        # Same node: delivered as always.
+        carol.send("local while Redis is down")
+        assert receive(dave) == "local while Redis is down"
+        # Across nodes: not delivered, and the sender is told the peer is unavailable.
+        alice.send("lost while Redis is down")
+        assert receive(alice) == PEER_UNAVAILABLE_NOTICE
+        assert receive(bob, 0.5) is None
+        redis.start()  # the same port, empty: no persistence
+        took = wait_until(lambda: connections(one, "bob") != [], 15, "the nodes to reconnect and re-register")
+        alice.send("after the restart")
+        assert receive(bob) == "after the restart"
+        bob.send("and back")
+        assert receive(alice) == "and back"
+        print(f"\ncluster recovered {took:.1f} s after Redis came back")
+
+
+def test_processes_share_one_port_and_stop_together(redis):
+    with node(redis, "--processes", "2") as server, ExitStack() as stack:
+        workers = wait_until(lambda: len(set(re.findall(r"listening on \S+ \(pid (\d+)", server.output()))) == 2, 15, "2 workers")
+        assert workers < 15
+        pairs = []
+        for n in range(12):  # the kernel spreads these connections over both workers
+            a = join(stack, server, f"a{n}", f"b{n}")
+            b = join(stack, server, f"b{n}", f"a{n}")
+            pairs.append((a, b))
+        for n, (a, b) in enumerate(pairs):
+            a.send(f"hello {n}")
+            assert receive(b) == f"hello {n}"
+        assert server.stop(signal.SIGTERM) == 0
+        for a, _ in pairs:
+            with pytest.raises(ConnectionClosed) as closed:
+                a.recv(timeout=10)
+            assert closed.value.rcvd.code == 1001
+        assert "all workers stopped" in server.output()
+
+
+def test_processes_without_redis_is_a_one_line_error():
+    result = run_cli("start", "0", "--processes", "2")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "webrtc_server.py: error: --processes above 1 needs the Redis backplane (--redis URL or WEBRTC_REDIS_URL)"
+    ]
