@@ -20,6 +20,7 @@ import sys
 import time
 from types import SimpleNamespace
 from typing import Any, NoReturn
+from urllib.parse import unquote_plus
 
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
@@ -97,7 +98,7 @@ def redact_query(uri: str, names: list[str]) -> str:
     parts = []
     for part in query.split("&"):
         key, eq, _ = part.partition("=")
-        parts.append(f"{key}=***" if eq and key.lower() in lowered else part)
+        parts.append(f"{key}=***" if eq and unquote_plus(key).lower() in lowered else part)
     return f"{path}?{'&'.join(parts)}"
 
 
@@ -105,8 +106,9 @@ def make_app(config: SimpleNamespace | None = None, router: Router | None = None
     """Build the application.
 
     ``config`` is a ``settings.resolve()`` snapshot; without one, ``options`` (any names
-    from settings.py, and the hooks ``get_ice_pass``/``has_ice_pass``) override settings.py.
-    ``router`` defaults to a fresh in-memory registry.
+    from settings.py, and the hooks ``get_ice_pass``/``has_ice_pass``/``has_socket_pass``)
+    override settings.py. ``router`` defaults to a fresh in-memory registry, or to the Redis
+    backplane when REDIS_URL is set (start it with ``await app.router.start()``).
     """
     config = config or settings.resolve(**options)
     if not config.ICE_URL.startswith("/"):

@@ -138,3 +138,15 @@ def test_tokens_secrets_and_message_bodies_stay_out_of_the_log():
         assert "token=***" in log  # the socket's access line is there, its token masked
         for name, value in secrets.items():
             assert value not in log, name
+
+
+def test_redaction_masks_the_value_however_the_name_is_spelled():
+    from webrtc_server import redact_query
+
+    names = ["token", "jwt"]
+    assert (
+        redact_query("/wscall?id=a&token=S1&Token=S2&%74oken=S3&jwt=S4", names)
+        == "/wscall?id=a&token=***&Token=***&%74oken=***&jwt=***"
+    )
+    assert redact_query("/wscall?id=a&peer_id=b", names) == "/wscall?id=a&peer_id=b"
+    assert redact_query("/healthz", names) == "/healthz"
