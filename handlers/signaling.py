@@ -8,8 +8,9 @@ import time
 import uuid
 from urllib.parse import urlsplit
 
-from tornado.websocket import WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
+from handlers.fastws import FastWebSocketProtocol
 from routing import BAD_REQUEST, BAD_REQUEST_CODE, check_ids, server_notice
 from routing.limits import ALLOW, CLOSE, NOTICE, RateLimiter
 
@@ -56,6 +57,13 @@ class SignalingHandler(WebSocketHandler):
     def get_compression_options(self) -> None:
         # Signaling messages are small; compression would cost more CPU than it saves.
         return None
+
+    def get_websocket_protocol(self) -> WebSocketProtocol | None:
+        """Tornado's protocol, with the leaner relay path of handlers/fastws.py."""
+        protocol = super().get_websocket_protocol()
+        if protocol is None:
+            return None
+        return FastWebSocketProtocol(self, protocol.mask_outgoing, protocol.params)  # type: ignore[attr-defined]
 
     def refuse(self, code: int, reason: str, why: str) -> None:
         self.application.stats.rejected[reason.lower()] += 1  # type: ignore[attr-defined]
@@ -108,7 +116,8 @@ class SignalingHandler(WebSocketHandler):
             verdict = self._limiter.check(time.monotonic())
             if verdict is not ALLOW:
                 return self.limited(verdict)
-        app.stats.relayed_bytes += len(message.encode("utf-8"))  # type: ignore[attr-defined]
+        # len() is the UTF-8 size of ASCII text (isascii() is a flag check), the usual case.
+        app.stats.relayed_bytes += len(message) if message.isascii() else len(message.encode("utf-8"))  # type: ignore[attr-defined]
         app.router.relay(self, message)  # type: ignore[attr-defined]
 
     def limited(self, verdict: str) -> None:
@@ -122,8 +131,11 @@ class SignalingHandler(WebSocketHandler):
 
     def send(self, text: str) -> None:
         """Session.send: queue ``text``; a socket already closing just drops it."""
+        connection = self.ws_connection
+        if connection is None:
+            return
         try:
-            self.write_message(text)
+            connection.send_text(text)  # type: ignore[attr-defined]
         except WebSocketClosedError:
             pass
 

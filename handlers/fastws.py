@@ -1,0 +1,211 @@
+"""Tornado's websocket protocol with a leaner path for the frames a relay moves.
+
+Why: profiled under relay load (docs/benchmarks.md), Tornado 6's protocol spends most of a
+relayed message's CPU on machinery rather than work: three ``read_bytes`` Futures per
+incoming frame (header, mask, payload), a Task wrapped around every ``write_message``, and
+one ``send`` system call per outgoing frame; every Future also asks the kernel for the pid
+(``getpid``) and feeds the garbage collector.
+
+What changes, and only that:
+
+* Receiving: read whatever the socket has (up to ``READ_CHUNK`` bytes, one Future) and parse
+  every complete frame in it synchronously. Validation is the same as Tornado's: reserved
+  bits, control frame rules, fragmentation, ``websocket_max_message_size`` (1009, decided
+  from the header, before the payload is read), invalid UTF-8 (the connection is dropped).
+* Sending text: frames are appended to a per-socket list and written together once per
+  event-loop iteration, straight to the socket when nothing is queued before them (plain
+  TCP only; TLS streams go through Tornado's ``IOStream.write`` as before). No Future, no
+  Task. Control frames (ping, pong, close) still go through Tornado, after the queued data.
+
+The handshake, the close handshake, pings, and every public ``WebSocketHandler`` method are
+Tornado's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import struct
+
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.util import _websocket_mask
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+
+log = logging.getLogger(__name__)
+
+#: Most bytes read from a socket at once.
+READ_CHUNK = 65536
+_TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked (server-to-client) text frame."""
+    length = len(payload)
+    if length < 126:
+        return bytes((0x81, length)) + payload
+    if length < 65536:
+        return struct.pack("!BBH", 0x81, 126, length) + payload
+    return struct.pack("!BBQ", 0x81, 127, length) + payload
+
+
+class FastWebSocketProtocol(WebSocketProtocol13):
+    _outbox: list[bytes] | None = None
+
+    # --- sending ------------------------------------------------------------------------
+
+    def send_text(self, text: str) -> None:
+        """Queue a text message; it leaves with the others at the end of this loop iteration."""
+        if self.is_closing():
+            raise WebSocketClosedError()
+        frame = text_frame(text.encode("utf-8"))
+        self._message_bytes_out += len(frame)
+        if self._outbox is None:
+            self._outbox = [frame]
+            asyncio.get_running_loop().call_soon(self._flush)
+        else:
+            self._outbox.append(frame)
+
+    def write_message(self, message, binary=False):  # type: ignore[no-untyped-def]
+        if binary or isinstance(message, dict):
+            return super().write_message(message, binary)
+        self.send_text(message if isinstance(message, str) else message.decode("utf-8"))
+        # Callers may await what write_message returns: give them a done future.
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, None
+        if not outbox or self.stream.closed():
+            return
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)
+        stream = self.stream
+        if type(stream) is IOStream and not stream.writing():
+            try:
+                sent = stream.socket.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                return  # the connection is gone; the read side will notice and close
+            if sent == len(data):
+                return
+            data = data[sent:]
+        try:
+            stream.write(data)  # Tornado buffers the rest and waits for the socket
+        except StreamClosedError:
+            pass
+
+    def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0):  # type: ignore[no-untyped-def]
+        # Pings, pongs and the close frame leave after the text already queued.
+        if self._outbox:
+            self._flush()
+        return super()._write_frame(fin, opcode, data, flags)
+
+    # --- receiving ----------------------------------------------------------------------
+
+    async def _receive_frame_loop(self) -> None:
+        buffer = bytearray()
+        try:
+            while not self.client_terminated:
+                chunk = await self.stream.read_bytes(READ_CHUNK, partial=True)
+                self._wire_bytes_in += len(chunk)
+                buffer += chunk
+                consumed = await self._parse(buffer)
+                if consumed:
+                    del buffer[:consumed]
+        except StreamClosedError:
+            self._abort()
+        finally:
+            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    async def _parse(self, buffer: bytearray) -> int:
+        """Handle every complete frame at the start of ``buffer``; answer the bytes used."""
+        position = 0
+        end = len(buffer)
+        max_size = self.params.max_message_size
+        while end - position >= 2 and not self.client_terminated:
+            header, second = buffer[position], buffer[position + 1]
+            opcode = header & 0x0F
+            final = header & 0x80
+            if header & 0x70:  # reserved bits: no extension is negotiated
+                self._abort()
+                return end
+            length = second & 0x7F
+            offset = position + 2
+            if opcode & 0x8 and (length >= 126 or not final):  # malformed control frame
+                self._abort()
+                return end
+            if length == 126:
+                if end - offset < 2:
+                    break
+                (length,) = struct.unpack_from("!H", buffer, offset)
+                offset += 2
+            elif length == 127:
+                if end - offset < 8:
+                    break
+                (length,) = struct.unpack_from("!Q", buffer, offset)
+                offset += 8
+            pending = len(self._fragmented_message_buffer) if self._fragmented_message_buffer is not None else 0
+            if length + pending > max_size:
+                self.close(1009, "message too big")
+                self._abort()
+                return end
+            masked = second & 0x80
+            if end - offset < length + (4 if masked else 0):
+                break  # wait for the rest of this frame
+            if masked:
+                mask = bytes(buffer[offset : offset + 4])
+                offset += 4
+                payload = _websocket_mask(mask, bytes(buffer[offset : offset + length]))
+            else:
+                payload = bytes(buffer[offset : offset + length])
+            position = offset + length
+            if not await self._frame(final, opcode, payload):
+                return end
+        return position
+
+    async def _frame(self, final: int, opcode: int, payload: bytes) -> bool:
+        """One frame, with Tornado's rules for fragments; False if the connection ended."""
+        if opcode == 0:  # continuation
+            if self._fragmented_message_buffer is None:
+                self._abort()
+                return False
+            self._fragmented_message_buffer.extend(payload)
+            if not final:
+                return True
+            opcode = self._fragmented_message_opcode
+            payload = bytes(self._fragmented_message_buffer)
+            self._fragmented_message_buffer = None
+        elif not opcode & 0x8:  # a new data message
+            if self._fragmented_message_buffer is not None:
+                self._abort()
+                return False
+            if not final:
+                self._fragmented_message_opcode = opcode
+                self._fragmented_message_buffer = bytearray(payload)
+                return True
+        if opcode == _TEXT:
+            try:
+                message: str | bytes = payload.decode("utf-8")
+            except UnicodeDecodeError:
+                self._abort()
+                return False
+        elif opcode == _BINARY:
+            message = payload
+        else:
+            # Close, ping, pong, unknown opcodes: exactly as Tornado does.
+            handled = self._handle_message(opcode, payload)
+            if handled is not None:
+                await handled
+            return not self.client_terminated
+        self._message_bytes_in += len(payload)
+        try:
+            result = self.handler.on_message(message)
+            if result is not None and inspect.isawaitable(result):
+                await result
+        except Exception:
+            log.exception("uncaught exception in on_message")
+            self._abort()
+            return False
+        return True
