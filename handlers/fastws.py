@@ -51,6 +51,10 @@ def text_frame(payload: bytes) -> bytes:
 
 class FastWebSocketProtocol(WebSocketProtocol13):
     _outbox: list[bytes] | None = None
+    #: The start of a frame whose end has not arrived yet (usually nothing: whole frames
+    #: are parsed straight from the chunk the socket gave).
+    _pending: bytes = b""
+    _reported_close = False
 
     # --- sending ------------------------------------------------------------------------
 
@@ -105,21 +109,66 @@ class FastWebSocketProtocol(WebSocketProtocol13):
     # --- receiving ----------------------------------------------------------------------
 
     async def _receive_frame_loop(self) -> None:
-        buffer = bytearray()
-        try:
-            while not self.client_terminated:
-                chunk = await self.stream.read_bytes(READ_CHUNK, partial=True)
-                self._wire_bytes_in += len(chunk)
-                buffer += chunk
-                consumed = await self._parse(buffer)
-                if consumed:
-                    del buffer[:consumed]
-        except StreamClosedError:
-            self._abort()
-        finally:
-            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+        # Tornado awaits this coroutine at the bottom of the handshake's coroutine chain
+        # (_execute, get, accept_connection, _accept_connection), so a connection that reads
+        # in a loop keeps all of those frames alive for its whole life. Reading through
+        # callbacks instead lets the chain finish now: about 2 KiB less per idle socket.
+        self._read_next()
 
-    async def _parse(self, buffer: bytearray) -> int:
+    def _read_next(self) -> None:
+        try:
+            self.stream.read_bytes(READ_CHUNK, partial=True).add_done_callback(self._on_chunk)
+        except StreamClosedError:
+            self._on_stream_closed()
+
+    def _on_chunk(self, future: asyncio.Future[bytes]) -> None:
+        try:
+            chunk = future.result()
+        except StreamClosedError:
+            self._on_stream_closed()
+            return
+        except Exception:  # noqa: BLE001 - never leave a connection half-handled
+            log.exception("reading a websocket failed")
+            self._abort()
+            self._on_stream_closed()
+            return
+        self._wire_bytes_in += len(chunk)
+        data = self._pending + chunk if self._pending else chunk
+        try:
+            consumed = self._parse(data)
+        except ValueError:
+            # Malformed input Tornado's own handlers reject (e.g. a close reason that is
+            # not UTF-8): drop the connection, as Tornado's accept_connection does.
+            self._abort()
+            self._on_stream_closed()
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("handling a websocket frame failed")
+            self._abort()
+            self._on_stream_closed()
+            return
+        if consumed < len(data) or self._pending:
+            self._pending = data[consumed:]
+        if self.client_terminated or self.stream.closed():
+            self._on_stream_closed()
+        else:
+            self._read_next()
+
+    def _on_stream_closed(self) -> None:
+        if self._reported_close:
+            return
+        self._reported_close = True
+        if not self.stream.closed():
+            # The client's close frame arrived: Tornado has answered it; wait for the end.
+            self.stream.set_close_callback(self._report_close)
+            return
+        self._abort()
+        self._report_close()
+
+    def _report_close(self) -> None:
+        self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+    def _parse(self, buffer: bytes) -> int:
         """Handle every complete frame at the start of ``buffer``; answer the bytes used."""
         position = 0
         end = len(buffer)
@@ -155,18 +204,21 @@ class FastWebSocketProtocol(WebSocketProtocol13):
             if end - offset < length + (4 if masked else 0):
                 break  # wait for the rest of this frame
             if masked:
-                mask = bytes(buffer[offset : offset + 4])
+                mask = buffer[offset : offset + 4]
                 offset += 4
-                payload = _websocket_mask(mask, bytes(buffer[offset : offset + length]))
+                payload = _websocket_mask(mask, buffer[offset : offset + length])
             else:
-                payload = bytes(buffer[offset : offset + length])
+                payload = buffer[offset : offset + length]
             position = offset + length
-            if not await self._frame(final, opcode, payload):
+            if not self._frame(final, opcode, payload):
                 return end
         return position
 
-    async def _frame(self, final: int, opcode: int, payload: bytes) -> bool:
-        """One frame, with Tornado's rules for fragments; False if the connection ended."""
+    def _frame(self, final: int, opcode: int, payload: bytes) -> bool:
+        """One frame, with Tornado's rules for fragments; False if the connection ended.
+
+        The handler's callbacks run synchronously, in frame order (SignalingHandler's are
+        plain functions); one that returns an awaitable is left to run on its own."""
         if opcode == 0:  # continuation
             if self._fragmented_message_buffer is None:
                 self._abort()
@@ -197,13 +249,13 @@ class FastWebSocketProtocol(WebSocketProtocol13):
             # Close, ping, pong, unknown opcodes: exactly as Tornado does.
             handled = self._handle_message(opcode, payload)
             if handled is not None:
-                await handled
+                asyncio.ensure_future(handled)
             return not self.client_terminated
         self._message_bytes_in += len(payload)
         try:
             result = self.handler.on_message(message)
             if result is not None and inspect.isawaitable(result):
-                await result
+                asyncio.ensure_future(result)
         except Exception:
             log.exception("uncaught exception in on_message")
             self._abort()

@@ -92,3 +92,11 @@ def test_continuation_without_a_start_or_a_new_message_inside_one_drops_the_conn
     probe.send(frame(TEXT, b"still up?"))
     assert probe.read_frame() == (TEXT, NOTICE)
     probe.close()
+
+
+def test_a_close_reason_that_is_not_utf8_drops_that_connection_cleanly(server):
+    ws = RawWebSocket("127.0.0.1", server.port, "/wscall?id=badclose&peer_id=nobody")
+    ws.send(frame(CLOSE, struct.pack("!H", 1000) + b"\xa9\xff"))
+    assert ws.read_until_close()[0] in (None, 1000)
+    ws.close()
+    assert "Traceback" not in server.output()
