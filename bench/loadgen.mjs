@@ -3,6 +3,13 @@
 //
 //   node bench/loadgen.mjs --proto webrtc|peerjs --url ws://127.0.0.1:PORT --workload relay|calls|idle [options]
 //
+// Across nodes (webrtc_app's Redis backplane): `--workload relay --url2 ws://127.0.0.1:PORT2`
+// connects the callers to --url and the callees to --url2, so every message and every
+// acknowledgement goes from one node to the other through Redis. Before the warm-up it then
+// probes every pair until a message gets through both ways (a node makes a socket reachable
+// from the others a little after the client sees its handshake complete) and prints
+// `EVENT {"event": "probed", ...}`; from then on any PEER-UNAVAILABLE notice fails the run.
+//
 // It needs the `ws` package: set BENCH_NODE_MODULES to the node_modules folder holding it
 // (bench/run.py installs it into a temporary folder), or run it where `ws` resolves.
 //
@@ -31,6 +38,7 @@ const WebSocket = requireWs('ws');
 const DEFAULTS = {
   proto: 'webrtc', // webrtc | peerjs
   url: '', // ws://127.0.0.1:PORT (no path)
+  url2: '', // relay only: the callees connect here (another node of a cluster) instead of --url
   workload: 'relay', // relay | calls | idle
   tag: 'x', // prefix of every id, so rounds never collide
   timeout: 300, // seconds: the whole run, waits included
@@ -40,6 +48,7 @@ const DEFAULTS = {
   warmup: 100, // data messages per caller before the measurement
   window: 20, // unacknowledged data messages in flight per caller
   size: 200, // bytes of each data frame the caller sends
+  'probe-tries': 100, // with --url2: probes per pair before giving up (one every 50 ms at most, 1 s each)
   // calls
   calls: 1000,
   'warmup-calls': 50,
@@ -73,6 +82,10 @@ function parseArgs(argv) {
   if (!['webrtc', 'peerjs'].includes(opts.proto)) die(`--proto must be webrtc or peerjs`);
   if (!['relay', 'calls', 'idle'].includes(opts.workload)) die(`--workload must be relay, calls or idle`);
   if (!opts.url.startsWith('ws://')) die('--url ws://HOST:PORT is required');
+  if (opts.url2) {
+    if (!opts.url2.startsWith('ws://')) die('--url2 must be ws://HOST:PORT');
+    if (opts.workload !== 'relay' || opts.proto !== 'webrtc') die('--url2 is for --proto webrtc --workload relay only');
+  }
   if (opts.cork === -1) opts.cork = opts.workload === 'relay' ? 1 : 0;
   return opts;
 }
@@ -165,11 +178,15 @@ const CLIENT_OPTIONS = {
  * frame's application text: the raw frame for webrtc_app, the JSON `payload` for PeerJS.
  */
 class Client {
-  constructor(id, peerId) {
+  constructor(id, peerId, base = opts.url) {
     this.id = id;
     this.peerId = peerId;
+    this.base = base; // ws://HOST:PORT of the server (node) this client connects to
     this.ws = null;
     this.onText = null;
+    // While set (the probe phase across nodes), PEER-UNAVAILABLE notices go here instead of
+    // failing the run.
+    this.onUnavailable = null;
     this.closing = false;
     this.heartbeat = null;
     this.closed = null;
@@ -177,9 +194,9 @@ class Client {
   }
 
   url() {
-    if (opts.proto === 'webrtc') return `${opts.url}/wscall?id=${encodeURIComponent(this.id)}&peer_id=${encodeURIComponent(this.peerId)}`;
+    if (opts.proto === 'webrtc') return `${this.base}/wscall?id=${encodeURIComponent(this.id)}&peer_id=${encodeURIComponent(this.peerId)}`;
     const token = Math.random().toString(36).slice(2, 12);
-    return `${opts.url}/peerjs?key=${opts.key}&id=${encodeURIComponent(this.id)}&token=${token}`;
+    return `${this.base}/peerjs?key=${opts.key}&id=${encodeURIComponent(this.id)}&token=${token}`;
   }
 
   connect() {
@@ -225,6 +242,10 @@ class Client {
         ws.on('message', (data, isBinary) => {
           const text = data.toString();
           if (isBinary || text.startsWith('{"msg_type": "SERVER_NOTICE"')) {
+            if (!isBinary && this.onUnavailable && text.includes('PEER-UNAVAILABLE')) {
+              this.onUnavailable(text);
+              return;
+            }
             notices++;
             recordError(new Failure(`${this.id} received ${text.slice(0, 120)}`));
             return;
@@ -342,12 +363,17 @@ async function relay() {
   for (let i = 0; i < P; i++) {
     const a = `${opts.tag}ra${i}`;
     const b = `${opts.tag}rb${i}`;
-    pairs.push({ caller: new Client(a, b), callee: new Client(b, a) });
+    pairs.push({ caller: new Client(a, b), callee: new Client(b, a, opts.url2 || opts.url) });
   }
   // Callees first, so no caller ever talks to nobody.
   await orFail(pool(P, opts['open-concurrency'], (i) => pairs[i].callee.connect()));
   await orFail(pool(P, opts['open-concurrency'], (i) => pairs[i].caller.connect()));
   check();
+  if (opts.url2) {
+    const probes = await orFail(probe(pairs));
+    check();
+    await event('probed', probes);
+  }
 
   const frames = { data: 0, acks: 0 };
   /** Every caller sends `count` messages, `window` at most unacknowledged; resolves with the RTTs (ms). */
@@ -414,6 +440,75 @@ async function relay() {
     rtt_ms: summary(rtts),
   });
   await Promise.all(pairs.flatMap(({ caller, callee }) => [caller.close(), callee.close()]));
+}
+
+/**
+ * Across nodes: make sure every pair delivers both ways before anything is measured. A node
+ * answers the WebSocket handshake before the socket is reachable from the other nodes (its
+ * open() waits for Redis to confirm the subscription, which the client cannot see), so a
+ * caller's first message may find its callee not yet reachable and get PEER-UNAVAILABLE back.
+ * Each caller sends {"type":"probe","n":k} until the callee's {"type":"probe-ack","n":k}
+ * arrives (the callee's answer proves the way back too), retrying after a notice or 1 s of
+ * silence, `probe-tries` times at most. Answers the counts; the notices seen here are
+ * expected and reported, any later one fails the run.
+ */
+async function probe(pairs) {
+  let attempts = 0;
+  let unavailable = 0;
+  let timeouts = 0;
+  const started = performance.now();
+  await pool(pairs.length, pairs.length, async (p) => {
+    const { caller, callee } = pairs[p];
+    let current = -1; // the attempt whose answer counts; late answers of earlier ones are ignored
+    let settle = null;
+    callee.onText = (payload) => {
+      const message = JSON.parse(payload);
+      if (message.type !== 'probe') return recordError(new Failure(`pair ${p}: callee got ${payload.slice(0, 80)} while probing`));
+      callee.send(`{"type":"probe-ack","n":${message.n}}`);
+    };
+    caller.onText = (payload) => {
+      const message = JSON.parse(payload);
+      if (message.type !== 'probe-ack') return recordError(new Failure(`pair ${p}: caller got ${payload.slice(0, 80)} while probing`));
+      if (message.n === current && settle) settle('ok');
+    };
+    // A notice to the caller: its probe found no callee. To the callee: its answer found no
+    // caller (the caller's silence timer then retries).
+    caller.onUnavailable = () => {
+      unavailable++;
+      if (settle) settle('unavailable');
+    };
+    callee.onUnavailable = () => {
+      unavailable++;
+    };
+    for (let attempt = 0; attempt < opts['probe-tries']; attempt++) {
+      check();
+      current = attempt;
+      attempts++;
+      const outcome = await new Promise((resolve) => {
+        const timer = setTimeout(() => settle('timeout'), 1000);
+        settle = (what) => {
+          clearTimeout(timer);
+          settle = null;
+          resolve(what);
+        };
+        caller.send(`{"type":"probe","n":${attempt}}`);
+      });
+      if (outcome === 'ok') return;
+      if (outcome === 'timeout') timeouts++;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    throw new Failure(`pair ${p}: no probe got through both ways in ${opts['probe-tries']} tries`);
+  });
+  if (timeouts) {
+    // An answer that was only slow may still come: let it arrive while the probe handlers
+    // still ignore it, not in the middle of the warm-up.
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+  }
+  for (const { caller, callee } of pairs) {
+    caller.onUnavailable = callee.onUnavailable = null;
+    caller.onText = callee.onText = null;
+  }
+  return { pairs: pairs.length, attempts, unavailable, timeouts, seconds: (performance.now() - started) / 1000 };
 }
 
 // ---------------------------------------------------------------- calls

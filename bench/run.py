@@ -3,6 +3,7 @@
 
     python bench/run.py            # the full suite (~10 minutes), writes docs/benchmarks.md
     python bench/run.py --quick    # a smoke check (~1-2 minutes), writes only bench/out/
+    python bench/run.py --cluster  # relay across two nodes joined by Redis, against one node
 
 It installs PeerJS (npm package ``peer``) and ``ws`` into a temporary folder, then runs
 ``--rounds`` rounds; in each round every workload runs against webrtc_app and then PeerJS
@@ -11,6 +12,11 @@ It installs PeerJS (npm package ``peer``) and ``ws`` into a temporary folder, th
 rounds and the ratio webrtc_app/PeerJS, profiles webrtc_app under the relay load with
 py-spy, and writes the results between the markers of docs/benchmarks.md.
 docs/benchmarks.md says what each workload does and how each figure is computed.
+
+``--cluster`` measures webrtc_app's Redis backplane instead (no PeerJS): the relay workload
+with its callers on one node and its callees on another, both joined through a
+redis-server of its own, in alternate rounds with one node alone (and one node with Redis);
+its results go between the ``bench:cluster`` markers of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ PROJECT_DIR = os.path.dirname(BENCH_DIR)
 DOCS_FILE = os.path.join(PROJECT_DIR, "docs", "benchmarks.md")
 RESULTS_START, RESULTS_END = "<!-- bench:results:start -->", "<!-- bench:results:end -->"
 PROFILE_START, PROFILE_END = "<!-- bench:profile:start -->", "<!-- bench:profile:end -->"
+CLUSTER_START, CLUSTER_END = "<!-- bench:cluster:start -->", "<!-- bench:cluster:end -->"
 
 HZ = os.sysconf("SC_CLK_TCK")
 SERVERS = ("webrtc_app", "peerjs")
@@ -266,16 +273,18 @@ def _wait_for(predicate: Any, server_proc: subprocess.Popen[Any], what: str, log
     raise BenchError(f"{what} did not start ({'exit status ' + str(status) if status is not None else 'timed out'}):\n{tail}")
 
 
-def start_webrtc(cfg: Config, name: str) -> Server:
+def start_webrtc(cfg: Config, name: str, cpu: int | None, redis_url: str | None = None) -> Server:
+    """webrtc_app pinned to ``cpu``; a node of the Redis backplane at ``redis_url`` when given."""
     # --log-level warning prints no "listening" line, so the driver picks the port itself.
     port = free_port()
     log_path = os.path.join(cfg.log_dir, f"{name}.log")
-    env = {**os.environ, **WEBRTC_ENV}
+    env = {k: v for k, v in os.environ.items() if k != "WEBRTC_REDIS_URL"}
+    env.update(WEBRTC_ENV)
     cmd = [cfg.python, "webrtc_server.py", "start", str(port), "--host", "127.0.0.1", "--log-level", "warning"]
+    if redis_url:
+        cmd += ["--redis", redis_url]
     with open(log_path, "wb") as out:
-        proc = spawn(
-            cmd, cfg.server_cpu, cwd=cfg.server_dir, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        proc = spawn(cmd, cpu, cwd=cfg.server_dir, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def healthy() -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as response:
@@ -285,6 +294,12 @@ def start_webrtc(cfg: Config, name: str) -> Server:
     time.sleep(0.2)
     server = Server("webrtc_app", proc, port, log_path)
     server.check_alive()  # not someone else's server on a port we raced for
+    if redis_url:
+
+        def connected() -> bool:
+            return (server.metrics() or {}).get("webrtc_backplane_connected") == 1
+
+        _wait_for(connected, proc, "webrtc_app's Redis backplane", log_path, cfg.start_timeout)
     return server
 
 
@@ -317,7 +332,7 @@ def start_peerjs(cfg: Config, name: str) -> Server:
 
 
 def start_server(cfg: Config, kind: str, name: str) -> Server:
-    return start_webrtc(cfg, name) if kind == "webrtc_app" else start_peerjs(cfg, name)
+    return start_webrtc(cfg, name, cfg.server_cpu) if kind == "webrtc_app" else start_peerjs(cfg, name)
 
 
 def stop_server(server: Server) -> None:
@@ -449,6 +464,14 @@ class Config:
     retries: int = 2
     event_timeout: float = 300
     warnings: list[str] = field(default_factory=list)
+    # --cluster: the Redis backplane (see "across nodes" below)
+    cluster: bool = False
+    redis_server: str = ""
+    layout: str = "apart"
+    cluster_cpus: dict[str, int | None] = field(default_factory=dict)
+    cluster_variants: tuple[str, ...] = ()
+    cluster_profile_relay: dict[str, Any] = field(default_factory=dict)
+    cluster_light: dict[str, Any] = field(default_factory=dict)
 
 
 def check_count(cfg: Config, what: str, got: float | None, expected: float) -> None:
@@ -1058,12 +1081,762 @@ def write_docs(results_md: str, profile_md: str | None) -> None:
         handle.write(text)
 
 
+# ------------------------------------------------------------------ across nodes (--cluster)
+
+#: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
+CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
+CLUSTER_LABELS = {
+    "single": "1 node",
+    "single_redis": "1 node + Redis",
+    "cluster": "2 nodes via Redis",
+}
+
+
+def find_redis_server(given: str) -> str:
+    """The redis-server binary: ``given``, else redis-server on PATH, else /usr/bin/redis-server."""
+    candidates = [given] if given else [shutil.which("redis-server") or "", "/usr/bin/redis-server"]
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise BenchError(
+        f"redis-server not found ({given or 'not on PATH, nor /usr/bin/redis-server'}): --cluster needs it "
+        "(Debian: apt-get install redis-server; or give --redis-server PATH)"
+    )
+
+
+def redis_command(port: int, *args: str, timeout: float = 5.0) -> Any:
+    """Send one command to the redis-server on 127.0.0.1:``port`` and answer its decoded reply
+    (RESP2; just enough for PING and INFO, so the driver needs no Redis client)."""
+    request = f"*{len(args)}\r\n" + "".join(f"${len(a.encode())}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request.encode())
+        with sock.makefile("rb") as reader:
+            return _resp_reply(reader)
+
+
+def _resp_reply(reader: Any) -> Any:
+    line = reader.readline(1_000_000)
+    if not line.endswith(b"\r\n"):
+        raise OSError("redis-server closed the connection")
+    kind, body = line[:1], line[1:-2]
+    if kind == b"+":
+        return body.decode()
+    if kind == b"-":
+        raise BenchError(f"redis-server answered an error: {body.decode(errors='replace')}")
+    if kind == b":":
+        return int(body)
+    if kind == b"$":
+        length = int(body)
+        return None if length < 0 else reader.read(length + 2)[:-2].decode(errors="replace")
+    if kind == b"*":
+        count = int(body)
+        return None if count < 0 else [_resp_reply(reader) for _ in range(count)]
+    raise OSError(f"unexpected reply from redis-server: {line[:80]!r}")
+
+
+@dataclass
+class RedisServer:
+    proc: subprocess.Popen[Any]
+    port: int
+    log_path: str
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def log_tail(self, lines: int = 30) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+
+    def info(self) -> dict[str, str]:
+        text = redis_command(self.port, "INFO", "all")
+        return dict(line.split(":", 1) for line in text.splitlines() if ":" in line and not line.startswith("#"))
+
+    def publish_calls(self) -> int:
+        text = redis_command(self.port, "INFO", "commandstats")
+        match = re.search(r"^cmdstat_publish:calls=(\d+)", text, re.M)
+        return int(match.group(1)) if match else 0
+
+    def settle(self, quiet: float = 0.3, timeout: float = 60) -> float:
+        """Wait until the nodes have handed Redis everything they had queued: PUBLISH calls stop
+        growing for ``quiet`` seconds. A node delivers to its own sockets at once and publishes
+        after, so with every pair on one node its publishing lags behind the deliveries.
+        Answers when (time.monotonic()) the count was last seen growing."""
+        deadline = time.monotonic() + timeout
+        last, since = self.publish_calls(), time.monotonic()
+        changed = 0.0
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            calls = self.publish_calls()
+            if calls != last:
+                last, since = calls, time.monotonic()
+                changed = since
+            elif time.monotonic() - since >= quiet:
+                return changed
+        raise BenchError(f"the nodes kept publishing to Redis for {timeout:g} s after the load generator finished")
+
+    def stats(self) -> dict[str, int]:
+        """Redis' own counters: PUBLISH calls, reads and writes of client sockets, bytes."""
+        info = self.info()
+        publish = re.search(r"(?:^|,)calls=(\d+)", info.get("cmdstat_publish", ""))
+        return {
+            "publish": int(publish.group(1)) if publish else 0,
+            "commands": int(info["total_commands_processed"]),
+            "reads": int(info.get("total_reads_processed", 0)),
+            "net_in": int(info["total_net_input_bytes"]),
+            "net_out": int(info["total_net_output_bytes"]),
+        }
+
+
+def start_redis(cfg: Config, name: str) -> RedisServer:
+    """A fresh redis-server of our own on a free port (no persistence), answering PING."""
+    log_path = os.path.join(cfg.log_dir, f"{name}.redis.log")
+    for _attempt in range(3):  # a free port may be taken again before redis-server binds it
+        port = free_port()
+        cmd = [
+            cfg.redis_server,
+            "--port", str(port),
+            "--bind", "127.0.0.1",
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+            "--dir", cfg.log_dir,
+        ]  # fmt: skip
+        with open(log_path, "ab") as out:
+            proc = spawn(cmd, cfg.cluster_cpus["redis"], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        redis = RedisServer(proc, port, log_path)
+        deadline = time.monotonic() + cfg.start_timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if redis_command(port, "PING", timeout=2) == "PONG":
+                    # Ours, not another redis-server on a port we raced for.
+                    if int(redis.info().get("process_id", -1)) == proc.pid:
+                        return redis
+                    break
+            except (OSError, BenchError):  # not listening yet, or still loading
+                pass
+            time.sleep(0.05)
+        status = proc.poll()
+        stop(proc)
+        if status is None and time.monotonic() >= deadline:
+            raise BenchError(f"redis-server did not answer PING within {cfg.start_timeout:g} s:\n{redis.log_tail()}")
+        log(f"redis-server did not start on port {port} (exit status {status}); trying another port")
+    raise BenchError(f"redis-server did not start:\n{RedisServer(proc, port, log_path).log_tail()}")
+
+
+def stop_redis(redis: RedisServer) -> None:
+    if redis.proc.poll() is not None:
+        raise BenchError(f"redis-server exited with {redis.proc.returncode} during the run:\n{redis.log_tail()}")
+    status = stop(redis.proc)
+    if status not in (0, -signal.SIGTERM):
+        raise BenchError(f"redis-server stopped with exit status {status}:\n{redis.log_tail()}")
+
+
+def cpu_busy_by_core() -> dict[int, int]:
+    """Busy ticks of each CPU (/proc/stat cpuN lines, everything but idle and iowait)."""
+    cores = {}
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            match = re.match(r"cpu(\d+) (.*)", line)
+            if match:
+                values = [int(v) for v in match.group(2).split()]
+                user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+                cores[int(match.group(1))] = user + nice + system + irq + softirq + steal
+    return cores
+
+
+@dataclass
+class Snapshot:
+    t: float
+    ticks: dict[str, int]  # CPU ticks of each process by role
+    machine: int
+    cores: dict[int, int]
+
+
+def snapshot(pids: dict[str, int]) -> Snapshot:
+    return Snapshot(
+        time.monotonic(), {role: cpu_ticks(pid) for role, pid in pids.items()}, machine_busy_ticks(), cpu_busy_by_core()
+    )
+
+
+def spent(a: Snapshot, b: Snapshot) -> dict[str, float]:
+    """CPU seconds of each process, and % of one core for each, for other processes, for each CPU."""
+    wall = b.t - a.t
+    seconds = {role: (b.ticks[role] - a.ticks[role]) / HZ for role in a.ticks}
+    other = max(0.0, (b.machine - a.machine) / HZ - sum(seconds.values()))
+    result = {"wall_s": wall, "other_cpu_pct": 100 * other / wall}
+    for role, value in seconds.items():
+        result[f"{role}_cpu_s"] = value
+        result[f"{role}_cpu_pct"] = 100 * value / wall
+    for core in a.cores:
+        result[f"core{core}_pct"] = 100 * (b.cores[core] - a.cores[core]) / HZ / wall
+    return result
+
+
+def run_relay_across(
+    cfg: Config,
+    nodes: list[Server],
+    redis: RedisServer | None,
+    tag: str,
+    args: dict[str, Any],
+    on_ready: Any = None,
+    on_measured: Any = None,
+) -> dict[str, float]:
+    """The relay workload against one node, or with callers on nodes[0] and callees on nodes[1]
+    (every message and acknowledgement crossing Redis); CPU of every node and of redis-server."""
+    across = len(nodes) == 2
+    extra = {"url2": nodes[1].ws_url} if across else {}
+    lg = LoadGen(cfg, nodes[0], "relay", {**args, "tag": tag, **extra}, tag)
+    probed: dict[str, Any] = {}
+    try:
+        if across:
+            # Every pair delivers both ways: from here on, no message may go undelivered.
+            probed = lg.expect("probed", cfg.event_timeout)
+            mp = [node.metrics() for node in nodes]
+            lg.go()
+        lg.expect("ready", cfg.event_timeout)
+        m0 = [node.metrics() for node in nodes]
+        if not across:
+            mp = m0
+        if redis:
+            redis.settle()  # the warm-up's messages are all published before the measurement
+        r0 = redis.stats() if redis else None
+        if on_ready:
+            on_ready()
+        pids = {f"node{n}": node.pid for n, node in enumerate(nodes, 1)}
+        if redis:
+            pids["redis"] = redis.pid
+        pids["loadgen"] = lg.pid
+        s0 = snapshot(pids)
+        lg.go()
+        result = lg.expect("measured", cfg.event_timeout)
+        s1 = snapshot(pids)
+        published = s1.t
+        if redis:
+            # CPU per message counts until Redis has had every message's PUBLISH (the nodes'
+            # CPU % and the rates are over the delivery only, s0 to s1).
+            published = max(published, redis.settle())
+        s2 = snapshot(pids)
+        if on_measured:
+            on_measured()
+        r1 = redis.stats() if redis else None
+        m1 = [node.metrics() for node in nodes]
+        relayed = result["relayed"]
+        if relayed != 2 * args["pairs"] * args["messages"]:
+            raise BenchError(
+                f"the load generator counted {relayed} relayed messages, expected {2 * args['pairs'] * args['messages']}"
+            )
+        # Each node counts the messages its own sockets sent: node 1 the data, node 2 the acks.
+        expected = [result["data_messages"], result["acks"]] if across else [relayed]
+        for n in range(len(nodes)):
+            what = f"node {n + 1}: " if across else ""
+            check_count(
+                cfg,
+                f"{what}webrtc_messages_relayed_total",
+                metric_delta(m0[n], m1[n], "webrtc_messages_relayed_total"),
+                expected[n],
+            )
+            # PEER-UNAVAILABLE notices: none from the end of the probes (warm-up included) on.
+            check_count(
+                cfg,
+                f"{what}webrtc_messages_undelivered_total since the pairs were probed",
+                metric_delta(mp[n], m1[n], "webrtc_messages_undelivered_total"),
+                0,
+            )
+            if redis:
+                check_count(
+                    cfg, f"{what}webrtc_backplane_errors_total", metric_delta(m0[n], m1[n], "webrtc_backplane_errors_total"), 0
+                )
+                check_count(cfg, f"{what}webrtc_backplane_connected", (m1[n] or {}).get("webrtc_backplane_connected"), 1)
+        lg.go()
+        done = lg.expect("done", cfg.event_timeout)
+        if done.get("notices"):
+            raise BenchError(f"the load generator received {done['notices']} server notices after the probes")
+        lg.proc.wait(60)
+        stop(lg.proc)
+        lg.stderr.close()
+        if lg.proc.returncode != 0:
+            raise BenchError(f"the load generator exited with {lg.proc.returncode}:\n{lg.log_tail()}")
+    except BaseException:
+        lg.kill()
+        raise
+    use = spent(s0, s1)
+    work = spent(s0, s2)
+    per_msg = lambda role: 1e6 * work[f"{role}_cpu_s"] / relayed  # noqa: E731
+    figures = {
+        "relayed_per_s": result["relayed_per_s"],
+        "rtt_p50_ms": result["rtt_ms"]["p50"],
+        "rtt_p99_ms": result["rtt_ms"]["p99"],
+        "relayed": relayed,
+        "seconds": use["wall_s"],
+        # Publishing may lag behind local delivery: the rate Redis kept up with, and how far behind it was.
+        "sustained_per_s": relayed / (published - s0.t),
+        "backlog_s": published - s1.t,
+        "us_node1": per_msg("node1"),
+        "us_total": sum(per_msg(role) for role in pids if role != "loadgen"),
+        "loadgen_cpu_pct": use["loadgen_cpu_pct"],
+        "node1_cpu_pct": use["node1_cpu_pct"],
+        "other_cpu_pct": use["other_cpu_pct"],
+    }
+    for key, value in use.items():
+        if key.startswith("core"):
+            figures[key] = value
+    if across:
+        figures.update({"us_node2": per_msg("node2"), "node2_cpu_pct": use["node2_cpu_pct"]})
+        figures.update({f"probe_{k}": probed[k] for k in ("attempts", "unavailable", "timeouts")})
+    if redis and r0 and r1:
+        delta = {k: r1[k] - r0[k] for k in r0}
+        figures.update(
+            {
+                "us_redis": per_msg("redis"),
+                "redis_cpu_pct": use["redis_cpu_pct"],
+                "publish_per_msg": delta["publish"] / relayed,
+                "publish_per_read": delta["publish"] / max(1, delta["reads"]),
+                "redis_in_per_msg": delta["net_in"] / relayed,
+                "redis_out_per_msg": delta["net_out"] / relayed,
+            }
+        )
+    return figures
+
+
+def stop_node(server: Server) -> None:
+    stop_server(server)
+    text = server.log_tail(200)
+    if "lost Redis" in text or "not reachable" in text:
+        raise BenchError(f"{server.kind} lost its Redis backplane during the run:\n{text[-3000:]}")
+
+
+def measure_cluster(
+    cfg: Config, variant: str, tag: str, args: dict[str, Any] | None = None, hooks: Any = None, light: bool = True
+) -> dict[str, float]:
+    """One relay measurement: one node alone, one node with Redis, or two nodes through Redis;
+    every process started fresh and stopped afterwards (nodes first, then redis-server)."""
+    args = args or cfg.relay
+    cpus = cfg.cluster_cpus
+    redis = None
+    nodes: list[Server] = []
+    finished = False
+    try:
+        if variant != "single":
+            redis = start_redis(cfg, tag)
+        if variant == "cluster":
+            nodes.append(start_webrtc(cfg, f"{tag}-node1", cpus["node1"], redis.url if redis else None))
+            nodes.append(start_webrtc(cfg, f"{tag}-node2", cpus["node2"], redis.url if redis else None))
+        else:
+            nodes.append(start_webrtc(cfg, tag, cpus["single"], redis.url if redis else None))
+        on_ready, on_measured = hooks(nodes) if hooks else (None, None)
+        figures = run_relay_across(cfg, nodes, redis, tag, args, on_ready, on_measured)
+        if light:
+            # The same processes at light load: what a round trip costs without queueing.
+            calm = run_relay_across(cfg, nodes, redis, f"{tag}l", cfg.cluster_light)
+            figures.update({f"light_{k}": calm[k] for k in ("rtt_p50_ms", "rtt_p99_ms", "relayed_per_s")})
+        finished = True
+        return figures
+    except BenchError as exc:
+        tails = "".join(
+            f"\nnode {n} ({'still running' if s.proc.poll() is None else f'exit status {s.proc.returncode}'}), "
+            f"end of {s.log_path}:\n{s.log_tail()}"
+            for n, s in enumerate(nodes, 1)
+        )
+        if redis:
+            tails += f"\nredis-server, end of {redis.log_path}:\n{redis.log_tail(10)}"
+        raise BenchError(f"relay, {CLUSTER_LABELS[variant]} ({tag}): {exc}{tails}") from None
+    finally:
+        for server in nodes:
+            if server.proc in _children:
+                if finished:
+                    stop_node(server)
+                else:
+                    stop(server.proc)
+        if redis and redis.proc in _children:
+            if finished:
+                stop_redis(redis)
+            else:
+                stop(redis.proc)
+
+
+def run_cluster_profile(cfg: Config) -> dict[str, Any]:
+    """py-spy on node 1 and node 2 at once (Python frames, --function) under the relay across nodes."""
+    py_spy = py_spy_path(cfg)
+    if not os.path.exists(py_spy):
+        raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
+    spies: dict[str, subprocess.Popen[Any]] = {}
+    paths = {role: os.path.join(cfg.out_dir, f"profile-cluster-{role}.txt") for role in ("node1", "node2")}
+    for path in paths.values():
+        if os.path.exists(path):
+            os.remove(path)
+
+    def hooks(nodes: list[Server]) -> tuple[Any, Any]:
+        def start_spies() -> None:
+            for role, node in zip(paths, nodes, strict=True):
+                cmd = [py_spy, "record", "--pid", str(node.pid), "--rate", str(cfg.profile_rate), "--format", "raw"]
+                with open(os.path.join(cfg.log_dir, f"py-spy-cluster-{role}.log"), "wb") as out:
+                    spies[role] = spawn(
+                        [*cmd, "-o", paths[role], "--function"], cfg.loadgen_cpu, stdout=out, stderr=subprocess.STDOUT
+                    )
+            time.sleep(1.0)  # attach before the load starts
+            for role, proc in spies.items():
+                if proc.poll() is not None:
+                    raise BenchError(f"py-spy failed to start on {role}: see {cfg.log_dir}/py-spy-cluster-{role}.log")
+
+        def stop_spies() -> None:
+            for proc in spies.values():
+                proc.send_signal(signal.SIGINT)  # py-spy writes its file on Ctrl-C
+            for proc in spies.values():
+                try:
+                    proc.wait(60)
+                finally:
+                    stop(proc)
+
+        return start_spies, stop_spies
+
+    wait_for_quiet(cfg)
+    try:
+        figures = measure_cluster(cfg, "cluster", "profc", cfg.cluster_profile_relay, hooks, light=False)
+    finally:
+        for proc in spies.values():
+            stop(proc)
+    result: dict[str, Any] = {"figures": figures}
+    for role, path in paths.items():
+        if not os.path.exists(path):
+            raise BenchError(f"py-spy wrote no {path}: see {cfg.log_dir}/py-spy-cluster-{role}.log")
+        samples, rows = parse_raw_profile(path)
+        result[role] = {"samples": samples, "rows": rows, "file": path, "areas": profile_areas(path)}
+    shown = f"{figures['relayed_per_s']:,.0f} msgs/s under py-spy"
+    log(f"cluster profiles written to {os.path.relpath(paths['node1'], PROJECT_DIR)} and -node2.txt: {shown}")
+    return result
+
+
+def profile_areas(path: str) -> dict[str, int]:
+    """Samples of a node's profile (py-spy raw) by what the node was doing: receiving from Redis,
+    publishing to it (and within those, redis-py's RESP parser and command packing), the
+    WebSocket side, the rest."""
+    areas: dict[str, int] = defaultdict(int)
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            count = int(count_text)
+            frames = [_frame_name(f) for f in stack.split(";") if "(" in f and not f.startswith(("process ", "thread "))]
+            if not frames:
+                continue
+            areas["samples"] += count
+            text = ";".join(frames)
+            if "RedisRouter._listener " in text:
+                area = "listener"
+            elif "RedisRouter._publisher " in text:
+                area = "publisher"
+            elif "(handlers/" in text or "(tornado/" in text:
+                area = "websocket"
+            else:
+                area = "rest"
+            areas[area] += count
+            if area in ("listener", "publisher"):
+                if "_AsyncRESP3Parser." in text or "_AsyncRESPBase." in text or "HiredisParser" in text:
+                    areas[f"{area}_parser"] += count
+                if "pack_command" in text:
+                    areas[f"{area}_pack"] += count
+                if "(asyncio/timeouts.py:" in text:  # redis-py's socket_timeout around each reply
+                    areas[f"{area}_timeout"] += count
+    return dict(areas)
+
+
+def profile_areas_text(areas: dict[str, int]) -> str:
+    total = areas.get("samples") or 1
+    pct = lambda key: f"{100 * areas.get(key, 0) / total:.0f}%"  # noqa: E731
+    return (
+        f"receiving from Redis (the pub/sub listener: redis-py reading and parsing each message, then "
+        f"`RedisRouter._on_pubsub`) {pct('listener')}, of which the RESP parser {pct('listener_parser')} and "
+        f"`asyncio.timeout` {pct('listener_timeout')}; publishing (`RedisRouter._publisher`: building the pipeline, "
+        f"packing the commands, reading the PUBLISH replies) {pct('publisher')}, of which packing "
+        f"{pct('publisher_pack')}, the RESP parser {pct('publisher_parser')} and the `asyncio.timeout` redis-py "
+        f"sets around each reply it reads {pct('publisher_timeout')}; the WebSocket side (reading, parsing and "
+        f"sending frames) {pct('websocket')}; the rest (the event loop and its timers) {pct('rest')}"
+    )
+
+
+@dataclass(frozen=True)
+class ClusterFigure:
+    key: str
+    label: str
+    fmt: str
+    better: str  # "higher", "lower" or "" (informative: no ratio)
+
+
+CLUSTER_FIGURES = [
+    ClusterFigure("relayed_per_s", "relayed msgs/s (both directions)", "{:,.0f}", "higher"),
+    ClusterFigure("rtt_p50_ms", "round trip p50 (ms)", "{:.1f}", "lower"),
+    ClusterFigure("rtt_p99_ms", "round trip p99 (ms)", "{:.1f}", "lower"),
+    ClusterFigure("sustained_per_s", "relayed msgs/s until Redis had every PUBLISH", "{:,.0f}", "higher"),
+    ClusterFigure("backlog_s", "PUBLISH backlog at the last delivery (s to drain)", "{:.2f}", ""),
+    ClusterFigure("light_rtt_p50_ms", "light load: round trip p50 (ms)", "{:.2f}", "lower"),
+    ClusterFigure("light_rtt_p99_ms", "light load: round trip p99 (ms)", "{:.2f}", "lower"),
+    ClusterFigure("us_node1", "CPU µs per relayed msg: node 1 (callers; the only node otherwise)", "{:.1f}", "lower"),
+    ClusterFigure("us_node2", "CPU µs per relayed msg: node 2 (callees)", "{:.1f}", "lower"),
+    ClusterFigure("us_redis", "CPU µs per relayed msg: redis-server", "{:.1f}", "lower"),
+    ClusterFigure("us_total", "CPU µs per relayed msg: total (nodes + redis-server)", "{:.1f}", "lower"),
+    ClusterFigure("node1_cpu_pct", "node 1 CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("node2_cpu_pct", "node 2 CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("redis_cpu_pct", "redis-server CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("loadgen_cpu_pct", "load generator CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("other_cpu_pct", "other processes' CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("publish_per_msg", "Redis PUBLISH commands per relayed msg", "{:.2f}", ""),
+    ClusterFigure("publish_per_read", "PUBLISH per read of a client socket by Redis (≈ pipeline batch)", "{:.0f}", ""),
+    ClusterFigure("redis_in_per_msg", "bytes into Redis per relayed msg", "{:.0f}", ""),
+    ClusterFigure("redis_out_per_msg", "bytes out of Redis per relayed msg", "{:.0f}", ""),
+]
+
+
+def cluster_figures(cfg: Config, results: dict[str, list[dict[str, float]]]) -> list[ClusterFigure]:
+    figures = list(CLUSTER_FIGURES)
+    cores = sorted({k for runs in results.values() for run in runs for k in run if re.fullmatch(r"core\d+_pct", k)})
+    for key in cores:
+        figures.append(ClusterFigure(key, f"CPU {key[4:-4]} busy (%)", "{:.0f}", ""))
+    return figures
+
+
+def cluster_table(cfg: Config, results: dict[str, list[dict[str, float]]]) -> str:
+    variants = cfg.cluster_variants
+    head = [CLUSTER_LABELS[v] for v in variants]
+    ratio = "single" in variants
+    lines = [
+        "| figure | " + " | ".join(head) + (" | 2 nodes / 1 node |" if ratio else " |"),
+        "| --- | " + " | ".join("---:" for _ in head) + (" | ---: |" if ratio else " |"),
+    ]
+    flagged = False
+    for figure in cluster_figures(cfg, results):
+        values = {v: median([run[figure.key] for run in results.get(v, []) if figure.key in run]) for v in variants}
+        if all(value is None for value in values.values()):
+            continue
+        cells = []
+        for v in variants:
+            cell = "–" if values[v] is None else figure.fmt.format(values[v])
+            loadgen = median([run["loadgen_cpu_pct"] for run in results.get(v, [])])
+            if (
+                values[v] is not None
+                and figure.key in ("relayed_per_s", "rtt_p50_ms", "rtt_p99_ms")
+                and (loadgen or 0) >= LOADGEN_LIMIT
+            ):
+                cell += " †"
+                flagged = True
+            cells.append(cell)
+        row = f"| {figure.label} | " + " | ".join(cells)
+        if ratio:
+            a, b = values.get("cluster"), values.get("single")
+            # Per-process rows compare to the single node's only process, so only the total gets a ratio.
+            comparable = figure.better and figure.key not in ("us_node1", "us_node2", "us_redis")
+            row += " | " + (f"{a / b:.2f}" if comparable and a is not None and b else "–")
+        lines.append(row + " |")
+    if flagged:
+        lines += [
+            "",
+            f"† The load generator used {LOADGEN_LIMIT}% or more of its core here (median): this rate or time is partly "
+            "its own limit. CPU per relayed message is not affected.",
+        ]
+    return "\n".join(lines)
+
+
+def cluster_rounds_table(cfg: Config, results: dict[str, list[dict[str, float]]]) -> str:
+    variants = cfg.cluster_variants
+    lines = [
+        "| figure | " + " | ".join(f"{CLUSTER_LABELS[v]}, each round" for v in variants) + " |",
+        "| --- | " + " | ".join("---" for _ in variants) + " |",
+    ]
+    for figure in CLUSTER_FIGURES:
+        if not figure.better:
+            continue
+        cells = [
+            " / ".join(figure.fmt.format(run[figure.key]) for run in results.get(v, []) if figure.key in run) or "–"
+            for v in variants
+        ]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| {figure.label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cluster_layout_text(cfg: Config) -> str:
+    cpus = cfg.cluster_cpus
+    if cpus["node1"] is None:
+        return "no CPU pinning"
+    return (
+        f"pinned with taskset: the single node to CPU {cpus['single']}; across nodes node 1 to CPU {cpus['node1']} and "
+        f"node 2 to CPU {cpus['node2']}; redis-server to CPU {cpus['redis']}; the load generator and the driver to "
+        f"CPU {cpus['loadgen']} (layout `{cfg.layout}`)"
+    )
+
+
+def cluster_report(
+    cfg: Config,
+    command: str,
+    results: dict[str, list[dict[str, float]]],
+    facts: dict[str, str],
+    other_cpu: float,
+    redone: int,
+    elapsed: float,
+    profile: dict[str, Any] | None,
+) -> str:
+    relay = cfg.relay
+    order = " ".join("ABC"[: len(cfg.cluster_variants)]) + " ..."
+    runs = results.get("cluster", [])
+    attempts = sum(int(run.get("probe_attempts", 0)) for run in runs)
+    unavailable = sum(int(run.get("probe_unavailable", 0)) for run in runs)
+    timeouts = sum(int(run.get("probe_timeouts", 0)) for run in runs)
+    lines = [
+        f"Command: `{command}` ({cfg.rounds} rounds, {order}; medians; {elapsed / 60:.1f} minutes)",
+        "",
+        "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {cluster_layout_text(cfg)}.",
+        "",
+        f"Sizes: relay {relay['pairs']} pairs × {relay['messages']:,} data messages of {relay['size']} bytes "
+        f"(+{relay['warmup']} warm-up each), window {relay['window']}, in each variant: "
+        + "; ".join(
+            f"**{CLUSTER_LABELS[v]}**: "
+            + {
+                "single": "webrtc_app without a backplane, as in the table above",
+                "single_redis": "one webrtc_app node of a backplane, every pair on it (local delivery, plus the PUBLISH "
+                "that tells other nodes)",
+                "cluster": "callers on node 1, callees on node 2, every message and acknowledgement through Redis",
+            }[v]
+            for v in cfg.cluster_variants
+        )
+        + ". A fresh redis-server (no persistence) and fresh nodes for every measurement. Light load: then, on the "
+        f"same processes, {cfg.cluster_light['pairs']} pairs × {cfg.cluster_light['messages']:,} messages "
+        f"(+{cfg.cluster_light['warmup']} warm-up), window {cfg.cluster_light['window']}.",
+        "",
+        f"No loss: across nodes the load generator probed every pair until a message got through both ways before the "
+        f"warm-up ({attempts:,} probes for {len(runs) * relay['pairs']:,} pairs over {len(runs)} measurement(s), "
+        f"{unavailable} PEER-UNAVAILABLE notice(s) and {timeouts} silent probe(s) during the probes); from then on "
+        "no notice arrived, every message arrived once and in order, and each node's /metrics counted exactly the "
+        "messages its sockets sent, none undelivered, no backplane error.",
+        "",
+        f"Other processes on the machine (this machine is shared): at most {other_cpu:.0f}% of one core during a kept "
+        f"measurement; {redone} measurement(s) redone because they used over {cfg.max_other_cpu:g}%.",
+        "",
+        cluster_table(cfg, results),
+        "",
+        "<details><summary>Each round</summary>",
+        "",
+        cluster_rounds_table(cfg, results),
+        "",
+        "</details>",
+    ]
+    if profile:
+        figures = profile["figures"]
+        lines += [
+            "",
+            f"**Profiles across nodes** (py-spy {version_of([py_spy_path(cfg), '--version']).split()[-1]}, "
+            f"{cfg.profile_rate} samples/s on each node at once, `record --function`, Python frames; samples of a node "
+            f"waiting in epoll left out; a separate run of {figures['relayed']:,} relayed messages, "
+            f"{figures['relayed_per_s']:,.0f} msgs/s while sampled; raw stacks in "
+            f"`{os.path.relpath(cfg.out_dir, PROJECT_DIR)}/profile-cluster-node1.txt` and `-node2.txt`). Self = samples "
+            "whose innermost Python frame is the function (time in the C code it calls counts as its own); total = "
+            "samples with the function anywhere on the stack.",
+        ]
+        for role, what in (("node1", "callers"), ("node2", "callees")):
+            lines += [
+                "",
+                f"Node {role[-1]} ({what}; {figures[f'{role}_cpu_pct']:.0f}% of a core while sampled), "
+                f"{profile[role]['samples']:,} samples:",
+                "",
+                profile_table(profile[role], top=10),
+                "",
+                f"Node {role[-1]}'s samples by what it was doing: {profile_areas_text(profile[role]['areas'])}.",
+            ]
+    for warning in cfg.warnings:
+        lines += ["", f"Warning: {warning}"]
+    return "\n".join(lines)
+
+
+def run_cluster(
+    cfg: Config,
+    args: argparse.Namespace,
+    command: str,
+    facts: dict[str, str],
+    stamp: str,
+    started: float,
+    tree_before: str | None,
+) -> int:
+    """--cluster: alternate rounds of the relay on one node, one node with Redis and two nodes
+    through Redis; medians; writes the bench:cluster block of docs/benchmarks.md."""
+    for name in ("peer", "ws (inside peer)"):
+        facts.pop(name, None)
+    facts["redis-server"] = version_of([cfg.redis_server, "--version"]).split(" v=")[-1].split()[0]
+    facts["redis-py"] = version_of([cfg.python, "-c", "import redis; print(redis.__version__)"])
+    log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {cluster_layout_text(cfg)}")
+    results: dict[str, list[dict[str, float]]] = defaultdict(list)
+    other_cpu = 0.0
+    redone = 0
+    for n in range(1, cfg.rounds + 1):
+        for variant in cfg.cluster_variants:
+            for attempt in range(1 + cfg.retries):
+                tag = f"r{n}{'scr'[CLUSTER_VARIANTS.index(variant)]}{attempt or ''}"
+                wait_for_quiet(cfg)
+                figures = measure_cluster(cfg, variant, tag)
+                if figures["other_cpu_pct"] <= cfg.max_other_cpu or attempt == cfg.retries:
+                    break
+                redone += 1
+                log(
+                    f"round {n} {CLUSTER_LABELS[variant]}: other processes used {figures['other_cpu_pct']:.0f}% of a core "
+                    f"(over {cfg.max_other_cpu:g}%): measuring again"
+                )
+            results[variant].append(figures)
+            other_cpu = max(other_cpu, figures["other_cpu_pct"])
+            shown = ", ".join(
+                f"{k} {v:,.2f}" for k, v in figures.items() if k not in ("relayed",) and not k.startswith(("probe_", "core"))
+            )
+            log(f"round {n} {CLUSTER_LABELS[variant]:17}: {shown}")
+    profile = None if args.no_profile else run_cluster_profile(cfg)
+    if tree_before is not None and tree_state() != tree_before:
+        warning = (
+            "webrtc_app's working tree changed during the run (a commit or an edit): its rounds may not all "
+            "measure the same code; use --rev to benchmark a fixed revision"
+        )
+        cfg.warnings.append(warning)
+        log(f"WARNING: {warning}")
+    elapsed = time.monotonic() - started
+    results_md = cluster_report(cfg, command, results, facts, other_cpu, redone, elapsed, profile)
+    with open(os.path.join(cfg.out_dir, f"results-cluster-{stamp}.json"), "w", encoding="utf-8") as handle:
+        json.dump(
+            {
+                "command": command,
+                "facts": facts,
+                "layout": cfg.cluster_cpus,
+                "results": results,
+                "profile": profile,
+                "warnings": cfg.warnings,
+            },
+            handle,
+            indent=1,
+            default=str,
+        )
+    with open(os.path.join(cfg.out_dir, "results-cluster.md"), "w", encoding="utf-8") as handle:
+        handle.write(results_md + "\n")
+    print(results_md)
+    full = not cfg.quick and set(cfg.cluster_variants) == set(CLUSTER_VARIANTS)
+    if not args.no_docs and (full or args.write_docs):
+        with open(DOCS_FILE, encoding="utf-8") as handle:
+            text = handle.read()
+        with open(DOCS_FILE, "w", encoding="utf-8") as handle:
+            handle.write(replace_between(text, CLUSTER_START, CLUSTER_END, results_md))
+        log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)} (between the bench:cluster markers)")
+    else:
+        log(f"results written to {os.path.relpath(cfg.out_dir, PROJECT_DIR)}/results-cluster.md only (docs not touched)")
+    return 0
+
+
 # ------------------------------------------------------------------ setup
 
 
-def install_node_packages(cfg: Config, npm: str, peer_spec: str, ws_spec: str) -> None:
-    """npm install the PeerJS server and the load generator's ws, each in a folder of its own."""
+def install_node_packages(cfg: Config, npm: str, peer_spec: str | None, ws_spec: str) -> None:
+    """npm install the PeerJS server (unless ``peer_spec`` is None) and the load generator's ws,
+    each in a folder of its own."""
     for folder, spec in (("peer", peer_spec), ("loadgen", ws_spec)):
+        if spec is None:
+            continue
         path = os.path.join(cfg.npm_dir, folder)
         if os.path.isdir(os.path.join(path, "node_modules", spec.split("@")[0] or spec)):
             continue
@@ -1152,8 +1925,26 @@ def build_config(args: argparse.Namespace) -> Config:
     node = shutil.which("node")
     if not node:
         raise BenchError("node (Node.js 18+) is required")
+    # Across nodes (--cluster): which CPU each process runs on, by layout.
+    if pin:
+        c0, c1 = server_cpu, loadgen_cpu
+        if args.cluster_layout == "apart":
+            # Each node has a core, as the single node has (nodes of a cluster run on machines
+            # of their own), shared only with a light process: Redis (~5% of a core here) on
+            # node 1's, the load generator (~10%) and the driver on node 2's.
+            cluster_cpus = {"single": c0, "node1": c0, "node2": c1, "redis": c0, "loadgen": c1}
+        else:  # together: both nodes share CPU 0 (webrtc_app has one core in every variant)
+            cluster_cpus = {"single": c0, "node1": c0, "node2": c0, "redis": c1, "loadgen": c1}
+    else:
+        cluster_cpus = dict.fromkeys(("single", "node1", "node2", "redis", "loadgen"))
+    variants = tuple(v for v in args.cluster_variants.split(",") if v)
+    unknown = set(variants) - set(CLUSTER_VARIANTS)
+    if unknown or "cluster" not in variants:
+        raise BenchError(f"--cluster-variants: a subset of {','.join(CLUSTER_VARIANTS)} that includes cluster")
     return Config(
-        rounds=args.rounds or (1 if quick else 3),
+        # --cluster: 5 rounds, as its measurements are short and this machine has slow spells
+        # of a few seconds that hit single measurements (docs/benchmarks.md, "Across nodes").
+        rounds=args.rounds or (1 if quick else 5 if args.cluster else 3),
         quick=quick,
         relay=relay,
         calls=calls,
@@ -1171,13 +1962,22 @@ def build_config(args: argparse.Namespace) -> Config:
         max_other_cpu=args.max_other_cpu,
         retries=args.retries,
         quiet_wait=5 if quick else 30,
+        cluster=args.cluster,
+        redis_server=args.redis_server or "",
+        layout=args.cluster_layout,
+        cluster_cpus=cluster_cpus,
+        cluster_variants=tuple(v for v in CLUSTER_VARIANTS if v in variants),
+        # Across nodes a message costs 10-20 times more: the same sizes give seconds of samples.
+        cluster_profile_relay={**relay},
+        # Light load: a few pairs, one message in flight each, so a round trip is not queueing.
+        cluster_light={**relay, "pairs": 5, "messages": 200 if quick else 1000, "warmup": 20 if quick else 50, "window": 1},
     )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes and 1 round (~1-2 minutes); does not write the docs")
-    parser.add_argument("--rounds", type=int, help="rounds per server (default 3; quick 1)")
+    parser.add_argument("--rounds", type=int, help="rounds per server (default 3, --cluster 5; quick 1)")
     parser.add_argument("--pairs", type=int, help="relay: caller/callee pairs (default 50)")
     parser.add_argument("--messages", type=int, help="relay: measured messages per caller (default 1000)")
     parser.add_argument("--window", type=int, default=20, help="relay: unacknowledged messages per caller (default 20)")
@@ -1211,7 +2011,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "instead of the working tree",
     )
     parser.add_argument("--out", default=os.path.join(BENCH_DIR, "out"), help="folder for logs, JSON results and profiles")
-    return parser.parse_args(argv)
+    cluster = parser.add_argument_group("across nodes (the Redis backplane)")
+    cluster.add_argument(
+        "--cluster",
+        action="store_true",
+        help="only the relay across two webrtc_app nodes joined by a redis-server of its own, in alternate rounds "
+        "with one node (--workloads cluster says the same); writes the bench:cluster block of the docs",
+    )
+    cluster.add_argument(
+        "--redis-server", help="the redis-server binary (default: redis-server on PATH, or /usr/bin/redis-server)"
+    )
+    cluster.add_argument(
+        "--cluster-layout",
+        choices=("apart", "together"),
+        default="apart",
+        help="apart (default): node 1 and redis-server on CPU 0, node 2 and the load generator on CPU 1; "
+        "together: both nodes on CPU 0, redis-server and the load generator on CPU 1",
+    )
+    cluster.add_argument(
+        "--cluster-variants",
+        default=",".join(CLUSTER_VARIANTS),
+        help="what to alternate with (default single,single_redis,cluster: one node alone, one node with Redis, "
+        "two nodes through Redis)",
+    )
+    args = parser.parse_args(argv)
+    if args.workloads == "cluster":
+        args.cluster = True
+    elif "cluster" in args.workloads.split(","):
+        parser.error("--workloads cluster runs alone (it is the same as --cluster)")
+    return args
 
 
 # ------------------------------------------------------------------ main
@@ -1237,14 +2065,23 @@ def run(args: argparse.Namespace, command: str) -> int:
         temporary = cfg.npm_dir = tempfile.mkdtemp(prefix="webrtc-bench-npm-")
     server_tmp = None
     try:
+        if cfg.cluster:
+            cfg.redis_server = find_redis_server(cfg.redis_server)  # before anything is installed
         if args.rev:
+            # Resolved once, so the export and the commit named in the results are the same
+            # even if someone commits meanwhile.
+            commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--verify", f"{args.rev}^{{commit}}"])
+            if not re.fullmatch(r"[0-9a-f]{40}", commit):
+                raise BenchError(f"{args.rev!r} is not a revision of {PROJECT_DIR}")
             server_tmp = cfg.server_dir = tempfile.mkdtemp(prefix="webrtc-bench-server-")
-            export_revision(args.rev, server_tmp)
-            cfg.rev = args.rev
+            export_revision(commit, server_tmp)
+            cfg.rev = commit
         tree_before = None if args.rev else tree_state()
-        install_node_packages(cfg, npm, args.peer_spec, "ws@^8")
+        install_node_packages(cfg, npm, None if cfg.cluster else args.peer_spec, "ws@^8")
         facts = machine_facts(cfg)
         facts["open-file limit"] = str(nofile)
+        if cfg.cluster:
+            return run_cluster(cfg, args, command, facts, stamp, started, tree_before)
         log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
         results: dict[str, dict[str, list[dict[str, float]]]] = {kind: defaultdict(list) for kind in SERVERS}
         other_cpu = 0.0
