@@ -48,6 +48,10 @@ MESSAGE, NOTICE = "m", "n"
 JOIN_WAIT = 2.0
 #: Longest each step of stop() may take.
 STOP_WAIT = 1.0
+#: Longest a pipeline or a presence round may wait for Redis before it counts as lost.
+COMMAND_TIMEOUT = 5.0
+#: Most jobs waiting to be sent to Redis; past it, cross-node copies are dropped and counted.
+OUTBOX_LIMIT = 50_000
 BATCH = 256
 
 
@@ -59,6 +63,7 @@ class RedisRouter:
         self.prefix = prefix
         self.node_ttl = node_ttl
         self.node = uuid.uuid4().hex[:12]
+        self._own_prefix = self.node + SEP
         self.local = MemoryRouter()
         self.relayed = 0
         self.undelivered = 0
@@ -115,7 +120,10 @@ class RedisRouter:
             client_name=self._client_name,
             decode_responses=True,
             socket_connect_timeout=2,
-            socket_timeout=5,
+            # No per-reply timeout: redis-py wraps every reply of a pipeline in one, which
+            # cost an eighth of a node's CPU under load (docs/benchmarks.md). Each batch
+            # and each presence round has one deadline of its own instead (COMMAND_TIMEOUT).
+            socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
         self._tasks = [
@@ -187,6 +195,14 @@ class RedisRouter:
     def relay(self, sender: Session, text: str) -> None:
         self.relayed += 1
         local = self.local.fan_out(sender, text)
+        if self._outbox.qsize() >= OUTBOX_LIMIT:
+            # Redis cannot keep up (or is away and the queue filled): shed the cross-node
+            # copy rather than grow without end, exactly as during an outage.
+            self.backplane_errors += 1
+            if not local:
+                self.undelivered += 1
+                self.local.notify(sender.id, sender.peer_id, PEER_UNAVAILABLE_NOTICE)
+            return
         self._outbox.put_nowait(("message", sender.id, sender.peer_id, sender.session_id, text, local))
 
     def local_sessions(self) -> list[Session]:
@@ -220,10 +236,10 @@ class RedisRouter:
         """Every socket of ``id`` on every live node (local ones if Redis is away)."""
         assert self._client is not None
         try:
-            entries = await self._client.hgetall(self._sessions_key(id))
+            entries = await asyncio.wait_for(self._client.hgetall(self._sessions_key(id)), COMMAND_TIMEOUT)
             nodes = sorted({value.split(SEP, 1)[0] for value in entries.values()})
             alive = await self._client.mget([self._node_key(node) for node in nodes]) if nodes else []
-        except (RedisError, OSError):
+        except (TimeoutError, RedisError, OSError):
             return await self.local.connections(id)
         live = {node for node, flag in zip(nodes, alive, strict=True) if flag is not None} | {self.node}
         result = []
@@ -281,8 +297,8 @@ class RedisRouter:
                 pipe.srem(self._node_sessions_key(self.node), f"{my_id}{SEP}{session_id}")
                 index += 2
         try:
-            results: list[Any] | None = await pipe.execute(raise_on_error=False)
-        except (RedisError, OSError) as error:
+            results: list[Any] | None = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as error:
             self._lost(error)
             results = None
         for done in registered:
@@ -366,9 +382,10 @@ class RedisRouter:
             return
         if kind != "message":
             return
-        origin, what, session_id, text = message["data"].split(SEP, 3)
-        if origin == self.node:
-            return  # delivered locally already
+        data = message["data"]
+        if data.startswith(self._own_prefix):
+            return  # our own message coming back on a channel we also listen on: delivered already
+        _, _, session_id, text = data.split(SEP, 3)
         body = channel[len(self.prefix) :]
         if body.startswith("c" + SEP):
             my_id, _, peer_id = body[2:].partition(SEP)
@@ -385,9 +402,9 @@ class RedisRouter:
         while True:
             await asyncio.sleep(period)
             try:
-                await self._refresh_presence(register_all=False)
-                await self._reap()
-            except (RedisError, OSError) as error:
+                await asyncio.wait_for(self._refresh_presence(register_all=False), COMMAND_TIMEOUT)
+                await asyncio.wait_for(self._reap(), COMMAND_TIMEOUT)
+            except (TimeoutError, RedisError, OSError) as error:
                 self._lost(error)
 
     async def _refresh_presence(self, register_all: bool) -> None:

@@ -101,3 +101,25 @@ class TestBackplaneMetrics(test_signaling.BasicTestCase):
 
 
 ON_TWO_NODES.append(TestBackplaneMetrics)
+
+
+class TestBoundedOutbox(test_signaling.BasicTestCase):
+    @test_signaling.testing.gen_test
+    async def test_a_full_outbox_sheds_cross_node_copies_and_tells_the_sender(self):
+        import routing.redis
+
+        a = await self.connect("A", "B")
+        b = await self.connect("B", "A")
+        limit = routing.redis.OUTBOX_LIMIT
+        routing.redis.OUTBOX_LIMIT = 0  # as if Redis had fallen far behind
+        try:
+            a.write_message("shed")
+            await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
+        finally:
+            routing.redis.OUTBOX_LIMIT = limit
+        self.assertEqual(self.apps[0].router.backplane_errors, 1)
+        a.write_message("flows again")
+        await self.assert_next(b, "flows again")
+
+
+ON_TWO_NODES.append(TestBoundedOutbox)
