@@ -78,6 +78,9 @@ class RedisRouter:
         self._tasks: list[asyncio.Task[None]] = []
         self._client: Redis | None = None
         self._busy = False  # a batch is on its way to Redis
+        #: Other live nodes. While there are none, nobody can be reached through Redis and
+        #: messages are not published at all: a lone node costs what a memory router costs.
+        self.others: set[str] = set()
 
     # --- keys and channels --------------------------------------------------------------
 
@@ -97,9 +100,9 @@ class RedisRouter:
         return f"{self.prefix}node-sessions{SEP}{node}"
 
     @property
-    def _hello(self) -> str:
-        """A channel of our own, so the pub/sub connection always has a subscription."""
-        return f"{self.prefix}hello{SEP}{self.node}"
+    def _control(self) -> str:
+        """Where nodes say hello and goodbye (it also keeps our pub/sub subscribed)."""
+        return f"{self.prefix}control"
 
     @property
     def _nodes_key(self) -> str:
@@ -146,6 +149,8 @@ class RedisRouter:
             task.cancel()
         await asyncio.wait(self._tasks, timeout=STOP_WAIT)
         if self._client is not None:
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                await asyncio.wait_for(self._client.publish(self._control, f"bye{SEP}{self.node}"), STOP_WAIT)
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._forget_node(self.node), STOP_WAIT)
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
@@ -195,6 +200,11 @@ class RedisRouter:
     def relay(self, sender: Session, text: str) -> None:
         self.relayed += 1
         local = self.local.fan_out(sender, text)
+        if not self.others:
+            if not local:
+                self.undelivered += 1
+                self.local.notify(sender.id, sender.peer_id, PEER_UNAVAILABLE_NOTICE)
+            return
         if self._outbox.qsize() >= OUTBOX_LIMIT:
             # Redis cannot keep up (or is away and the queue filled): shed the cross-node
             # copy rather than grow without end, exactly as during an outage.
@@ -221,7 +231,7 @@ class RedisRouter:
             self._outbox.empty()
             and self._subscriptions.empty()
             and not self._busy
-            and self._confirmed - {self._hello} == set(self._channels)
+            and self._confirmed - {self._control} == set(self._channels)
         )
 
     @property
@@ -341,8 +351,10 @@ class RedisRouter:
             control = asyncio.create_task(self._subscriber(pubsub))
             try:
                 # Subscribe to what our sockets listen on (all of it again after a reconnect).
-                await pubsub.subscribe(self._hello, *self._channels)
+                await pubsub.subscribe(self._control, *self._channels)
                 await self._refresh_presence(register_all=True)
+                await self._discover()
+                await self._client.publish(self._control, f"hello{SEP}{self.node}")
                 if not self.connected:
                     log.info("connected to Redis at %s as node %s", self.url, self.node)
                 self.connected = True
@@ -383,6 +395,14 @@ class RedisRouter:
         if kind != "message":
             return
         data = message["data"]
+        if channel == self._control:
+            verb, _, node = data.partition(SEP)
+            if node != self.node:
+                if verb == "hello":
+                    self.others.add(node)
+                elif verb == "bye":
+                    self.others.discard(node)
+            return
         if data.startswith(self._own_prefix):
             return  # our own message coming back on a channel we also listen on: delivered already
         _, _, session_id, text = data.split(SEP, 3)
@@ -419,13 +439,22 @@ class RedisRouter:
                 pipe.sadd(self._node_sessions_key(self.node), f"{session.id}{SEP}{session.session_id}")
         await pipe.execute()
 
-    async def _reap(self) -> None:
+    async def _discover(self) -> tuple[list[str], list[str]]:
+        """The other nodes registered in Redis, split into (alive, dead); the alive join
+        ``others`` (never removed here: a node that said hello meanwhile must stay)."""
         assert self._client is not None
         nodes = [n for n in await self._client.smembers(self._nodes_key) if n != self.node]
         if not nodes:
-            return
-        alive = await self._client.mget([self._node_key(n) for n in nodes])
-        dead = [n for n, flag in zip(nodes, alive, strict=True) if flag is None]
+            return [], []
+        flags = await self._client.mget([self._node_key(n) for n in nodes])
+        alive = [n for n, flag in zip(nodes, flags, strict=True) if flag is not None]
+        dead = [n for n, flag in zip(nodes, flags, strict=True) if flag is None]
+        self.others.update(alive)
+        return alive, dead
+
+    async def _reap(self) -> None:
+        assert self._client is not None
+        _, dead = await self._discover()
         if dead:
             clients = await self._client.client_list(_type="pubsub")
             for node in dead:
@@ -434,6 +463,7 @@ class RedisRouter:
                         with contextlib.suppress(RedisError):
                             await self._client.client_kill_filter(_id=client["id"])
                 log.info("node %s stopped refreshing its presence: its sockets are forgotten", node)
+                self.others.discard(node)
                 await self._forget_node(node)
 
     async def _forget_node(self, node: str) -> None:

@@ -123,3 +123,31 @@ class TestBoundedOutbox(test_signaling.BasicTestCase):
 
 
 ON_TWO_NODES.append(TestBoundedOutbox)
+
+
+class TestNodesKnowEachOther(test_signaling.BasicTestCase):
+    @test_signaling.testing.gen_test
+    async def test_hello_and_bye_and_a_lone_node_that_skips_redis(self):
+        one, two = (app.router for app in self.apps)
+        self.assertEqual((one.others, two.others), ({two.node}, {one.node}))
+        await two.stop()  # says goodbye
+        await self.wait_for(lambda: not one.others)
+        # Alone, a node relays without Redis, exactly as the memory router does.
+        a = await self._mk_ws_connection("/wscall", id="A", peer_id="B")
+        b = await self._mk_ws_connection("/wscall", id="B", peer_id="A")
+        self.assertEqual(self.count("A") + self.count("B"), 2)
+        relayed_by_redis = one._outbox.qsize()
+        a.write_message("alone")
+        await self.assert_next(b, "alone")
+        self.assertEqual(one._outbox.qsize(), relayed_by_redis)
+        c = await self._mk_ws_connection("/wscall", id="C", peer_id="nobody")
+        c.write_message("anyone?")
+        await self.assert_next(c, test_signaling.PEER_UNAVAILABLE_NOTICE)
+        await two.start()  # back: says hello, and the first node publishes again
+        await self.wait_for(lambda: one.others == {two.node})
+
+    def node_for(self, my_id):
+        return 0  # every socket on the first node
+
+
+ON_TWO_NODES.append(TestNodesKnowEachOther)

@@ -58,6 +58,7 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
             self.ports.append(port)
             for app in self.apps:
                 self.io_loop.run_sync(app.router.start)
+            self.io_loop.run_sync(lambda: self.wait_for(lambda: all(len(app.router.others) == 1 for app in self.apps)))
 
     def tearDown(self) -> None:
         for conn in self.sockets:
