@@ -485,6 +485,12 @@ def check_count(cfg: Config, what: str, got: float | None, expected: float) -> N
         raise BenchError(f"webrtc_app counted {got:g} for {what}, the load generator {expected:g}: messages lost or duplicated")
 
 
+def check_relayed(cfg: Config, m0: dict[str, float] | None, m1: dict[str, float] | None, relayed: float) -> None:
+    """webrtc_app's own counters agree with the load generator: every message relayed, none undelivered."""
+    check_count(cfg, "webrtc_messages_relayed_total", metric_delta(m0, m1, "webrtc_messages_relayed_total"), relayed)
+    check_count(cfg, "webrtc_messages_undelivered_total", metric_delta(m0, m1, "webrtc_messages_undelivered_total"), 0)
+
+
 def metric_delta(before: dict[str, float] | None, after: dict[str, float] | None, name: str) -> float | None:
     if before is None or after is None or name not in before or name not in after:
         return None
@@ -508,10 +514,7 @@ def run_relay(
             on_measured()
         m1 = server.metrics()
         if server.kind == "webrtc_app":
-            check_count(
-                cfg, "webrtc_messages_relayed_total", metric_delta(m0, m1, "webrtc_messages_relayed_total"), result["relayed"]
-            )
-            check_count(cfg, "webrtc_messages_undelivered_total", metric_delta(m0, m1, "webrtc_messages_undelivered_total"), 0)
+            check_relayed(cfg, m0, m1, result["relayed"])
         lg.go()
         lg.finish()
     except BaseException:
@@ -541,10 +544,7 @@ def run_calls(cfg: Config, server: Server, tag: str) -> dict[str, float]:
         s1 = sample(server.pid, lg.pid)
         m1 = server.metrics()
         if server.kind == "webrtc_app":
-            check_count(
-                cfg, "webrtc_messages_relayed_total", metric_delta(m0, m1, "webrtc_messages_relayed_total"), result["relayed"]
-            )
-            check_count(cfg, "webrtc_messages_undelivered_total", metric_delta(m0, m1, "webrtc_messages_undelivered_total"), 0)
+            check_relayed(cfg, m0, m1, result["relayed"])
             check_count(cfg, "webrtc_open_sockets after the calls", (m1 or {}).get("webrtc_open_sockets"), 0)
         lg.go()
         lg.finish()
