@@ -299,18 +299,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def stop_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM if the supervising process dies, even by
+    SIGKILL (supervisord's last resort), so no worker is left holding the port (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        log.warning("cannot ask to be stopped with the parent process on this system")
+    if os.getppid() != parent:  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str) -> int:
     """Fork PROCESSES workers sharing ``sockets``; pass SIGTERM/SIGINT on; restart a worker
     that dies on its own; exit 0 once all have stopped after a signal."""
     log.info("starting %d worker processes on %s", config.PROCESSES, listening_line(sockets, host, bool(config.CERTFILE)))
     workers: dict[int, int] = {}  # pid -> worker number
     stopping = False
+    parent = os.getpid()
 
     def spawn(number: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker: a fresh event loop, its own node on the backplane
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            stop_with_parent(parent)
             try:
                 asyncio.run(serve(config, sockets, host))
                 code = 0

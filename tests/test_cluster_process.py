@@ -173,3 +173,20 @@ def test_processes_without_redis_is_a_one_line_error():
     assert result.stderr.strip().splitlines() == [
         "webrtc_server.py: error: --processes above 1 needs the Redis backplane (--redis URL or WEBRTC_REDIS_URL)"
     ]
+
+
+def test_workers_stop_when_their_parent_is_killed(redis):
+    with node(redis, "--processes", "2") as server:
+        wait_until(lambda: len(set(re.findall(r"listening on \S+ \(pid (\d+)", server.output()))) == 2, 15, "2 workers")
+        workers = [int(pid) for pid in set(re.findall(r"listening on \S+ \(pid (\d+)", server.output()))]
+        os.kill(server.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+
+        def gone(pid: int) -> bool:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone too
+                return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+
+        wait_until(lambda: all(gone(pid) for pid in workers), 15, "the orphaned workers to stop")
