@@ -497,10 +497,11 @@ def metric_delta(before: dict[str, float] | None, after: dict[str, float] | None
     return after[name] - before[name]
 
 
-def run_relay(
-    cfg: Config, server: Server, tag: str, args: dict[str, Any], on_ready: Any = None, on_measured: Any = None
-) -> dict[str, float]:
-    lg = LoadGen(cfg, server, "relay", {**args, "tag": tag}, tag)
+def measure_phase(
+    cfg: Config, server: Server, lg: LoadGen, on_ready: Any = None, on_measured: Any = None, open_sockets_after: bool = False
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """One measured phase of a relay or calls run: the load generator's result and the CPU
+    used between its "ready" and "measured" events, with webrtc_app's own counters checked."""
     try:
         lg.expect("ready", cfg.event_timeout)
         m0 = server.metrics()
@@ -515,51 +516,44 @@ def run_relay(
         m1 = server.metrics()
         if server.kind == "webrtc_app":
             check_relayed(cfg, m0, m1, result["relayed"])
+            if open_sockets_after:
+                check_count(cfg, "webrtc_open_sockets after the calls", (m1 or {}).get("webrtc_open_sockets"), 0)
         lg.go()
         lg.finish()
     except BaseException:
         lg.kill()
         raise
-    use = usage(s0, s1)
+    return result, usage(s0, s1)
+
+
+def cpu_shares(use: dict[str, float]) -> dict[str, float]:
+    return {key: use[key] for key in ("server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct")}
+
+
+def run_relay(
+    cfg: Config, server: Server, tag: str, args: dict[str, Any], on_ready: Any = None, on_measured: Any = None
+) -> dict[str, float]:
+    lg = LoadGen(cfg, server, "relay", {**args, "tag": tag}, tag)
+    result, use = measure_phase(cfg, server, lg, on_ready, on_measured)
     return {
         "relayed_per_s": result["relayed_per_s"],
         "rtt_p50_ms": result["rtt_ms"]["p50"],
         "rtt_p99_ms": result["rtt_ms"]["p99"],
         "cpu_us_per_msg": 1e6 * use["server_cpu_s"] / result["relayed"],
-        "server_cpu_pct": use["server_cpu_pct"],
-        "loadgen_cpu_pct": use["loadgen_cpu_pct"],
-        "other_cpu_pct": use["other_cpu_pct"],
+        **cpu_shares(use),
         "relayed": result["relayed"],
     }
 
 
 def run_calls(cfg: Config, server: Server, tag: str) -> dict[str, float]:
     lg = LoadGen(cfg, server, "calls", {**cfg.calls, "tag": tag}, tag)
-    try:
-        lg.expect("ready", cfg.event_timeout)
-        m0 = server.metrics()
-        s0 = sample(server.pid, lg.pid)
-        lg.go()
-        result = lg.expect("measured", cfg.event_timeout)
-        s1 = sample(server.pid, lg.pid)
-        m1 = server.metrics()
-        if server.kind == "webrtc_app":
-            check_relayed(cfg, m0, m1, result["relayed"])
-            check_count(cfg, "webrtc_open_sockets after the calls", (m1 or {}).get("webrtc_open_sockets"), 0)
-        lg.go()
-        lg.finish()
-    except BaseException:
-        lg.kill()
-        raise
-    use = usage(s0, s1)
+    result, use = measure_phase(cfg, server, lg, open_sockets_after=True)
     return {
         "calls_per_s": result["calls_per_s"],
         "setup_p50_ms": result["setup_ms"]["p50"],
         "setup_p99_ms": result["setup_ms"]["p99"],
         "cpu_ms_per_call": 1e3 * use["server_cpu_s"] / result["calls"],
-        "server_cpu_pct": use["server_cpu_pct"],
-        "loadgen_cpu_pct": use["loadgen_cpu_pct"],
-        "other_cpu_pct": use["other_cpu_pct"],
+        **cpu_shares(use),
     }
 
 
