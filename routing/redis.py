@@ -200,20 +200,21 @@ class RedisRouter:
     def relay(self, sender: Session, text: str) -> None:
         self.relayed += 1
         local = self.local.fan_out(sender, text)
-        if not self.others:
-            if not local:
-                self.undelivered += 1
-                self.local.notify(sender.id, sender.peer_id, PEER_UNAVAILABLE_NOTICE)
-            return
-        if self._outbox.qsize() >= OUTBOX_LIMIT:
+        if self.others:
+            if self._outbox.qsize() < OUTBOX_LIMIT:
+                self._outbox.put_nowait(("message", sender.id, sender.peer_id, sender.session_id, text, local))
+                return  # the publisher decides rule 3 once Redis has answered
             # Redis cannot keep up (or is away and the queue filled): shed the cross-node
             # copy rather than grow without end, exactly as during an outage.
             self.backplane_errors += 1
-            if not local:
-                self.undelivered += 1
-                self.local.notify(sender.id, sender.peer_id, PEER_UNAVAILABLE_NOTICE)
-            return
-        self._outbox.put_nowait(("message", sender.id, sender.peer_id, sender.session_id, text, local))
+        # No other node (or none reachable now): rule 3 on what this node delivered.
+        if not local:
+            self._unavailable(sender.id, sender.peer_id)
+
+    def _unavailable(self, my_id: str, peer_id: str) -> None:
+        """Rule 3: nobody received it; tell the sender's sockets of this conversation here."""
+        self.undelivered += 1
+        self.local.notify(my_id, peer_id, PEER_UNAVAILABLE_NOTICE)
 
     def local_sessions(self) -> list[Session]:
         return self.local.local_sessions()
@@ -329,8 +330,7 @@ class RedisRouter:
                     if isinstance(reply, int):
                         remote += reply - (1 if channel in self._confirmed else 0)
             if local + max(remote, 0) == 0:
-                self.undelivered += 1
-                self.local.notify(my_id, peer_id, PEER_UNAVAILABLE_NOTICE)
+                self._unavailable(my_id, peer_id)
                 if results is not None:
                     self._outbox.put_nowait(("notice", my_id, peer_id))
 
