@@ -9,7 +9,7 @@ import time
 
 from conftest import require
 
-from server_process import free_port
+from server_process import free_port, terminate
 
 
 class RedisServer:
@@ -45,13 +45,8 @@ class RedisServer:
             return False
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        if self.proc:
+            terminate(self.proc)
 
     def __enter__(self) -> RedisServer:
         return self.start()

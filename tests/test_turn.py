@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -14,7 +13,7 @@ import urllib.request
 import pytest
 from conftest import require
 
-from server_process import ServerProcess, free_port
+from server_process import ServerProcess, free_port, terminate
 
 SECRET = "turn-shared-secret-for-tests"
 
@@ -55,11 +54,7 @@ def turnserver(tmp_path_factory):
             time.sleep(0.2)
         yield port
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        terminate(proc)
 
 
 async def allocate(port: int, username: str, password: str) -> str | None:
