@@ -222,9 +222,6 @@ class RedisRouter:
     def count(self, id: str) -> int:
         return self.local.count(id)
 
-    def sessions(self, id: str) -> list[Session]:
-        return self.local.sessions(id)
-
     @property
     def settled(self) -> bool:
         """Nothing waits to reach Redis: every (un)subscription confirmed, the outbox empty."""
