@@ -20,9 +20,10 @@ import ssl
 import sys
 import time
 from types import SimpleNamespace
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from urllib.parse import unquote_plus
 
+from prometheus_client import CollectorRegistry
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -59,8 +60,13 @@ class WebRTCApplication(Application):
     stats: Stats
     heartbeat: Heartbeat
     id_pattern: re.Pattern[str] | None
-    metrics_registry: Any
+    metrics_registry: CollectorRegistry | None
     _timers: list[PeriodicCallback] | None = None
+
+    def signaling_sockets(self) -> list[SignalingHandler]:
+        """This process' open signaling sockets. The router holds them as ``routing.Session``
+        (it needs no more); every session an app's router holds is one of its handlers."""
+        return cast("list[SignalingHandler]", self.router.local_sessions())
 
     def start_services(self) -> None:
         """Start the periodic duties on the running loop (idempotent; the first socket does it too)."""
@@ -142,7 +148,7 @@ def make_app(config: SimpleNamespace | None = None, router: Router | None = None
     app.stats = Stats()
     app.id_pattern = re.compile(config.ID_PATTERN) if config.ID_PATTERN else None
     # Our own heartbeat (one timer for all sockets) replaces Tornado's per-socket pings.
-    app.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, app.router.local_sessions)  # type: ignore[arg-type]
+    app.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, app.signaling_sockets)
     app.metrics_registry = make_registry(app) if config.METRICS else None
     return app
 
@@ -160,13 +166,13 @@ async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -
     """Stop accepting, close every socket with 1001, wait for them up to ``timeout`` seconds."""
     server.stop()
     app.stop_services()
-    sessions = app.router.local_sessions()
-    log.info("shutting down: closing %d socket(s)", len(sessions))
-    for session in sessions:
-        session.end(GOING_AWAY_CODE, SERVER_SHUTDOWN)  # type: ignore[attr-defined]
+    sockets = app.signaling_sockets()
+    log.info("shutting down: closing %d socket(s)", len(sockets))
+    for handler in sockets:
+        handler.end(GOING_AWAY_CODE, SERVER_SHUTDOWN)
     # Wait for the close handshakes, so clients see 1001 rather than a cut connection.
     deadline = time.monotonic() + timeout
-    while any(s.ws_connection is not None for s in sessions) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+    while any(h.ws_connection is not None for h in sockets) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     await app.router.stop()
 
@@ -207,7 +213,7 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
-    node = getattr(app.router, "node", None)
+    node = app.router.node
     log.info(
         "webrtc_app listening on %s (pid %d%s)",
         listening_line(sockets, host, tls is not None),
@@ -353,8 +359,8 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
             pid, status = os.wait()
         except ChildProcessError:
             break
-        number = workers.pop(pid, None)
-        if number is None or stopping:
+        number = workers.pop(pid, -1)
+        if number < 0 or stopping:
             continue
         failures += 1
         log.warning("worker %d (pid %d) exited with status %d: restarting it", number, pid, os.waitstatus_to_exitcode(status))

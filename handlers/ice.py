@@ -47,10 +47,10 @@ class IceServersHandler(JsonHandler):
 
     def get_ice_pass(self) -> str:
         """The token the active policy hands out (for ``has_ice_pass`` implementations)."""
-        return self.application.config.get_ice_pass()  # type: ignore[attr-defined]
+        return self.application.config.get_ice_pass()
 
     def post(self) -> None:
-        config = self.application.config  # type: ignore[attr-defined]
+        config = self.application.config
         if not config.has_ice_pass(self):
             raise ApiError(403, "wrong or missing ICE access token")
         user = self.get_query_argument("id", "")[: config.MAX_ID_LENGTH] or "webrtc_app"

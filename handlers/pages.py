@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from tornado.web import RequestHandler
 
 from routing import check_ids
+
+if TYPE_CHECKING:
+    from webrtc_server import WebRTCApplication
 
 # The pages run only our own scripts and talk only to this server.
 CONTENT_SECURITY_POLICY = (
@@ -37,6 +40,8 @@ def relative_url(path: str, **query: str) -> str:
 class PageHandler(RequestHandler):
     """Base of the HTML pages: security headers."""
 
+    application: WebRTCApplication
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -60,10 +65,10 @@ class CallPageHandler(PageHandler):
     title = ""
 
     def get(self) -> None:
-        config = self.application.config  # type: ignore[attr-defined]
+        config = self.application.config
         my_id = self.get_argument("id", "")
         peer_id = self.get_argument("peer_id", "")
-        problem = check_ids(my_id, peer_id, config.MAX_ID_LENGTH, self.application.id_pattern)  # type: ignore[attr-defined]
+        problem = check_ids(my_id, peer_id, config.MAX_ID_LENGTH, self.application.id_pattern)
         if problem:
             self.set_status(400)
             self.render("start.html", problem=problem, my_id=my_id, peer_id=peer_id)

@@ -6,14 +6,18 @@ import inspect
 import logging
 import time
 import uuid
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from tornado.httputil import HTTPHeaders
-from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
 
 from handlers.fastws import FastWebSocketProtocol
 from routing import BAD_REQUEST, BAD_REQUEST_CODE, check_ids, server_notice
 from routing.limits import ALLOW, CLOSE, NOTICE, RateLimiter
+
+if TYPE_CHECKING:
+    from webrtc_server import WebRTCApplication
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class SignalingHandler(WebSocketHandler):
     The server never parses messages; it relays the text as is.
     """
 
+    application: WebRTCApplication
+    ws_connection: FastWebSocketProtocol | None
     id = ""
     peer_id = ""
     session_id = ""
@@ -45,13 +51,13 @@ class SignalingHandler(WebSocketHandler):
     _limiter: RateLimiter | None = None
 
     def check_origin(self, origin: str) -> bool:
-        allowed = self.application.config.ALLOWED_ORIGINS  # type: ignore[attr-defined]
+        allowed = self.application.config.ALLOWED_ORIGINS
         if "*" in allowed or origin.lower() in (o.lower() for o in allowed):
             return True
         # Otherwise Tornado's rule: the Origin's host must be the one the browser asked.
         if super().check_origin(origin):
             return True
-        self.application.stats.rejected["origin"] += 1  # type: ignore[attr-defined]
+        self.application.stats.rejected["origin"] += 1
         log.info("signaling socket refused: origin %r not allowed", urlsplit(origin).netloc or origin[:100])
         return False
 
@@ -62,23 +68,23 @@ class SignalingHandler(WebSocketHandler):
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         """Tornado's protocol, with the leaner relay path of handlers/fastws.py."""
         protocol = super().get_websocket_protocol()
-        if protocol is None:
-            return None
-        return FastWebSocketProtocol(self, protocol.mask_outgoing, protocol.params)  # type: ignore[attr-defined]
+        if not isinstance(protocol, WebSocketProtocol13):
+            return None  # not a version-13 handshake: Tornado answers 426
+        return FastWebSocketProtocol(self, protocol.mask_outgoing, protocol.params)
 
     def refuse(self, code: int, reason: str, why: str) -> None:
-        self.application.stats.rejected[reason.lower()] += 1  # type: ignore[attr-defined]
+        self.application.stats.rejected[reason.lower()] += 1
         log.info("signaling socket refused (%s) from %s", why, self.request.remote_ip)
         self.close(code, reason)
 
     async def open(self) -> None:
         app = self.application
-        config = app.config  # type: ignore[attr-defined]
-        router = app.router  # type: ignore[attr-defined]
-        app.start_services()  # type: ignore[attr-defined]
+        config = app.config
+        router = app.router
+        app.start_services()
         self.id = self.get_query_argument("id", "")
         self.peer_id = self.get_query_argument("peer_id", "")
-        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, app.id_pattern)  # type: ignore[attr-defined]
+        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, app.id_pattern)
         if problem:
             return self.refuse(BAD_REQUEST_CODE, BAD_REQUEST, problem)
         if router.open_sockets >= config.MAX_SOCKETS:
@@ -95,7 +101,7 @@ class SignalingHandler(WebSocketHandler):
         if config.RATE_LIMIT > 0:
             self._limiter = RateLimiter(config.RATE_LIMIT, config.RATE_LIMIT_BURST, time.monotonic())
         self.session_id = uuid.uuid4().hex
-        self.heard = app.heartbeat.tick  # type: ignore[attr-defined]
+        self.heard = app.heartbeat.tick
         self._joined = True
         reachable = router.join(self)
         if reachable is not None:
@@ -118,7 +124,7 @@ class SignalingHandler(WebSocketHandler):
         if not self._joined:
             return
         app = self.application
-        self.heard = app.heartbeat.tick  # type: ignore[attr-defined]
+        self.heard = app.heartbeat.tick
         if isinstance(message, bytes):
             log.info("binary frame from %r refused", self.id)
             return self.end(UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED)
@@ -127,11 +133,11 @@ class SignalingHandler(WebSocketHandler):
             if verdict is not ALLOW:
                 return self.limited(verdict)
         # len() is the UTF-8 size of ASCII text (isascii() is a flag check), the usual case.
-        app.stats.relayed_bytes += len(message) if message.isascii() else len(message.encode("utf-8"))  # type: ignore[attr-defined]
-        app.router.relay(self, message)  # type: ignore[attr-defined]
+        app.stats.relayed_bytes += len(message) if message.isascii() else len(message.encode("utf-8"))
+        app.router.relay(self, message)
 
     def limited(self, verdict: str) -> None:
-        self.application.stats.rate_limited += 1  # type: ignore[attr-defined]
+        self.application.stats.rate_limited += 1
         if verdict is NOTICE:
             log.info("rate limit reached by %r (session %s)", self.id, self.session_id)
             self.send(RATE_LIMITED_NOTICE)
@@ -145,12 +151,12 @@ class SignalingHandler(WebSocketHandler):
         if connection is None:
             return
         try:
-            connection.send_text(text)  # type: ignore[attr-defined]
+            connection.send_text(text)
         except WebSocketClosedError:
             pass
 
     def on_pong(self, data: bytes) -> None:
-        self.heard = self.application.heartbeat.tick  # type: ignore[attr-defined]
+        self.heard = self.application.heartbeat.tick
 
     def ping(self, data: str | bytes = b"") -> None:
         """Pulse.ping (also Tornado's ping); a socket already closing is skipped."""
@@ -166,7 +172,7 @@ class SignalingHandler(WebSocketHandler):
 
     def end(self, code: int, reason: str) -> None:
         """Close from the server's side, leaving the registry at once."""
-        self.application.stats.closed[reason.lower()] += 1  # type: ignore[attr-defined]
+        self.application.stats.closed[reason.lower()] += 1
         self._leave()
         self.close(code, reason)
 
@@ -176,5 +182,5 @@ class SignalingHandler(WebSocketHandler):
     def _leave(self) -> None:
         if self._joined:
             self._joined = False
-            self.application.router.leave(self)  # type: ignore[attr-defined]
+            self.application.router.leave(self)
             log.debug("closed %r (session %s)", self.id, self.session_id)

@@ -57,6 +57,12 @@ class Session(Protocol):
 class Router(Protocol):
     """The registry of open sockets and the delivery rules."""
 
+    #: This process' name on a backplane ("" for a router without one).
+    node: str
+    #: Messages handed to relay(), and those that reached no peer socket (rule 3).
+    relayed: int
+    undelivered: int
+
     def join(self, session: Session) -> Awaitable[None] | None:
         """Register an open socket. May answer an awaitable that completes when the socket
         is reachable from every node (the handler awaits it before reading messages)."""
@@ -64,14 +70,23 @@ class Router(Protocol):
     def leave(self, session: Session) -> None:
         """Forget a closed socket (idempotent)."""
 
-    def relay(self, sender: Session, text: str) -> None:
-        """Deliver ``text`` from ``sender`` by the rules above, in the order relay is called."""
+    def relay(self, sender: Session, text: str) -> object:
+        """Deliver ``text`` from ``sender`` by the rules above, in the order relay is called
+        (what it answers is the router's own business: the handler ignores it)."""
 
     def local_sessions(self) -> list[Session]:
         """Every socket registered by this process."""
 
     def count(self, id: str) -> int:
         """How many sockets ``id`` holds on this process."""
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets registered by this process."""
+
+    @property
+    def ids_online(self) -> int:
+        """Ids with at least one socket on this process."""
 
     async def connections(self, id: str) -> list[dict[str, str | None]]:
         """``[{"peer": peer_id or None, "session": session_id}]`` for every socket of ``id``."""

@@ -13,6 +13,9 @@ class MemoryRouter:
     sets: a message fans out to several devices in the order they connected.
     """
 
+    #: No backplane: this process is the whole registry.
+    node = ""
+
     def __init__(self) -> None:
         self._ids: dict[str, dict[str, dict[Session, None]]] = {}
         self._sockets = 0
@@ -29,13 +32,15 @@ class MemoryRouter:
 
     def leave(self, session: Session) -> None:
         conversations = self._ids.get(session.id)
-        group = conversations.get(session.peer_id) if conversations else None
+        if conversations is None:
+            return
+        group = conversations.get(session.peer_id)
         if group is None or session not in group:
             return
         del group[session]
         self._sockets -= 1
         if not group:
-            del conversations[session.peer_id]  # type: ignore[union-attr]
+            del conversations[session.peer_id]
             if not conversations:
                 del self._ids[session.id]
 

@@ -30,7 +30,7 @@ import contextlib
 import logging
 import uuid
 from collections import Counter
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
@@ -244,13 +244,16 @@ class RedisRouter:
         """Every socket of ``id`` on every live node (local ones if Redis is away)."""
         assert self._client is not None
         try:
-            entries = await asyncio.wait_for(self._client.hgetall(self._sessions_key(id)), COMMAND_TIMEOUT)
+            # decode_responses=True: every reply below is text, whatever redis-py's types say.
+            entries = cast(
+                "dict[str, str]", await asyncio.wait_for(self._client.hgetall(self._sessions_key(id)), COMMAND_TIMEOUT)
+            )
             nodes = sorted({value.split(SEP, 1)[0] for value in entries.values()})
             alive = await self._client.mget([self._node_key(node) for node in nodes]) if nodes else []
         except (TimeoutError, RedisError, OSError):
             return await self.local.connections(id)
         live = {node for node, flag in zip(nodes, alive, strict=True) if flag is not None} | {self.node}
-        result = []
+        result: list[dict[str, str | None]] = []
         for session_id, value in entries.items():
             node, _, peer = value.partition(SEP)
             if node in live:
@@ -312,15 +315,15 @@ class RedisRouter:
         for done in registered:
             if not done.done():
                 done.set_result(None)
-        for first, rule1, job in counted:
-            _, my_id, peer_id, _, _, local = job
+        for first, rule1_count, job in counted:
+            my_id, peer_id, local = job[1], job[2], job[5]
             remote = 0
             if results is None:
                 self.backplane_errors += 1  # the other nodes could not be told
             else:
                 for channel, reply in zip(
                     (self._conversation(peer_id, my_id), self._conversation(peer_id, "")),
-                    results[first : first + rule1],
+                    results[first : first + rule1_count],
                     strict=False,
                 ):
                     # PUBLISH counts our own subscription too; local sockets were served directly.
@@ -440,7 +443,8 @@ class RedisRouter:
         """The other nodes registered in Redis, split into (alive, dead); the alive join
         ``others`` (never removed here: a node that said hello meanwhile must stay)."""
         assert self._client is not None
-        nodes = [n for n in await self._client.smembers(self._nodes_key) if n != self.node]
+        members = cast("set[str]", await self._client.smembers(self._nodes_key))
+        nodes = [n for n in members if n != self.node]
         if not nodes:
             return [], []
         flags = await self._client.mget([self._node_key(n) for n in nodes])
@@ -465,7 +469,7 @@ class RedisRouter:
 
     async def _forget_node(self, node: str) -> None:
         assert self._client is not None
-        members = await self._client.smembers(self._node_sessions_key(node))
+        members = cast("set[str]", await self._client.smembers(self._node_sessions_key(node)))
         pipe = self._client.pipeline(transaction=False)
         for member in members:
             my_id, _, session_id = member.partition(SEP)

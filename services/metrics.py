@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+if TYPE_CHECKING:
+    from routing.redis import RedisRouter
+    from webrtc_server import WebRTCApplication
 
 
 class Stats:
@@ -24,10 +30,10 @@ class Stats:
 class AppCollector:
     """Exposes an app's router, stats and heartbeat as Prometheus metrics."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: WebRTCApplication) -> None:
         self.app = app
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         router, stats = self.app.router, self.app.stats
         yield GaugeMetricFamily("webrtc_open_sockets", "Signaling sockets open on this process.", value=router.open_sockets)
         yield GaugeMetricFamily("webrtc_ids_online", "Ids with at least one socket on this process.", value=router.ids_online)
@@ -51,22 +57,22 @@ class AppCollector:
         for reason, count in sorted(stats.closed.items()):
             closed.add_metric([reason], count)
         yield closed
-        node = getattr(router, "node", None)
-        if node is not None:  # the Redis backplane
+        if router.node:  # the Redis backplane
+            backplane = cast("RedisRouter", router)
             yield GaugeMetricFamily(
-                "webrtc_backplane_connected", "1 while this node is connected to Redis.", value=int(router.connected)
+                "webrtc_backplane_connected", "1 while this node is connected to Redis.", value=int(backplane.connected)
             )
             yield CounterMetricFamily(
                 "webrtc_backplane_errors",
                 "Messages whose cross-node part was lost because Redis was unreachable.",
-                value=router.backplane_errors,
+                value=backplane.backplane_errors,
             )
             info = GaugeMetricFamily("webrtc_node_info", "This process' node id on the backplane.", labels=["node"])
-            info.add_metric([node], 1)
+            info.add_metric([router.node], 1)
             yield info
 
 
-def make_registry(app: Any) -> CollectorRegistry:
+def make_registry(app: WebRTCApplication) -> CollectorRegistry:
     """A registry of its own per app (no global state), with the process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(AppCollector(app))

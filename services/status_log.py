@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from webrtc_server import WebRTCApplication
 
 log = logging.getLogger("webrtc_app.status")
 
 
 class StatusLog:
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: WebRTCApplication) -> None:
         self.app = app
         self.last_relayed = 0
 
