@@ -19,6 +19,24 @@ What changes, and only that:
 
 The handshake, the close handshake, pings, and every public ``WebSocketHandler`` method are
 Tornado's own.
+
+Tornado's private names this module depends on (a subclass of a private protocol is the
+price of the speed; :func:`check_tornado` verifies them at import, and CI runs the websocket
+suites on the lowest and the highest Tornado that pip-requirements.txt allows):
+
+* ``WebSocketProtocol13._receive_frame_loop()``: overridden; Tornado awaits it once the
+  handshake is done, and it is where reading starts;
+* ``WebSocketProtocol13._write_frame(fin, opcode, data, flags)``: overridden, so control
+  frames leave after the text frames queued before them;
+* ``WebSocketProtocol13._handle_message(opcode, data)``: called for close, ping and pong
+  frames, which Tornado answers itself;
+* ``WebSocketProtocol._abort()``: called to drop a connection that broke the protocol;
+* ``tornado.util._websocket_mask(mask, data)``: Tornado's C unmasking (it falls back to
+  pure Python when the speedups are not built).
+
+Everything else it uses is public: ``stream``, ``params.max_message_size``,
+``client_terminated``, ``close_code``/``close_reason``, ``is_closing()``, ``close()`` and the
+handler's ``on_message``/``on_ws_connection_close``. Fragment state is this module's own.
 """
 
 from __future__ import annotations
@@ -27,7 +45,9 @@ import asyncio
 import inspect
 import logging
 import struct
+from typing import Any, cast
 
+import tornado
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
@@ -37,6 +57,32 @@ log = logging.getLogger(__name__)
 #: Most bytes read from a socket at once.
 READ_CHUNK = 65536
 _TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+#: The private methods this module overrides or calls, with their parameters (see above).
+TORNADO_PRIVATE_METHODS = {
+    "_receive_frame_loop": ("self",),
+    "_write_frame": ("self", "fin", "opcode", "data", "flags"),
+    "_handle_message": ("self", "opcode", "data"),
+    "_abort": ("self",),
+}
+
+
+def check_tornado() -> None:
+    """Fail loudly if this Tornado changed a private method the fast path relies on, rather
+    than let an upgrade silently skip our reader or break the close handshake."""
+    for name, parameters in TORNADO_PRIVATE_METHODS.items():
+        method = getattr(WebSocketProtocol13, name, None)
+        found = tuple(inspect.signature(method).parameters) if callable(method) else None
+        if found != parameters:
+            raise ImportError(
+                f"handlers/fastws.py relies on tornado.websocket.WebSocketProtocol13.{name}{parameters}, "
+                f"but Tornado {tornado.version} has {found or 'no such method'}: "
+                "install a Tornado in the range of pip-requirements.txt"
+            )
+
+
+check_tornado()
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -54,6 +100,9 @@ class FastWebSocketProtocol(WebSocketProtocol13):
     #: The start of a frame whose end has not arrived yet (usually nothing: whole frames
     #: are parsed straight from the chunk the socket gave).
     _pending: bytes = b""
+    #: A fragmented message so far, and its opcode (text or binary).
+    _fragment: bytearray | None = None
+    _fragment_opcode = 0
     _reported_close = False
 
     # --- sending ------------------------------------------------------------------------
@@ -63,14 +112,13 @@ class FastWebSocketProtocol(WebSocketProtocol13):
         if self.is_closing():
             raise WebSocketClosedError()
         frame = text_frame(text.encode("utf-8"))
-        self._message_bytes_out += len(frame)
         if self._outbox is None:
             self._outbox = [frame]
             asyncio.get_running_loop().call_soon(self._flush)
         else:
             self._outbox.append(frame)
 
-    def write_message(self, message, binary=False):  # type: ignore[no-untyped-def]
+    def write_message(self, message: str | bytes | dict[str, Any], binary: bool = False) -> asyncio.Future[None]:
         if binary or isinstance(message, dict):
             return super().write_message(message, binary)
         self.send_text(message if isinstance(message, str) else message.decode("utf-8"))
@@ -100,7 +148,7 @@ class FastWebSocketProtocol(WebSocketProtocol13):
         except StreamClosedError:
             pass
 
-    def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0):  # type: ignore[no-untyped-def]
+    def _write_frame(self, fin: bool, opcode: int, data: bytes, flags: int = 0) -> asyncio.Future[None]:
         # Pings, pongs and the close frame leave after the text already queued.
         if self._outbox:
             self._flush()
@@ -117,7 +165,8 @@ class FastWebSocketProtocol(WebSocketProtocol13):
 
     def _read_next(self) -> None:
         try:
-            self.stream.read_bytes(READ_CHUNK, partial=True).add_done_callback(self._on_chunk)
+            # read_bytes answers a Future (typed as an Awaitable): a callback costs no Task.
+            cast("asyncio.Future[bytes]", self.stream.read_bytes(READ_CHUNK, partial=True)).add_done_callback(self._on_chunk)
         except StreamClosedError:
             self._on_stream_closed()
 
@@ -132,7 +181,6 @@ class FastWebSocketProtocol(WebSocketProtocol13):
             self._abort()
             self._on_stream_closed()
             return
-        self._wire_bytes_in += len(chunk)
         data = self._pending + chunk if self._pending else chunk
         try:
             consumed = self._parse(data)
@@ -195,7 +243,7 @@ class FastWebSocketProtocol(WebSocketProtocol13):
                     break
                 (length,) = struct.unpack_from("!Q", buffer, offset)
                 offset += 8
-            pending = len(self._fragmented_message_buffer) if self._fragmented_message_buffer is not None else 0
+            pending = len(self._fragment) if self._fragment is not None else 0
             if length + pending > max_size:
                 self.close(1009, "message too big")
                 self._abort()
@@ -220,22 +268,22 @@ class FastWebSocketProtocol(WebSocketProtocol13):
         The handler's callbacks run synchronously, in frame order (SignalingHandler's are
         plain functions); one that returns an awaitable is left to run on its own."""
         if opcode == 0:  # continuation
-            if self._fragmented_message_buffer is None:
+            if self._fragment is None:
                 self._abort()
                 return False
-            self._fragmented_message_buffer.extend(payload)
+            self._fragment.extend(payload)
             if not final:
                 return True
-            opcode = self._fragmented_message_opcode
-            payload = bytes(self._fragmented_message_buffer)
-            self._fragmented_message_buffer = None
+            opcode = self._fragment_opcode
+            payload = bytes(self._fragment)
+            self._fragment = None
         elif not opcode & 0x8:  # a new data message
-            if self._fragmented_message_buffer is not None:
+            if self._fragment is not None:
                 self._abort()
                 return False
             if not final:
-                self._fragmented_message_opcode = opcode
-                self._fragmented_message_buffer = bytearray(payload)
+                self._fragment_opcode = opcode
+                self._fragment = bytearray(payload)
                 return True
         if opcode == _TEXT:
             try:
@@ -251,7 +299,6 @@ class FastWebSocketProtocol(WebSocketProtocol13):
             if handled is not None:
                 asyncio.ensure_future(handled)
             return not self.client_terminated
-        self._message_bytes_in += len(payload)
         try:
             result = self.handler.on_message(message)
             if result is not None and inspect.isawaitable(result):
