@@ -16,6 +16,13 @@ from browser import CHROMIUM_ARGS, PageDriver
 from server_process import ServerProcess
 
 
+def pytest_report_header() -> str:
+    # tests/test_quality.py reads this line to know which Tornado a run really used.
+    import tornado
+
+    return f"tornado {tornado.version}"
+
+
 def require(condition: object, what: str, install: str) -> None:
     """Skip (or fail under CI) unless ``condition`` holds."""
     if condition:
