@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TypeVar
 
 import pytest
 from browser import CHROMIUM_ARGS, PageDriver
 
-from server_process import ServerProcess
+from processes import HelperProcess, MissingProgram, ServerProcess
+
+Helper = TypeVar("Helper", bound=HelperProcess)
 
 
 def pytest_report_header() -> str:
@@ -31,6 +36,20 @@ def require(condition: object, what: str, install: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message + " (CI=true: a missing component is a failure)")
     pytest.skip(message)
+
+
+@contextmanager
+def running(helper: Helper) -> Iterator[Helper]:
+    """A helper process (redis-server, turnserver, ...) started for a test and stopped after;
+    if its program is not installed, the test skips (fails under CI) as require() says."""
+    try:
+        helper.start()
+    except MissingProgram as missing:
+        require(None, missing.what, missing.install)
+    try:
+        yield helper
+    finally:
+        helper.stop()
 
 
 def find_chromium() -> str | None:

@@ -7,7 +7,7 @@ import os
 
 from browser import PageDriver
 
-from server_process import ServerProcess, free_port
+from processes import ServerProcess, free_port
 
 SHOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "call.png")
 _ids = itertools.count()

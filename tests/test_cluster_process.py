@@ -12,13 +12,13 @@ import urllib.request
 from contextlib import ExitStack
 
 import pytest
-from redis_server import RedisServer
+from conftest import running
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from routing import PEER_UNAVAILABLE_NOTICE
 
-from server_process import ServerProcess, run_cli
+from processes import RedisServer, ServerProcess, run_cli
 
 NODE_TTL = 2.0
 ADMIN = "cluster-admin"
@@ -26,7 +26,7 @@ ADMIN = "cluster-admin"
 
 @pytest.fixture
 def redis():
-    with RedisServer() as server:
+    with running(RedisServer()) as server:
         yield server
 
 

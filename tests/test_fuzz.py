@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from raw_ws import BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT, RawWebSocket, frame
 
-from server_process import ServerProcess
+from processes import ServerProcess
 
 MAX_MESSAGE = 4096
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from server_process import PROJECT_DIR, clean_environment
+from processes import PROJECT_DIR, clean_environment
 
 
 def run_python(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

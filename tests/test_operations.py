@@ -11,7 +11,7 @@ import pytest
 from conftest import require
 from websockets.sync.client import connect
 
-from server_process import ServerProcess, run_cli
+from processes import ServerProcess, run_cli
 
 try:
     from cryptography import x509

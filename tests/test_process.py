@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 
 from routing import PEER_UNAVAILABLE_NOTICE
 
-from server_process import ServerProcess, free_port, run_cli
+from processes import ServerProcess, free_port, run_cli
 
 POLICIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
 

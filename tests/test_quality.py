@@ -17,7 +17,7 @@ import sys
 import pytest
 from conftest import require
 
-from server_process import PROJECT_DIR, clean_environment
+from processes import PROJECT_DIR, clean_environment
 
 #: The suites that drive the websocket protocol: raw frames, relay rules, limits, two nodes.
 WEBSOCKET_SUITES = [

@@ -10,7 +10,7 @@ import urllib.request
 
 from websockets.asyncio.client import connect
 
-from server_process import ServerProcess
+from processes import ServerProcess
 
 PAIRS = 10_000  # two sockets each: 20,000 connect/disconnect cycles
 WARM_UP_PAIRS = 2_000

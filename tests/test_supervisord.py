@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from server_process import PROJECT_DIR, clean_environment, free_port
+from processes import PROJECT_DIR, clean_environment, free_port
 
 CONF = os.path.join(PROJECT_DIR, "supervisord.conf")
 SOCKET = os.path.join(PROJECT_DIR, "supervisor.sock")

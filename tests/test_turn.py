@@ -4,57 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import time
 import urllib.request
 
 import pytest
-from conftest import require
+from conftest import require, running
 
-from server_process import ServerProcess, free_port, terminate
+from processes import ServerProcess, TurnServer
 
 SECRET = "turn-shared-secret-for-tests"
 
 
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def turnserver(tmp_path_factory):
-    binary = shutil.which("turnserver")
-    require(binary, "coturn's turnserver", "apt-get install -y coturn")
     try:
         import aioice.turn  # noqa: F401
     except ImportError:
         require(None, "aioice (TURN client)", "pip install -r tests/requirements.txt")
-    folder = tmp_path_factory.mktemp("turn")
-    port = free_udp_port()
-    relay_low = free_port()
-    proc = subprocess.Popen(
-        [
-            binary, "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
-            f"--min-port={relay_low}", f"--max-port={relay_low + 20}", "--use-auth-secret",
-            f"--static-auth-secret={SECRET}", "--realm=webrtc-app-test", "--allow-loopback-peers",
-            "--no-tls", "--no-dtls", "--no-cli", "--fingerprint", "--log-file=stdout", "--simple-log",
-            f"--userdb={folder / 'turndb'}", f"--pidfile={folder / 'turn.pid'}",
-        ],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
-    try:
-        # Ready when a first (anonymous) allocation is answered, even with 401.
-        deadline = time.monotonic() + 15
-        while asyncio.run(allocate(port, "probe", "probe")) is None:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("turnserver did not start:\n" + (proc.stdout.read() if proc.stdout else ""))
-            time.sleep(0.2)
-        yield port
-    finally:
-        terminate(proc)
+    with running(TurnServer(SECRET, tmp_path_factory.mktemp("turn"))) as turn:
+        yield turn.port
 
 
 async def allocate(port: int, username: str, password: str) -> str | None:
