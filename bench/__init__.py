@@ -1,0 +1,46 @@
+"""The benchmark suite: webrtc_app against the PeerJS server, and across nodes joined by Redis.
+
+Run it with ``python bench/run.py`` (docs/benchmarks.md says what it measures and how).
+One concern per module, in the order a run goes through them:
+
+    run.py            the entry point (``python bench/run.py``)
+    cli.py            the command line, and a run from setup to clean-up
+    config.py         every option and its default (``Config``)
+    environment.py    what is measured and where: npm installs, a git revision, the machine's facts
+    children.py       the processes the driver starts: pinned to a CPU, ended whatever happens
+    sampling.py       CPU time and memory from /proc, and waiting for a quiet machine
+    servers.py        the servers under test: webrtc_app and the PeerJS server
+    loadgen.py        the driver's side of the load generator (loadgen.mjs, loadgen/*.mjs)
+    workloads.py      relay, calls and idle against one server: one measurement each
+    cluster.py        the relay across nodes joined by a redis-server (``--cluster``)
+    profiling.py      py-spy on webrtc_app, and its samples aggregated
+    report.py         the results and profile tables (markdown)
+    report_cluster.py the ``--cluster`` tables (markdown)
+    suite.py          the rounds (A B A B ...), medians and where the results are written
+    docs.py           the blocks of docs/benchmarks.md between the bench markers
+
+Starting and stopping webrtc_app and redis-server is shared with the tests: tests/processes.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+PROJECT_DIR = os.path.dirname(BENCH_DIR)
+TESTS_DIR = os.path.join(PROJECT_DIR, "tests")
+
+# tests/processes.py (imported as ``processes``) starts and stops the helper processes for both.
+if TESTS_DIR not in sys.path:
+    sys.path.append(TESTS_DIR)
+
+
+class BenchError(Exception):
+    """A benchmark could not run or its counts did not add up: the run stops."""
+
+
+def log(message: str) -> None:
+    """A progress line on stderr, with the time."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)

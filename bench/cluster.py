@@ -1,0 +1,290 @@
+"""Across nodes (``--cluster``, docs/benchmarks.md "Across nodes"): the relay workload on one
+node, on one node with Redis, or with its callers on one node and its callees on another,
+every process (nodes, a redis-server of its own) started fresh for each measurement."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from bench import BenchError
+from bench.config import CLUSTER_LABELS, Config
+from bench.loadgen import LoadGen
+from bench.sampling import snapshot, spent
+from bench.servers import Server, start_webrtc, stop_server
+from bench.workloads import Hook, check_count, metric_delta
+
+from processes import RedisServer, StartError
+
+#: Given the nodes once started, the hooks to call when the measured phase starts and ends.
+Hooks = Callable[[list[Server]], tuple[Hook, Hook]]
+
+
+def start_redis(cfg: Config, name: str) -> RedisServer:
+    """A fresh redis-server of our own on a free port (no persistence), on the CPU of the layout."""
+    server = RedisServer(
+        "--dir",
+        cfg.log_dir,
+        binary=cfg.redis_server,
+        log_path=os.path.join(cfg.log_dir, f"{name}.redis.log"),
+        spawn=cfg.children.on_cpu(cfg.cluster_cpus["redis"]),
+    )
+    try:
+        return server.start(cfg.start_timeout)
+    except StartError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def stop_redis(server: RedisServer) -> None:
+    """Stop a redis-server that must still be running, and check its exit status."""
+    if server.proc is None or server.proc.poll() is not None:
+        status = server.proc.returncode if server.proc else None
+        raise BenchError(f"redis-server exited with {status} during the run:\n{server.log_tail()}")
+    status = server.stop()
+    if status not in (0, -signal.SIGTERM):
+        raise BenchError(f"redis-server stopped with exit status {status}:\n{server.log_tail()}")
+
+
+class RedisCounters:
+    """redis-server's own counters (INFO), read through one connection kept for a measurement."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.client = server.client()
+
+    def close(self) -> None:
+        self.client.close()
+
+    def publish_calls(self) -> int:
+        """PUBLISH commands executed so far."""
+        return int(self.client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+    def settle(self, quiet: float = 0.3, timeout: float = 60) -> float:
+        """Wait until the nodes have handed Redis everything they had queued: PUBLISH calls stop
+        growing for ``quiet`` seconds. A node delivers to its own sockets at once and publishes
+        after, so with every pair on one node its publishing lags behind the deliveries.
+        Answers when (time.monotonic()) the count was last seen growing."""
+        deadline = time.monotonic() + timeout
+        last, since = self.publish_calls(), time.monotonic()
+        changed = 0.0
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            calls = self.publish_calls()
+            if calls != last:
+                last, since = calls, time.monotonic()
+                changed = since
+            elif time.monotonic() - since >= quiet:
+                return changed
+        raise BenchError(f"the nodes kept publishing to Redis for {timeout:g} s after the load generator finished")
+
+    def stats(self) -> dict[str, int]:
+        """PUBLISH calls, commands, reads of client sockets, and bytes in and out."""
+        info = self.client.info("all")
+        return {
+            "publish": int(info.get("cmdstat_publish", {}).get("calls", 0)),
+            "commands": int(info["total_commands_processed"]),
+            "reads": int(info.get("total_reads_processed", 0)),
+            "net_in": int(info["total_net_input_bytes"]),
+            "net_out": int(info["total_net_output_bytes"]),
+        }
+
+
+def run_relay_across(
+    cfg: Config,
+    nodes: list[Server],
+    redis_server: RedisServer | None,
+    tag: str,
+    args: dict[str, Any],
+    on_ready: Hook = None,
+    on_measured: Hook = None,
+) -> dict[str, float]:
+    """The relay workload against one node, or with callers on nodes[0] and callees on nodes[1]
+    (every message and acknowledgement crossing Redis); CPU of every node and of redis-server."""
+    across = len(nodes) == 2
+    extra = {"url2": nodes[1].ws_url} if across else {}
+    counters = RedisCounters(redis_server) if redis_server else None
+    lg = LoadGen(cfg, nodes[0], "relay", {**args, "tag": tag, **extra}, tag)
+    probed: dict[str, Any] = {}
+    try:
+        if across:
+            # Every pair delivers both ways: from here on, no message may go undelivered.
+            probed = lg.expect("probed", cfg.event_timeout)
+            mp = [node.metrics() for node in nodes]
+            lg.go()
+        lg.expect("ready", cfg.event_timeout)
+        m0 = [node.metrics() for node in nodes]
+        if not across:
+            mp = m0
+        if counters:
+            counters.settle()  # the warm-up's messages are all published before the measurement
+        r0 = counters.stats() if counters else None
+        if on_ready:
+            on_ready()
+        pids = {f"node{n}": node.pid for n, node in enumerate(nodes, 1)}
+        if redis_server:
+            pids["redis"] = redis_server.pid
+        pids["loadgen"] = lg.pid
+        s0 = snapshot(pids)
+        lg.go()
+        result = lg.expect("measured", cfg.event_timeout)
+        s1 = snapshot(pids)
+        published = s1.t
+        if counters:
+            # CPU per message counts until Redis has had every message's PUBLISH (the nodes'
+            # CPU % and the rates are over the delivery only, s0 to s1).
+            published = max(published, counters.settle())
+        s2 = snapshot(pids)
+        if on_measured:
+            on_measured()
+        r1 = counters.stats() if counters else None
+        m1 = [node.metrics() for node in nodes]
+        relayed = result["relayed"]
+        if relayed != 2 * args["pairs"] * args["messages"]:
+            raise BenchError(
+                f"the load generator counted {relayed} relayed messages, expected {2 * args['pairs'] * args['messages']}"
+            )
+        # Each node counts the messages its own sockets sent: node 1 the data, node 2 the acks.
+        expected = [result["data_messages"], result["acks"]] if across else [relayed]
+        for n in range(len(nodes)):
+            what = f"node {n + 1}: " if across else ""
+            check_count(
+                cfg,
+                f"{what}webrtc_messages_relayed_total",
+                metric_delta(m0[n], m1[n], "webrtc_messages_relayed_total"),
+                expected[n],
+            )
+            # PEER-UNAVAILABLE notices: none from the end of the probes (warm-up included) on.
+            check_count(
+                cfg,
+                f"{what}webrtc_messages_undelivered_total since the pairs were probed",
+                metric_delta(mp[n], m1[n], "webrtc_messages_undelivered_total"),
+                0,
+            )
+            if redis_server:
+                check_count(
+                    cfg, f"{what}webrtc_backplane_errors_total", metric_delta(m0[n], m1[n], "webrtc_backplane_errors_total"), 0
+                )
+                check_count(cfg, f"{what}webrtc_backplane_connected", (m1[n] or {}).get("webrtc_backplane_connected"), 1)
+        lg.go()
+        done = lg.finish(cfg.event_timeout)
+        if done.get("notices"):
+            raise BenchError(f"the load generator received {done['notices']} server notices after the probes")
+    except BaseException:
+        lg.kill()
+        raise
+    finally:
+        if counters:
+            counters.close()
+    return across_figures(result, probed, pids, spent(s0, s1), spent(s0, s2), published - s0.t, r0, r1)
+
+
+def across_figures(
+    result: dict[str, Any],
+    probed: dict[str, Any],
+    pids: dict[str, int],
+    use: dict[str, float],
+    work: dict[str, float],
+    published_after: float,
+    r0: dict[str, int] | None,
+    r1: dict[str, int] | None,
+) -> dict[str, float]:
+    """The figures of one measurement across nodes: ``use`` is the CPU over the delivery, ``work``
+    until Redis had settled, ``published_after`` the seconds until its last PUBLISH; r0 and r1
+    are Redis's counters before and after."""
+    relayed = result["relayed"]
+    per_msg = lambda role: 1e6 * work[f"{role}_cpu_s"] / relayed  # noqa: E731
+    figures = {
+        "relayed_per_s": result["relayed_per_s"],
+        "rtt_p50_ms": result["rtt_ms"]["p50"],
+        "rtt_p99_ms": result["rtt_ms"]["p99"],
+        "relayed": relayed,
+        "seconds": use["wall_s"],
+        # Publishing may lag behind local delivery: the rate Redis kept up with, and how far behind it was.
+        "sustained_per_s": relayed / published_after,
+        "backlog_s": published_after - use["wall_s"],
+        "us_node1": per_msg("node1"),
+        "us_total": sum(per_msg(role) for role in pids if role != "loadgen"),
+        "loadgen_cpu_pct": use["loadgen_cpu_pct"],
+        "node1_cpu_pct": use["node1_cpu_pct"],
+        "other_cpu_pct": use["other_cpu_pct"],
+    }
+    for key, value in use.items():
+        if key.startswith("core"):
+            figures[key] = value
+    if "node2" in pids:
+        figures.update({"us_node2": per_msg("node2"), "node2_cpu_pct": use["node2_cpu_pct"]})
+        figures.update({f"probe_{k}": probed[k] for k in ("attempts", "unavailable", "timeouts")})
+    if r0 and r1:
+        delta = {k: r1[k] - r0[k] for k in r0}
+        figures.update(
+            {
+                "us_redis": per_msg("redis"),
+                "redis_cpu_pct": use["redis_cpu_pct"],
+                "publish_per_msg": delta["publish"] / relayed,
+                "publish_per_read": delta["publish"] / max(1, delta["reads"]),
+                "redis_in_per_msg": delta["net_in"] / relayed,
+                "redis_out_per_msg": delta["net_out"] / relayed,
+            }
+        )
+    return figures
+
+
+def stop_node(server: Server) -> None:
+    """stop_server(), and the node must not have lost its Redis backplane during the run."""
+    stop_server(server)
+    text = server.log_tail(200)
+    if "lost Redis" in text or "not reachable" in text:
+        raise BenchError(f"{server.kind} lost its Redis backplane during the run:\n{text[-3000:]}")
+
+
+def measure_cluster(
+    cfg: Config, variant: str, tag: str, args: dict[str, Any] | None = None, hooks: Hooks | None = None, light: bool = True
+) -> dict[str, float]:
+    """One relay measurement: one node alone, one node with Redis, or two nodes through Redis;
+    every process started fresh and stopped afterwards (nodes first, then redis-server)."""
+    args = args or cfg.relay
+    cpus = cfg.cluster_cpus
+    redis_server = None
+    nodes: list[Server] = []
+    finished = False
+    try:
+        if variant != "single":
+            redis_server = start_redis(cfg, tag)
+        url = redis_server.url if redis_server else None
+        if variant == "cluster":
+            nodes.append(start_webrtc(cfg, f"{tag}-node1", cpus["node1"], url))
+            nodes.append(start_webrtc(cfg, f"{tag}-node2", cpus["node2"], url))
+        else:
+            nodes.append(start_webrtc(cfg, tag, cpus["single"], url))
+        on_ready, on_measured = hooks(nodes) if hooks else (None, None)
+        figures = run_relay_across(cfg, nodes, redis_server, tag, args, on_ready, on_measured)
+        if light:
+            # The same processes at light load: what a round trip costs without queueing.
+            calm = run_relay_across(cfg, nodes, redis_server, f"{tag}l", cfg.cluster_light)
+            figures.update({f"light_{k}": calm[k] for k in ("rtt_p50_ms", "rtt_p99_ms", "relayed_per_s")})
+        finished = True
+        return figures
+    except (BenchError, redis.RedisError) as exc:
+        tails = "".join(
+            f"\nnode {n} ({'still running' if s.proc.poll() is None else f'exit status {s.proc.returncode}'}), "
+            f"end of {s.log_path}:\n{s.log_tail()}"
+            for n, s in enumerate(nodes, 1)
+        )
+        if redis_server:
+            tails += f"\nredis-server, end of {redis_server.log_path}:\n{redis_server.log_tail(10)}"
+        raise BenchError(f"relay, {CLUSTER_LABELS[variant]} ({tag}): {exc}{tails}") from None
+    finally:
+        for server in nodes:
+            if finished:
+                stop_node(server)
+            else:
+                server.process.stop(timeout=10)
+        if redis_server:
+            if finished:
+                stop_redis(redis_server)
+            else:
+                redis_server.stop()

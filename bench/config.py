@@ -1,0 +1,166 @@
+"""Every option of a run and its default, in one place: ``build_config()`` turns the command
+line (cli.py) into a ``Config``, which every other module reads."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import PROJECT_DIR, BenchError, log
+from bench.children import Children
+
+SERVERS = ("webrtc_app", "peerjs")
+LABELS = {"webrtc_app": "webrtc_app", "peerjs": "PeerJS"}
+WORKLOADS = ("relay", "calls", "idle")
+
+#: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
+CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
+CLUSTER_LABELS = {
+    "single": "1 node",
+    "single_redis": "1 node + Redis",
+    "cluster": "2 nodes via Redis",
+}
+
+# The environment webrtc_app runs with (docs/benchmarks.md, "Servers"), and no other WEBRTC_*.
+WEBRTC_ENV = {
+    "WEBRTC_RATE_LIMIT": "0",
+    "WEBRTC_STATUS_LOG_INTERVAL": "0",
+    "WEBRTC_MAX_SOCKETS": "100000",
+    "WEBRTC_ICE_SERVERS": "[]",
+    "WEBRTC_WS_PING_INTERVAL": "20",
+    "WEBRTC_WS_PING_TIMEOUT": "10",
+    "WEBRTC_ICE_ACCESS_TOKEN": "benchmark",  # only silences the "random token" warning
+}
+
+
+@dataclass
+class Config:
+    """A run's sizes and settings, and the little state the whole run shares (warnings, children)."""
+
+    rounds: int
+    quick: bool
+    relay: dict[str, Any]
+    calls: dict[str, Any]
+    idle: dict[str, Any]
+    idle_seconds: float
+    settle_seconds: float
+    profile_relay: dict[str, Any]
+    profile_rate: int
+    servers: tuple[str, ...]
+    workloads: tuple[str, ...]
+    python: str
+    node: str
+    npm_dir: str = ""
+    server_dir: str = PROJECT_DIR
+    rev: str | None = None
+    log_dir: str = ""
+    out_dir: str = ""
+    server_cpu: int | None = 0
+    loadgen_cpu: int | None = 1
+    start_timeout: float = 30
+    quiet_pct: float = 10.0
+    quiet_wait: float = 30.0
+    quiet_budget: float = 240.0
+    max_other_cpu: float = 20.0
+    retries: int = 2
+    event_timeout: float = 300
+    warnings: list[str] = field(default_factory=list)
+    children: Children = field(default_factory=Children)
+    # --cluster: the Redis backplane (cluster.py)
+    cluster: bool = False
+    redis_server: str = ""
+    layout: str = "apart"
+    cluster_cpus: dict[str, int | None] = field(default_factory=dict)
+    cluster_variants: tuple[str, ...] = ()
+    cluster_profile_relay: dict[str, Any] = field(default_factory=dict)
+    cluster_light: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def idle_steps(self) -> list[int]:
+        """The socket counts the idle workload steps through."""
+        return [int(s) for s in str(self.idle["steps"]).split(",")]
+
+    def warn(self, warning: str) -> None:
+        """A warning for the results (once each), logged now."""
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+            log(f"WARNING: {warning}")
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The Config of a run from its command line (cli.parse_args)."""
+    quick = args.quick
+    relay = {
+        "pairs": args.pairs or (10 if quick else 50),
+        "messages": args.messages or (300 if quick else 1000),
+        "warmup": 30 if quick else 100,
+        "window": args.window,
+        "size": 200,
+    }
+    calls = {
+        "calls": args.calls or (200 if quick else 1000),
+        "warmup-calls": 20 if quick else 50,
+        "concurrency": args.call_concurrency,
+        "candidates": 9,
+    }
+    idle = {"steps": args.idle_steps or ("400,1000" if quick else "4000,10000"), "open-concurrency": args.open_concurrency}
+    # Long enough for a few thousand samples at webrtc_app's current pace (~100k msgs/s sampled).
+    profile_relay = {**relay, "messages": relay["messages"] * (1 if quick else 5)}
+    cpus = os.sched_getaffinity(0)
+    pin = not args.no_pin and len(cpus) >= 2
+    server_cpu, loadgen_cpu = (sorted(cpus)[0], sorted(cpus)[1]) if pin else (None, None)
+    python = args.python or sys.executable
+    node = shutil.which("node")
+    if not node:
+        raise BenchError("node (Node.js 18+) is required")
+    # Across nodes (--cluster): which CPU each process runs on, by layout.
+    if pin:
+        c0, c1 = server_cpu, loadgen_cpu
+        if args.cluster_layout == "apart":
+            # Each node has a core, as the single node has (nodes of a cluster run on machines
+            # of their own), shared only with a light process: Redis (~5% of a core here) on
+            # node 1's, the load generator (~10%) and the driver on node 2's.
+            cluster_cpus = {"single": c0, "node1": c0, "node2": c1, "redis": c0, "loadgen": c1}
+        else:  # together: both nodes share CPU 0 (webrtc_app has one core in every variant)
+            cluster_cpus = {"single": c0, "node1": c0, "node2": c0, "redis": c1, "loadgen": c1}
+    else:
+        cluster_cpus = dict.fromkeys(("single", "node1", "node2", "redis", "loadgen"))
+    variants = tuple(v for v in args.cluster_variants.split(",") if v)
+    unknown = set(variants) - set(CLUSTER_VARIANTS)
+    if unknown or "cluster" not in variants:
+        raise BenchError(f"--cluster-variants: a subset of {','.join(CLUSTER_VARIANTS)} that includes cluster")
+    return Config(
+        # --cluster: 5 rounds, as its measurements are short and this machine has slow spells
+        # of a few seconds that hit single measurements (docs/benchmarks.md, "Across nodes").
+        rounds=args.rounds or (1 if quick else 5 if args.cluster else 3),
+        quick=quick,
+        relay=relay,
+        calls=calls,
+        idle=idle,
+        idle_seconds=args.idle_seconds if args.idle_seconds is not None else (5 if quick else 40),
+        settle_seconds=1 if quick else 2,
+        profile_relay=profile_relay,
+        profile_rate=args.profile_rate,
+        servers=tuple(args.servers.split(",")),
+        workloads=tuple(w for w in args.workloads.split(",") if w and w != "none"),
+        python=python,
+        node=node,
+        server_cpu=server_cpu,
+        loadgen_cpu=loadgen_cpu,
+        max_other_cpu=args.max_other_cpu,
+        retries=args.retries,
+        quiet_wait=5 if quick else 30,
+        cluster=args.cluster,
+        redis_server=args.redis_server or "",
+        layout=args.cluster_layout,
+        cluster_cpus=cluster_cpus,
+        cluster_variants=tuple(v for v in CLUSTER_VARIANTS if v in variants),
+        # Across nodes a message costs 10-20 times more: the same sizes give seconds of samples.
+        cluster_profile_relay={**relay},
+        # Light load: a few pairs, one message in flight each, so a round trip is not queueing.
+        cluster_light={**relay, "pairs": 5, "messages": 200 if quick else 1000, "warmup": 20 if quick else 50, "window": 1},
+    )

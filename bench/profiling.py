@@ -1,0 +1,264 @@
+"""py-spy on webrtc_app (docs/benchmarks.md, "Where webrtc_app spends its time"): under the
+relay load and with idle sockets on one node, and on both nodes at once across nodes; and
+py-spy's raw (collapsed) stacks aggregated by function, library or area of the code."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from typing import Any
+
+from bench import PROJECT_DIR, BenchError, log
+from bench.cluster import measure_cluster
+from bench.config import Config
+from bench.sampling import wait_for_quiet
+from bench.servers import Server, start_server, stop_server
+from bench.workloads import run_idle, run_relay
+
+from processes import terminate
+
+
+def py_spy_path(cfg: Config) -> str:
+    """py-spy beside the Python that runs webrtc_app, else on PATH."""
+    beside = os.path.join(os.path.dirname(cfg.python), "py-spy")
+    return beside if os.path.exists(beside) else shutil.which("py-spy") or beside
+
+
+class PySpy:
+    """``py-spy record`` on one process, writing ``path`` in ``fmt`` (raw or flamegraph) when stopped."""
+
+    def __init__(self, cfg: Config, label: str, pid: int, path: str, fmt: str = "raw", options: tuple[str, ...] = ()) -> None:
+        self.cfg = cfg
+        self.label = label
+        self.path = path
+        self.log_path = os.path.join(cfg.log_dir, f"py-spy-{label}.log")
+        # py-spy pauses the server for each sample (its default): its --nonblocking mode
+        # failed on most samples here and the ones it kept were skewed. Samples of the
+        # server waiting in epoll are left out (no --idle).
+        self.cmd = [py_spy_path(cfg), "record", "--pid", str(pid), "--rate", str(cfg.profile_rate), "--format", fmt]
+        self.cmd += ["-o", path, *options]
+        self.proc: subprocess.Popen[Any] | None = None
+        if os.path.exists(path):
+            os.remove(path)
+
+    def log_tail(self) -> str:
+        with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+            return handle.read()[-2000:]
+
+    def errors(self) -> int:
+        """Samples py-spy failed to take, from its summary line (-1 if it printed none)."""
+        match = re.search(r"Samples: (\d+) Errors: (\d+)", self.log_tail())
+        return int(match.group(2)) if match else -1
+
+    def kill(self) -> None:
+        if self.proc:
+            terminate(self.proc)
+
+
+def attach(spies: list[PySpy]) -> None:
+    """Start py-spy on each process (on the load generator's CPU) before the load starts."""
+    for spy in spies:
+        with open(spy.log_path, "wb") as out:
+            spy.proc = spy.cfg.children.spawn(spy.cmd, spy.cfg.loadgen_cpu, stdout=out, stderr=subprocess.STDOUT)
+    time.sleep(1.0)  # attach before the load starts
+    for spy in spies:
+        if spy.proc and spy.proc.poll() is not None:
+            raise BenchError(f"py-spy failed to start on {spy.label}:\n{spy.log_tail()}")
+
+
+def detach(spies: list[PySpy]) -> None:
+    """Stop py-spy on each process: it writes its file on Ctrl-C."""
+    for spy in spies:
+        if spy.proc:
+            spy.proc.send_signal(signal.SIGINT)
+    for spy in spies:
+        if spy.proc:
+            try:
+                spy.proc.wait(60)
+            finally:
+                terminate(spy.proc)
+    for spy in spies:
+        if not os.path.exists(spy.path):
+            raise BenchError(f"py-spy wrote no {spy.path}:\n{spy.log_tail()}")
+
+
+def require_py_spy(cfg: Config) -> None:
+    if not os.path.exists(py_spy_path(cfg)):
+        raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
+
+
+# ---------------------------------------------------------------- runs under py-spy
+
+
+def run_profile(cfg: Config) -> dict[str, Any]:
+    """webrtc_app sampled by py-spy under the relay load (Python frames, then native frames too,
+    then a flame graph) and while 10,000 sockets sit idle; answers the aggregated profiles."""
+    require_py_spy(cfg)
+    idle_args = {**cfg.idle, "steps": str(cfg.idle["steps"]).split(",")[-1]}
+    passes = (
+        # name, workload, py-spy format, options, output
+        ("python", "relay", "raw", ("--function",), "profile-relay.txt"),
+        ("native", "relay", "raw", ("--function", "--native"), "profile-relay-native.txt"),
+        ("flamegraph", "relay", "flamegraph", (), "profile-relay.svg"),
+        ("idle", "idle", "raw", ("--function",), "profile-idle.txt"),
+    )
+    results: dict[str, Any] = {}
+    for name, workload, fmt, options, filename in passes:
+        path = os.path.join(cfg.out_dir, filename)
+        wait_for_quiet(cfg)
+        server = start_server(cfg, "webrtc_app", f"profile-{name}")
+        spy = PySpy(cfg, name, server.pid, path, fmt, options)
+        try:
+            figures = _profiled(cfg, server, workload, f"prof{name[0]}", idle_args, spy)
+        except BaseException:
+            spy.kill()
+            server.process.stop(timeout=10)
+            raise
+        stop_server(server)
+        figures["py_spy_errors"] = spy.errors()
+        results[f"{workload}_{name}"] = figures
+        shown = f"{figures['relayed_per_s']:,.0f} msgs/s" if workload == "relay" else f"{figures['idle_cpu_pct']:.1f}% CPU idle"
+        log(f"profile ({name}) written to {os.path.relpath(path, PROJECT_DIR)}: {shown} under py-spy")
+        if fmt == "raw":
+            samples, rows = parse_raw_profile(path)
+            results[name] = {"samples": samples, "rows": rows, "file": path}
+            if "--native" in options:
+                results[name]["groups"] = native_groups(path)
+    return results
+
+
+def _profiled(cfg: Config, server: Server, workload: str, tag: str, idle_args: dict[str, Any], spy: PySpy) -> dict[str, float]:
+    if workload == "relay":
+        return run_relay(cfg, server, tag, cfg.profile_relay, on_ready=lambda: attach([spy]), on_measured=lambda: detach([spy]))
+    return run_idle(cfg, server, tag, idle_args, on_hold=lambda: attach([spy]), on_held=lambda: detach([spy]))
+
+
+def run_cluster_profile(cfg: Config) -> dict[str, Any]:
+    """py-spy on node 1 and node 2 at once (Python frames, --function) under the relay across nodes."""
+    require_py_spy(cfg)
+    paths = {role: os.path.join(cfg.out_dir, f"profile-cluster-{role}.txt") for role in ("node1", "node2")}
+    spies: list[PySpy] = []
+
+    def hooks(nodes: list[Server]) -> tuple[Any, Any]:
+        for (role, path), node in zip(paths.items(), nodes, strict=True):
+            spies.append(PySpy(cfg, f"cluster-{role}", node.pid, path, options=("--function",)))
+        return lambda: attach(spies), lambda: detach(spies)
+
+    wait_for_quiet(cfg)
+    try:
+        figures = measure_cluster(cfg, "cluster", "profc", cfg.cluster_profile_relay, hooks, light=False)
+    finally:
+        for spy in spies:
+            spy.kill()
+    result: dict[str, Any] = {"figures": figures}
+    for role, path in paths.items():
+        samples, rows = parse_raw_profile(path)
+        result[role] = {"samples": samples, "rows": rows, "file": path, "areas": profile_areas(path)}
+    shown = f"{figures['relayed_per_s']:,.0f} msgs/s under py-spy"
+    log(f"cluster profiles written to {os.path.relpath(paths['node1'], PROJECT_DIR)} and -node2.txt: {shown}")
+    return result
+
+
+# ---------------------------------------------------------------- py-spy's raw stacks
+
+
+def _stacks(path: str) -> list[tuple[list[str], int]]:
+    """py-spy's raw (collapsed) stacks as (code frames, outermost first; samples)."""
+    stacks = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            stack, _, count_text = line.rstrip("\n").rpartition(" ")
+            if not stack or not count_text.isdigit():
+                continue
+            # py-spy puts the thread name first ("process 1:..." / "thread (0x..)"): skip non-code frames.
+            frames = [f for f in stack.split(";") if f and "(" in f and not f.startswith(("process ", "thread "))]
+            stacks.append((frames, int(count_text)))
+    return stacks
+
+
+def frame_name(frame: str) -> str:
+    """'write_message (/…/site-packages/tornado/websocket.py:123)' -> 'write_message (tornado/websocket.py:123)'."""
+    match = re.match(r"(.*?) \((.*?)(?::(\d+))?\)$", frame)
+    if not match:
+        return frame
+    function, path, line = match.groups()
+    for marker in ("site-packages/", "lib/python3.11/", "lib/python3.12/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        if path.startswith(PROJECT_DIR + "/"):
+            path = path[len(PROJECT_DIR) + 1 :]
+    return f"{function} ({path}:{line})" if line else f"{function} ({path})"
+
+
+def parse_raw_profile(path: str) -> tuple[int, list[tuple[str, int, int]]]:
+    """py-spy's raw stacks -> total samples, [(function, self, total)] by self time."""
+    self_counts: dict[str, int] = defaultdict(int)
+    total_counts: dict[str, int] = defaultdict(int)
+    samples = 0
+    for frames, count in _stacks(path):
+        samples += count
+        if not frames:
+            continue
+        self_counts[frame_name(frames[-1])] += count
+        for name in {frame_name(f) for f in frames}:
+            total_counts[name] += count
+    rows = sorted(((name, n, total_counts[name]) for name, n in self_counts.items()), key=lambda r: -r[1])
+    return samples, rows
+
+
+def native_groups(path: str) -> dict[str, Any]:
+    """From a --native profile: self time by library, and who calls getpid (innermost Python frame)."""
+    libraries: dict[str, int] = defaultdict(int)
+    getpid_callers: dict[str, int] = defaultdict(int)
+    total = 0
+    for frames, count in _stacks(path):
+        if not frames:
+            continue
+        total += count
+        leaf = frames[-1]
+        library = re.search(r"\(([^():]+\.so[.\d]*)\)$", leaf)
+        libraries[library.group(1) if library else "Python code (the interpreter running it)"] += count
+        if leaf.startswith("getpid "):
+            python = [f for f in frames if re.search(r"\.py:\d+\)$", f)]
+            getpid_callers[frame_name(python[-1]) if python else "?"] += count
+    return {
+        "total": total,
+        "libraries": sorted(libraries.items(), key=lambda kv: -kv[1]),
+        "getpid_callers": sorted(getpid_callers.items(), key=lambda kv: -kv[1]),
+    }
+
+
+def profile_areas(path: str) -> dict[str, int]:
+    """Samples of a node's profile (py-spy raw) by what the node was doing: receiving from Redis,
+    publishing to it (and within those, redis-py's RESP parser and command packing), the
+    WebSocket side, the rest."""
+    areas: dict[str, int] = defaultdict(int)
+    for frames, count in _stacks(path):
+        if not frames:
+            continue
+        areas["samples"] += count
+        text = ";".join(frame_name(f) for f in frames)
+        if "RedisRouter._listener " in text:
+            area = "listener"
+        elif "RedisRouter._publisher " in text:
+            area = "publisher"
+        elif "(handlers/" in text or "(tornado/" in text:
+            area = "websocket"
+        else:
+            area = "rest"
+        areas[area] += count
+        if area in ("listener", "publisher"):
+            if "_AsyncRESP3Parser." in text or "_AsyncRESPBase." in text or "HiredisParser" in text:
+                areas[f"{area}_parser"] += count
+            if "pack_command" in text:
+                areas[f"{area}_pack"] += count
+            if "(asyncio/timeouts.py:" in text:  # redis-py's socket_timeout around each reply
+                areas[f"{area}_timeout"] += count
+    return dict(areas)

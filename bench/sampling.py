@@ -1,0 +1,142 @@
+"""What the driver reads from /proc: CPU time of a process, its memory, and how busy the
+whole machine (and each CPU) is; and waiting until other processes leave the machine quiet."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from bench import BenchError, log
+from bench.config import Config
+
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of every thread of ``pid``, in clock ticks (/proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of ``pid`` in KiB (VmRSS of /proc/<pid>/status)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        match = re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.M)
+    if not match:
+        raise BenchError(f"no VmRSS for pid {pid}")
+    return int(match.group(1))
+
+
+def _busy(values: list[int]) -> int:
+    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
+    return user + nice + system + irq + softirq + steal
+
+
+def machine_busy_ticks() -> int:
+    """Busy ticks of all CPUs together (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat", encoding="ascii") as stat:
+        return _busy([int(v) for v in stat.readline().split()[1:]])
+
+
+def cpu_busy_by_core() -> dict[int, int]:
+    """Busy ticks of each CPU (/proc/stat cpuN lines, everything but idle and iowait)."""
+    cores = {}
+    with open("/proc/stat", encoding="ascii") as stat:
+        for line in stat:
+            match = re.match(r"cpu(\d+) (.*)", line)
+            if match:
+                cores[int(match.group(1))] = _busy([int(v) for v in match.group(2).split()])
+    return cores
+
+
+# ---------------------------------------------------------------- one server and its load generator
+
+
+@dataclass
+class Sample:
+    t: float
+    server_cpu: int
+    loadgen_cpu: int
+    machine_busy: int
+    rss: int
+
+
+def sample(server_pid: int, loadgen_pid: int) -> Sample:
+    """The server's and the load generator's CPU ticks, the machine's, and the server's RSS, now."""
+    return Sample(time.monotonic(), cpu_ticks(server_pid), cpu_ticks(loadgen_pid), machine_busy_ticks(), rss_kib(server_pid))
+
+
+def usage(a: Sample, b: Sample) -> dict[str, float]:
+    """CPU seconds of the server between two samples, and CPU % of one core for everyone."""
+    wall = b.t - a.t
+    server = (b.server_cpu - a.server_cpu) / HZ
+    loadgen = (b.loadgen_cpu - a.loadgen_cpu) / HZ
+    other = max(0.0, (b.machine_busy - a.machine_busy) / HZ - server - loadgen)
+    return {
+        "wall_s": wall,
+        "server_cpu_s": server,
+        "server_cpu_pct": 100 * server / wall,
+        "loadgen_cpu_pct": 100 * loadgen / wall,
+        "other_cpu_pct": 100 * other / wall,
+    }
+
+
+# ---------------------------------------------------------------- several processes by role (--cluster)
+
+
+@dataclass
+class Snapshot:
+    t: float
+    ticks: dict[str, int]  # CPU ticks of each process by role
+    machine: int
+    cores: dict[int, int]
+
+
+def snapshot(pids: dict[str, int]) -> Snapshot:
+    """CPU ticks of each process (by role), of the machine and of each CPU, now."""
+    return Snapshot(
+        time.monotonic(), {role: cpu_ticks(pid) for role, pid in pids.items()}, machine_busy_ticks(), cpu_busy_by_core()
+    )
+
+
+def spent(a: Snapshot, b: Snapshot) -> dict[str, float]:
+    """CPU seconds of each process, and % of one core for each, for other processes, for each CPU."""
+    wall = b.t - a.t
+    seconds = {role: (b.ticks[role] - a.ticks[role]) / HZ for role in a.ticks}
+    other = max(0.0, (b.machine - a.machine) / HZ - sum(seconds.values()))
+    result = {"wall_s": wall, "other_cpu_pct": 100 * other / wall}
+    for role, value in seconds.items():
+        result[f"{role}_cpu_s"] = value
+        result[f"{role}_cpu_pct"] = 100 * value / wall
+    for core in a.cores:
+        result[f"core{core}_pct"] = 100 * (b.cores[core] - a.cores[core]) / HZ / wall
+    return result
+
+
+# ---------------------------------------------------------------- a shared machine
+
+
+def wait_for_quiet(cfg: Config) -> float:
+    """Before a measurement, wait (bounded) until other processes use under cfg.quiet_pct of a core.
+
+    This machine may be shared (tests of other work); their CPU use is also reported for every
+    measurement (other_cpu_pct). Answers the share seen last, in % of one core.
+    """
+    deadline = time.monotonic() + min(cfg.quiet_wait, cfg.quiet_budget)
+    started = time.monotonic()
+    while True:
+        t0, b0 = time.monotonic(), machine_busy_ticks()
+        time.sleep(0.5)
+        busy = 100 * (machine_busy_ticks() - b0) / HZ / (time.monotonic() - t0)
+        if busy <= cfg.quiet_pct or time.monotonic() >= deadline:
+            break
+    waited = time.monotonic() - started - 0.5
+    cfg.quiet_budget = max(0.0, cfg.quiet_budget - waited)
+    if busy > cfg.quiet_pct:
+        log(f"WARNING: other processes keep using {busy:.0f}% of a core; measuring anyway")
+    elif waited > 1:
+        log(f"waited {waited:.0f} s for other processes to quiet down")
+    return busy
