@@ -1,0 +1,69 @@
+// The load generator's options and their defaults: the command line of bench/loadgen.mjs.
+// One process is one run, so the options are parsed once, when this module is first imported.
+
+export const DEFAULTS = {
+  proto: 'webrtc', // webrtc | peerjs
+  url: '', // ws://127.0.0.1:PORT (no path)
+  url2: '', // relay only: the callees connect here (another node of a cluster) instead of --url
+  workload: 'relay', // relay | calls | idle
+  tag: 'x', // prefix of every id, so rounds never collide
+  timeout: 300, // seconds: the whole run, waits included
+  // relay
+  pairs: 50,
+  messages: 1000, // measured data messages per caller
+  warmup: 100, // data messages per caller before the measurement
+  window: 20, // unacknowledged data messages in flight per caller
+  size: 200, // bytes of each data frame the caller sends
+  'probe-tries': 100, // with --url2: probes per pair before giving up (one every 50 ms at most, 1 s each)
+  // calls
+  calls: 1000,
+  'warmup-calls': 50,
+  concurrency: 50,
+  candidates: 9, // per side: 1 offer + 1 answer + 2 * 9 candidates = 20 messages a call
+  'sdp-size': 1000, // bytes of the offer and answer frames
+  'candidate-size': 200,
+  // idle
+  steps: '4000,10000', // hold this many sockets, step by step
+  'open-concurrency': 50, // handshakes in flight while opening
+  // 1: the frames a socket sends in one turn of the event loop go out in one write (relay
+  // only: it keeps the load generator's syscalls below the server's; see docs/benchmarks.md)
+  cork: -1, // -1: on for relay, off otherwise
+  // PeerJS clients send {"type":"HEARTBEAT"} every pingInterval ms (peerjs' default 5000)
+  'peerjs-heartbeat-ms': 5000,
+  key: 'peerjs',
+};
+
+/** `--name value` pairs over DEFAULTS; a wrong option exits with status 2. */
+export function parseArgs(argv) {
+  const opts = { ...DEFAULTS };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    if (!arg.startsWith('--')) die(`unexpected argument ${arg}`);
+    const name = arg.slice(2);
+    if (!(name in DEFAULTS)) die(`unknown option ${arg}`);
+    const value = argv[++i];
+    if (value === undefined) die(`${arg} needs a value`);
+    opts[name] = typeof DEFAULTS[name] === 'number' ? Number(value) : value;
+    if (typeof DEFAULTS[name] === 'number' && !Number.isFinite(opts[name])) die(`${arg}: not a number: ${value}`);
+  }
+  if (!['webrtc', 'peerjs'].includes(opts.proto)) die(`--proto must be webrtc or peerjs`);
+  if (!['relay', 'calls', 'idle'].includes(opts.workload)) die(`--workload must be relay, calls or idle`);
+  if (!opts.url.startsWith('ws://')) die('--url ws://HOST:PORT is required');
+  if (opts.url2) {
+    if (!opts.url2.startsWith('ws://')) die('--url2 must be ws://HOST:PORT');
+    if (opts.workload !== 'relay' || opts.proto !== 'webrtc') die('--url2 is for --proto webrtc --workload relay only');
+  }
+  if (opts.cork === -1) opts.cork = opts.workload === 'relay' ? 1 : 0;
+  return opts;
+}
+
+function die(message) {
+  process.stderr.write(`loadgen: error: ${message}\n`);
+  process.exit(2);
+}
+
+/** This run's options. */
+export const opts = parseArgs(process.argv.slice(2));
+
+/** A progress or error line on stderr (stdout is the driver's). */
+export const log = (message) => process.stderr.write(`loadgen[${opts.proto}/${opts.workload}]: ${message}\n`);
