@@ -5,6 +5,7 @@ every round, the markdown in bench/out/, and docs/benchmarks.md for a full run."
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -76,7 +77,7 @@ def run_suite(
                     cfg,
                     f"round {n} {workload} {LABELS[kind]}",
                     f"r{n}{workload[0]}{kind[0]}",
-                    lambda tag, kind=kind, workload=workload: measure(cfg, kind, workload, tag),
+                    functools.partial(measure, cfg, kind, workload),
                 )
                 redone += again
                 results[kind][workload].append(figures)
@@ -137,7 +138,7 @@ def run_cluster_suite(
                 cfg,
                 f"round {n} {CLUSTER_LABELS[variant]}",
                 f"r{n}{'scr'[CLUSTER_VARIANTS.index(variant)]}",
-                lambda tag, variant=variant: measure_cluster(cfg, variant, tag),
+                functools.partial(measure_cluster, cfg, variant),
             )
             redone += again
             results[variant].append(figures)
