@@ -22,6 +22,8 @@ class MemoryRouter:
         #: Messages handed to relay(), and those that reached no peer socket.
         self.relayed = 0
         self.undelivered = 0
+        #: Copies handed to peer sockets here (rule 1), whichever node the sender is on.
+        self.delivered = 0
 
     def join(self, session: Session) -> None:
         conversations = self._ids.setdefault(session.id, {})
@@ -54,21 +56,30 @@ class MemoryRouter:
         return delivered
 
     def fan_out(self, sender: Session, text: str) -> int:
-        """Rules 1 and 2 on this process: the peer's matching sockets, then the sender's
-        other sockets in the conversation. Answers how many of the peer's sockets got it."""
+        """Rules 1 and 2 on this process for a message from ``sender``. Answers how many of
+        the peer's sockets got it."""
+        return self.deliver(sender.id, sender.peer_id, text, sender)
+
+    def deliver(self, my_id: str, peer_id: str, text: str, sender: Session | None = None) -> int:
+        """Rules 1 and 2 on this process for a message from ``my_id`` to ``peer_id``: the
+        peer's matching sockets, then ``my_id``'s sockets in the conversation other than
+        ``sender`` (None when the message comes from another node). Answers how many of
+        the peer's sockets got it."""
         delivered = 0
-        peer = self._ids.get(sender.peer_id)
+        peer = self._ids.get(peer_id)
         if peer:
-            for key in (sender.id, ""):
+            for key in (my_id, ""):
                 group = peer.get(key)
                 if group:
                     targets = tuple(group)  # a send may lead to a leave
                     for session in targets:
                         session.send(text)
                     delivered += len(targets)
-        mine = self._ids.get(sender.id, {}).get(sender.peer_id)
-        if mine and len(mine) > 1:
-            for session in tuple(mine):
+            self.delivered += delivered
+        mine = self._ids.get(my_id)
+        group = mine.get(peer_id) if mine else None
+        if group and (sender is None or len(group) > 1):
+            for session in tuple(group):
                 if session is not sender:
                     session.send(text)
         return delivered
@@ -102,6 +113,9 @@ class MemoryRouter:
     @property
     def open_sockets(self) -> int:
         return self._sockets
+
+    async def share(self, name: str, value: str) -> str:
+        return value
 
     async def start(self) -> None:
         pass

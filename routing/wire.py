@@ -1,0 +1,96 @@
+"""What nodes of the Redis backplane say to each other, free of Redis and of Tornado.
+
+Each node has one inbox (a sharded pub/sub channel). Everything one node has for another
+during one event-loop iteration travels as one *batch*, one SPUBLISH::
+
+    <sender node> "\\n" <fields, joined by NUL> "\\n" <the texts of the messages, concatenated>
+
+Ids, peer ids, session ids and node names never contain control characters (``check_ids``
+refuses them), so NUL and the two newlines are unambiguous; message texts may contain
+anything, so they are cut by the lengths given in the fields. A batch is decoded with one
+``decode`` and one ``split`` whatever it holds: the cost is per batch, not per message.
+
+Frames, each a kind and its fields:
+
+* ``m`` A B session reply seq length: a message from A's socket ``session`` to B. The
+  inbox's node delivers it by rules 1 and 2 (routing/__init__.py) to its own sockets. ``reply``
+  says what the sender's node needs back: ``0`` nothing, ``1`` an ``n`` if none of B's
+  sockets here got it, ``2`` an ``r`` with ``seq`` whatever happened.
+* ``n`` A B: none of B's sockets here took A's message (rule 3 is the sender's node's call).
+* ``r`` seq count: how many of B's sockets here took message ``seq``.
+* ``u`` A B: deliver the PEER-UNAVAILABLE notice to A's sockets talking to B here.
+* ``a`` session: this node has added ``session`` to its directory (a join waits for these).
+
+Directory events go on one channel per id instead (``event``): ``j`` node id session peer
+when a socket joins, ``l`` node id session when it leaves.
+"""
+
+from __future__ import annotations
+
+SEP = "\0"
+
+#: What a message asks back from the node that delivers it.
+NO_REPLY, REPLY_IF_NONE, REPLY_ALWAYS = "0", "1", "2"
+
+
+class Batch:
+    """The frames one node has for another, in the order they were added."""
+
+    __slots__ = ("fields", "texts", "messages", "waiting")
+
+    def __init__(self) -> None:
+        self.fields: list[str] = []
+        self.texts: list[str] = []
+        self.messages = 0
+        #: (reply, A, B, seq) of the messages whose sender waits for an answer: if the batch
+        #: cannot reach its node, the sender's node answers them itself.
+        self.waiting: list[tuple[str, str, str, str]] = []
+
+    def message(self, my_id: str, peer_id: str, session_id: str, reply: str, seq: str, text: str) -> None:
+        self.fields += ("m", my_id, peer_id, session_id, reply, seq, str(len(text)))
+        self.texts.append(text)
+        self.messages += 1
+        if reply != NO_REPLY:
+            self.waiting.append((reply, my_id, peer_id, seq))
+
+    def none_delivered(self, my_id: str, peer_id: str) -> None:
+        self.fields += ("n", my_id, peer_id)
+
+    def result(self, seq: str, count: int) -> None:
+        self.fields += ("r", seq, str(count))
+
+    def notice(self, my_id: str, peer_id: str) -> None:
+        self.fields += ("u", my_id, peer_id)
+
+    def ack(self, session_id: str) -> None:
+        self.fields += ("a", session_id)
+
+    def encode(self, sender: str) -> bytes:
+        return f"{sender}\n{SEP.join(self.fields)}\n{''.join(self.texts)}".encode()
+
+
+def decode(payload: bytes) -> tuple[str, list[str], str]:
+    """(sender node, fields, texts) of a batch."""
+    text = payload.decode("utf-8")
+    first = text.index("\n")
+    second = text.index("\n", first + 1)
+    return text[:first], text[first + 1 : second].split(SEP), text[second + 1 :]
+
+
+#: Fields each frame kind carries after its kind.
+FIELDS = {"m": 6, "n": 2, "r": 2, "u": 2, "a": 1}
+
+
+def joined(node: str, my_id: str, session_id: str, peer_id: str) -> str:
+    """The event of a socket joining the directory of ``my_id``."""
+    return SEP.join(("j", node, my_id, session_id, peer_id))
+
+
+def left(node: str, my_id: str, session_id: str) -> str:
+    """The event of a socket leaving the directory of ``my_id``."""
+    return SEP.join(("l", node, my_id, session_id))
+
+
+def entry(node: str, peer_id: str) -> str:
+    """A directory entry's value: where the socket is and whom it talks to."""
+    return f"{node}{SEP}{peer_id}"
