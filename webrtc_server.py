@@ -158,7 +158,7 @@ def make_router(config: SimpleNamespace) -> Router:
     if config.REDIS_URL:
         from routing.redis import RedisRouter  # redis-py is only needed with a backplane
 
-        return RedisRouter(config.REDIS_URL, config.REDIS_PREFIX, config.NODE_TTL)
+        return RedisRouter(config.REDIS_URL, config.REDIS_PREFIX, config.NODE_TTL, config.MAX_SOCKETS_PER_ID)
     return MemoryRouter()
 
 
@@ -204,6 +204,10 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
     app = make_app(config)
     tls = tls_context(config.CERTFILE, config.KEYFILE)
     await app.router.start()
+    generated = settings.ICE_ACCESS_TOKEN_GENERATED and config.get_ice_pass is settings.get_ice_pass
+    if generated:
+        # Nodes of one backplane hand out one token, so any node accepts a page from another.
+        config.ICE_ACCESS_TOKEN = settings.ICE_ACCESS_TOKEN = await app.router.share("ice-token", config.ICE_ACCESS_TOKEN)
     server = HTTPServer(app, max_body_size=config.MAX_BODY_SIZE, xheaders=config.XHEADERS, ssl_options=tls)
     server.add_sockets(sockets)
     app.start_services()
@@ -220,10 +224,10 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
         os.getpid(),
         f", node {node}" if node else "",
     )
-    if settings.ICE_ACCESS_TOKEN_GENERATED and config.get_ice_pass is settings.get_ice_pass:
+    if generated:
         log.warning(
-            "ICE_ACCESS_TOKEN is not set: using a random token for this run "
-            "(set WEBRTC_ICE_ACCESS_TOKEN to share one between processes or machines)"
+            "ICE_ACCESS_TOKEN is not set: using a random token for this run%s",
+            ", shared by the nodes of this backplane" if app.router.node else "",
         )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

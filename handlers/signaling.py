@@ -104,10 +104,13 @@ class SignalingHandler(WebSocketHandler):
         self.heard = app.heartbeat.tick
         self._joined = True
         reachable = router.join(self)
-        if reachable is not None:
-            # Across nodes: wait until other nodes can reach this socket; Tornado holds its
-            # messages until open() returns, so none is relayed before.
-            await reachable
+        # Across nodes: wait until other nodes can reach this socket; Tornado holds its
+        # messages until open() returns, so none is relayed before.
+        if reachable is not None and not await reachable:
+            self._leave()
+            return self.refuse(
+                TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {config.MAX_SOCKETS_PER_ID} sockets in the cluster"
+            )
         self.ready = True
         log.debug("open %r -> %r (session %s)", self.id, self.peer_id, self.session_id)
         self._forget_request()

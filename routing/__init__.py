@@ -63,9 +63,10 @@ class Router(Protocol):
     relayed: int
     undelivered: int
 
-    def join(self, session: Session) -> Awaitable[None] | None:
+    def join(self, session: Session) -> Awaitable[bool] | None:
         """Register an open socket. May answer an awaitable that completes when the socket
-        is reachable from every node (the handler awaits it before reading messages)."""
+        is reachable from every node (the handler awaits it before reading messages): True,
+        or False if a cluster-wide limit refused it (the handler then closes it with 4429)."""
 
     def leave(self, session: Session) -> None:
         """Forget a closed socket (idempotent)."""
@@ -90,6 +91,9 @@ class Router(Protocol):
 
     async def connections(self, id: str) -> list[dict[str, str | None]]:
         """``[{"peer": peer_id or None, "session": session_id}]`` for every socket of ``id``."""
+
+    async def share(self, name: str, value: str) -> str:
+        """The value of ``name`` every node uses (the first node's): ``value`` on one process."""
 
     async def start(self) -> None:
         """Prepare the router (connect to a backplane, ...)."""

@@ -1,138 +1,239 @@
-"""Routing across processes and machines through Redis (redis-py's asyncio client).
+"""Routing across processes and machines through Redis: a directory, and one inbox per node.
 
 Each process (a *node*) keeps its own sockets in a :class:`MemoryRouter` and delivers to
 them directly, so local delivery never waits for Redis and goes on when Redis is down.
-Other nodes are reached with pub/sub, on one channel per conversation:
+For the others it routes to *nodes*, not to conversations:
 
-* ``<prefix>c\\0B\\0A`` has a subscriber on every node holding a socket of B whose peer_id is A;
-* ``<prefix>a\\0B`` has one on every node holding a socket of B with no peer_id.
-
-A message from A to B is published on ``c B A`` and ``a B`` (rule 1) and on ``c A B`` (rule 2,
-the sender's devices elsewhere). PUBLISH answers how many nodes subscribe to a channel,
-which is exactly rule 1's question, "did any socket of B talking to A, or to anyone,
-receive it?", asked cluster-wide. When nobody did, the PEER-UNAVAILABLE notice goes to the
-sender's conversation on every node (rule 3). One node publishes through one connection, in
-order, so messages between two sockets keep their order across nodes.
+* **The directory** says where every socket is: one Redis hash per id (session -> node and
+  peer_id). A node mirrors, in memory (:class:`routing.directory.Directory`), the entries of
+  the ids its own sockets involve, kept current by join and leave events published on one
+  sharded channel per id. A socket is *ready* (its handler starts reading) only once every
+  node that mirrors its id has acknowledged it, so no message sent afterwards can miss it.
+* **One inbox per node**: a message for sockets on node N goes to N's inbox. Everything this
+  node has for N during one event-loop iteration travels in one SPUBLISH, so Redis' work and
+  ours are per batch, not per message (routing/wire.py has the format). One connection per
+  shard publishes, batches to one node leave in order, and a node reads its inbox in order,
+  so messages between two sockets keep their order across nodes.
+* **Exact rule 3.** The node that delivers a message answers when none of the peer's sockets
+  there took it (its directory entry was stale: the socket had just left); the sender's node
+  then sends PEER-UNAVAILABLE to the sender's conversation, on every node. A destination
+  that is gone (SPUBLISH reached no subscriber: the node was killed) counts the same at once.
+  Only a socket that closes while the frame is already on its way to it can still lose a
+  message counted as delivered, exactly as on a single node.
 
 Nodes announce themselves with a key that expires after ``node_ttl`` seconds unless
-refreshed. A node that sees another's key gone reaps it: closes its pub/sub connection on
-the Redis side (a node cut off without a FIN would otherwise keep its subscriptions until
-Redis' TCP keepalive notices) and removes its sockets from the registry that /connections
-reads. So a dead node's ids stop counting as online within ``node_ttl`` plus one refresh
-period; a node that is merely killed closes its connections at once and stops counting
-immediately.
+refreshed. A node that sees another's key gone reaps it: closes its pub/sub connections on
+the Redis side (a node cut off without a FIN would otherwise keep its inbox subscribed
+until Redis' TCP keepalive notices) and removes its sockets from the directory, telling the
+nodes that mirror them. A node that loses Redis (restart, failover) reconnects, subscribes
+again, reloads what it mirrors and registers its sockets again.
+
+The same code runs on one redis-server or on a Redis Cluster (routing/shards.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import uuid
-from collections import Counter
-from typing import Any, cast
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
 
-from redis.asyncio import Redis
-from redis.backoff import NoBackoff
+from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
-from routing import PEER_UNAVAILABLE_NOTICE, Session
+from routing import PEER_UNAVAILABLE_NOTICE, Session, wire
+from routing.directory import Directory
 from routing.memory import MemoryRouter
+from routing.shards import Address, BackplaneError, Topology, tag
 
 log = logging.getLogger(__name__)
 
-SEP = "\0"  # ids cannot contain control characters, so this separator is unambiguous
-MESSAGE, NOTICE = "m", "n"
-#: Longest a socket's open() waits for its channel to be subscribed before going on.
+SEP = wire.SEP
+#: Longest a socket's open() waits for the cluster to know it before going on anyway.
 JOIN_WAIT = 2.0
 #: Longest each step of stop() may take.
 STOP_WAIT = 1.0
-#: Longest a pipeline or a presence round may wait for Redis before it counts as lost.
+#: Longest a round of commands or publications may wait for Redis before it counts as lost.
 COMMAND_TIMEOUT = 5.0
-#: Most jobs waiting to be sent to Redis; past it, cross-node copies are dropped and counted.
+#: Most messages waiting to be published; past it, cross-node copies are shed and counted.
 OUTBOX_LIMIT = 50_000
-BATCH = 256
+#: Most directory commands sent in one pipeline.
+BATCH = 512
+#: Seconds a message sent to several nodes waits for all their answers before it is
+#: counted as delivered (a node that froze meanwhile never answers).
+PENDING_TTL = 10.0
+
+#: Adds a socket to its id's directory and tells the nodes that mirror the id, in one step,
+#: unless the id already has ARGV[3] sockets (0: no limit). Answers how many nodes heard
+#: the event, or -1 when the limit refused the socket.
+REGISTER = """
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= limit then
+  return -1
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('SPUBLISH', ARGV[4], ARGV[5])
+"""
+
+
+class Interest:
+    """An id this node mirrors, because some of its sockets involve it."""
+
+    __slots__ = ("refs", "ready", "events")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.refs = 0
+        #: Done once the events are subscribed and the snapshot loaded.
+        self.ready: asyncio.Future[None] = loop.create_future()
+        #: Events that arrived while the snapshot was on its way (None once loaded).
+        self.events: list[list[str]] | None = []
+
+
+class Acks:
+    """The nodes that have acknowledged a socket's join, against how many heard it."""
+
+    __slots__ = ("heard", "needed", "done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.heard = 0
+        self.needed: int | None = None
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    def check(self) -> None:
+        if self.needed is not None and self.heard >= self.needed and not self.done.done():
+            self.done.set_result(None)
+
+
+class Outlet:
+    """One shard's publishing connection. Batches are written as soon as they are ready; a
+    reader takes Redis' answers, in order, and matches each to the batch it answers (how
+    many nodes heard it: none means its node is gone)."""
+
+    def __init__(self, router: RedisRouter, address: Address, connection: Connection) -> None:
+        self.router = router
+        self.address = address
+        self.connection = connection
+        #: (loop time sent, batch) of the batches Redis has not answered yet, oldest first.
+        self.waiting: deque[tuple[float, wire.Batch]] = deque()
+        self.reader = asyncio.get_running_loop().create_task(self._read(), name=f"redis-outlet-{address[1]}")
+
+    async def send(self, commands: list[tuple[str, str, bytes]], batches: list[wire.Batch]) -> None:
+        now = asyncio.get_running_loop().time()
+        self.waiting.extend((now, batch) for batch in batches)
+        await self.connection.send_packed_command(self.connection.pack_commands(commands), check_health=False)
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                heard = await self.connection.read_response()
+                _, batch = self.waiting.popleft()
+                if not heard:
+                    self.router._unreachable(batch)  # its node is gone (or not subscribed yet)
+        except (RedisError, OSError, IndexError) as error:
+            self.router._outlet_failed(self, error)
+
+    def overdue(self, now: float) -> bool:
+        """Redis has not answered a batch for COMMAND_TIMEOUT seconds (frozen, or cut off)."""
+        return bool(self.waiting) and now - self.waiting[0][0] > COMMAND_TIMEOUT
+
+    def close(self) -> None:
+        if self.reader is not asyncio.current_task():
+            self.reader.cancel()
+        asyncio.get_running_loop().create_task(disconnect(self.connection))
+
+
+async def disconnect(connection: Connection) -> None:
+    """Close a connection, whatever state it is in, within STOP_WAIT."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(connection.disconnect(), STOP_WAIT)
 
 
 class RedisRouter:
-    """A :class:`routing.Router` spanning every node that shares one Redis."""
+    """A :class:`routing.Router` spanning every node that shares one Redis (or Redis Cluster)."""
 
-    def __init__(self, url: str, prefix: str = "webrtc:", node_ttl: float = 10.0) -> None:
+    def __init__(self, url: str, prefix: str = "webrtc:", node_ttl: float = 10.0, max_sockets_per_id: int = 0) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError(f"REDIS_PREFIX must not contain braces (Redis Cluster hash tags), got {prefix!r}")
         self.url = url
         self.prefix = prefix
         self.node_ttl = node_ttl
+        self.max_sockets_per_id = max_sockets_per_id
         self.node = uuid.uuid4().hex[:12]
-        self._own_prefix = self.node + SEP
         self.local = MemoryRouter()
+        self.directory = Directory(self.node)
         self.relayed = 0
         self.undelivered = 0
-        #: Messages whose cross-node part was lost because Redis was unreachable.
+        #: Messages whose cross-node part was lost because Redis was unreachable or behind.
         self.backplane_errors = 0
+        #: Batches published, and messages a destination found nobody for (stale directory).
+        self.batches = 0
+        self.stale = 0
         self.connected = False
-        self._channels: Counter[str] = Counter()  # channel -> local sockets listening
-        self._confirmed: set[str] = set()  # channels Redis confirmed we subscribe to
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self._outbox: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        self._subscriptions: asyncio.Queue[tuple[str, str]] = asyncio.Queue()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._client: Redis | None = None
-        self._busy = False  # a batch is on its way to Redis
-        #: Other live nodes. While there are none, nobody can be reached through Redis and
-        #: messages are not published at all: a lone node costs what a memory router costs.
+        #: Other live nodes (they said hello, or their presence key is alive).
         self.others: set[str] = set()
+        self._topology = Topology(url, f"webrtc-node-{self.node}")
+        self._inbox = self._channel("inbox", self.node)
+        self._inbox_bytes = self._inbox.encode()
+        self._control = f"{prefix}control"
+        self._control_bytes = self._control.encode()
+        # Outgoing frames, by destination node, until the publisher takes them.
+        self._batches: dict[str, wire.Batch] = {}
+        self._queued = 0
+        self._wake = asyncio.Event()
+        self._publishing = False
+        self._outlets: dict[Address, Outlet] = {}
+        self._seq = itertools.count(1)
+        self._pending: dict[str, list[Any]] = {}  # seq -> [answers awaited, my_id, peer_id, deadline]
+        # Directory commands, in order.
+        self._jobs: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        self._running_jobs = False
+        # Pub/sub: what we want, what the current connections were asked, what Redis confirmed.
+        self._interests: dict[str, Interest] = {}
+        self._acks: dict[str, Acks] = {}
+        self._wanted: dict[str, str | None] = {self._inbox: None, self._control: None}  # channel -> id
+        self._asked: set[str] = set()
+        self._confirmed: set[str] = set()
+        self._subscribers: dict[Address, Connection] = {}
+        self._subscription_changes: asyncio.Queue[str] = asyncio.Queue()
+        self._generation = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._shared: dict[str, str] = {}
 
-    # --- keys and channels --------------------------------------------------------------
+    # --- names --------------------------------------------------------------------------
 
-    def _conversation(self, id: str, peer_id: str) -> str:
-        """The channel of the sockets of ``id`` with this peer_id ("" = those with none)."""
-        if peer_id:
-            return f"{self.prefix}c{SEP}{id}{SEP}{peer_id}"
-        return f"{self.prefix}a{SEP}{id}"
+    def _channel(self, kind: str, name: str) -> str:
+        """A key or sharded channel of one id or node: ``<prefix><kind>:{digest}``."""
+        return f"{self.prefix}{kind}:{tag(name)}"
 
-    def _sessions_key(self, id: str) -> str:
-        return f"{self.prefix}s{SEP}{id}"
+    def _events(self, id: str) -> str:
+        return self._channel("events", id)
 
-    def _node_key(self, node: str) -> str:
-        return f"{self.prefix}node{SEP}{node}"
+    def _dir(self, id: str) -> str:
+        return self._channel("dir", id)
 
-    def _node_sessions_key(self, node: str) -> str:
-        return f"{self.prefix}node-sessions{SEP}{node}"
+    def _presence(self, node: str) -> str:
+        return self._channel("node", node)
+
+    def _node_sessions(self, node: str) -> str:
+        return self._channel("node-sessions", node)
 
     @property
-    def _control(self) -> str:
-        """Where nodes say hello and goodbye (it also keeps our pub/sub subscribed)."""
-        return f"{self.prefix}control"
-
-    @property
-    def _nodes_key(self) -> str:
+    def _nodes(self) -> str:
         return f"{self.prefix}nodes"
-
-    @property
-    def _client_name(self) -> str:
-        return f"webrtc-node-{self.node}"
 
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        # A client name per node lets the reaper find a dead node's pub/sub connection.
-        # No retries inside redis-py: the loops below reconnect, and a message must not wait
-        # for Redis to come back while local sockets could be served.
-        self._client = Redis.from_url(
-            self.url,
-            client_name=self._client_name,
-            decode_responses=True,
-            socket_connect_timeout=2,
-            # No per-reply timeout: redis-py wraps every reply of a pipeline in one, which
-            # cost an eighth of a node's CPU under load (docs/benchmarks.md). Each batch
-            # and each presence round has one deadline of its own instead (COMMAND_TIMEOUT).
-            socket_timeout=None,
-            retry=Retry(NoBackoff(), 0),
-        )
+        loop = asyncio.get_running_loop()
         self._tasks = [
-            asyncio.create_task(self._publisher(), name="redis-publisher"),
-            asyncio.create_task(self._listener(), name="redis-listener"),
-            asyncio.create_task(self._presence(), name="redis-presence"),
+            loop.create_task(self._backplane(), name="redis-backplane"),
+            loop.create_task(self._publisher(), name="redis-publisher"),
+            loop.create_task(self._run_jobs(), name="redis-directory"),
+            loop.create_task(self._presence_loop(), name="redis-presence"),
         ]
         # Wait (briefly) for the backplane, so the first sockets are visible cluster-wide.
         for _ in range(40):
@@ -143,93 +244,157 @@ class RedisRouter:
             log.warning("Redis at %s is not reachable yet: serving local sockets, retrying", self.url)
 
     async def stop(self) -> None:
-        """Leave the cluster: our sockets disappear from /connections at once. Bounded in
+        """Leave the cluster: our sockets disappear from every directory at once. Bounded in
         time, as a shutdown must be, whatever state the Redis connections are in."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.wait(self._tasks, timeout=STOP_WAIT)
-        if self._client is not None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=STOP_WAIT)
+        self._tasks = []
+        client = self._topology.client
+        if client is not None and self.connected:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._client.publish(self._control, f"bye{SEP}{self.node}"), STOP_WAIT)
+                await asyncio.wait_for(client.spublish(self._control, f"bye{SEP}{self.node}"), STOP_WAIT)
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._forget_node(self.node), STOP_WAIT)
-            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(self._client.aclose(), STOP_WAIT)
+        await self._disconnect()
+        await self._topology.close()
+        self.connected = False
+
+    async def share(self, name: str, value: str) -> str:
+        """The value of ``name`` that every node of this backplane uses: the first node's.
+        (The generated ICE token, so that a page from one node is accepted by any other.)"""
+        self._shared[name] = value
+        client = self._topology.client
+        if client is None:
+            return value
+        try:
+            key = f"{self.prefix}shared:{name}"
+            await asyncio.wait_for(client.set(key, value, nx=True), COMMAND_TIMEOUT)
+            agreed = await asyncio.wait_for(client.get(key), COMMAND_TIMEOUT)
+        except (TimeoutError, RedisError, OSError) as error:
+            log.warning("could not agree on %s with the other nodes (%s): using this node's own", name, error)
+            return value
+        self._shared[name] = agreed or value
+        return self._shared[name]
 
     # --- the Router interface -----------------------------------------------------------
 
-    def join(self, session: Session) -> asyncio.Future[None]:
-        """Register locally at once; the returned future resolves when other nodes can
-        reach the socket, and only then does it appear in /connections (each step waits
-        JOIN_WAIT seconds at most if Redis is away: local delivery works meanwhile)."""
+    def join(self, session: Session) -> asyncio.Future[bool]:
+        """Register locally at once; the answer resolves when every node that mirrors the
+        socket's id knows it (True), or when the cluster-wide MAX_SOCKETS_PER_ID refused it
+        (False; the caller then leaves and closes it). Each step waits JOIN_WAIT at most: with
+        Redis away, local delivery works meanwhile."""
         self.local.join(session)
-        channel = self._conversation(session.id, session.peer_id)
-        self._channels[channel] += 1
-        subscribed = None
-        if channel not in self._confirmed:
-            subscribed = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(channel, []).append(subscribed)
-            if self._channels[channel] == 1:
-                self._subscriptions.put_nowait(("subscribe", channel))
-        return asyncio.ensure_future(self._announce(session, subscribed))
+        if session.peer_id:
+            self._want(session.id)
+            self._want(session.peer_id)
+        return asyncio.ensure_future(self._announce(session))
 
-    async def _announce(self, session: Session, subscribed: asyncio.Future[None] | None) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            if subscribed is not None:
-                await asyncio.wait_for(asyncio.shield(subscribed), JOIN_WAIT)
+    async def _announce(self, session: Session) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + JOIN_WAIT
+        acks = self._acks[session.session_id] = Acks(loop)
+        try:
+            if session.peer_id:
+                for id in (session.id, session.peer_id):
+                    interest = self._interests.get(id)
+                    if interest is not None:
+                        await asyncio.wait_for(asyncio.shield(interest.ready), max(0.0, deadline - loop.time()))
             if session not in self.local.group(session.id, session.peer_id):
-                return  # it left meanwhile
-            registered = asyncio.get_running_loop().create_future()
-            self._outbox.put_nowait(("register", session.id, session.session_id, session.peer_id, registered))
-            await asyncio.wait_for(asyncio.shield(registered), JOIN_WAIT)
+                return True  # it left meanwhile
+            registered: asyncio.Future[int | None] = loop.create_future()
+            self._jobs.put_nowait(("register", session, self.max_sockets_per_id, registered))
+            heard = await asyncio.wait_for(asyncio.shield(registered), max(0.0, deadline - loop.time()))
+            if heard is not None and heard < 0:
+                return False
+            acks.needed = heard or 0
+            acks.check()
+            await asyncio.wait_for(asyncio.shield(acks.done), max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            pass
+        finally:
+            self._acks.pop(session.session_id, None)
+        return True
 
     def leave(self, session: Session) -> None:
         if session not in self.local.group(session.id, session.peer_id):
             return
         self.local.leave(session)
-        channel = self._conversation(session.id, session.peer_id)
-        self._channels[channel] -= 1
-        if self._channels[channel] <= 0:
-            del self._channels[channel]
-            self._subscriptions.put_nowait(("unsubscribe", channel))
-            for waiter in self._waiters.pop(channel, []):
-                if not waiter.done():
-                    waiter.set_result(None)
-        self._outbox.put_nowait(("unregister", session.id, session.session_id))
+        if session.peer_id:
+            self._unwant(session.id)
+            self._unwant(session.peer_id)
+        self._jobs.put_nowait(("unregister", session.id, session.session_id))
 
     def relay(self, sender: Session, text: str) -> None:
         self.relayed += 1
+        my_id, peer_id = sender.id, sender.peer_id
         local = self.local.fan_out(sender, text)
-        if self.others:
-            if self._outbox.qsize() < OUTBOX_LIMIT:
-                self._outbox.put_nowait(("message", sender.id, sender.peer_id, sender.session_id, text, local))
-                return  # the publisher decides rule 3 once Redis has answered
-            # Redis cannot keep up (or is away and the queue filled): shed the cross-node
-            # copy rather than grow without end, exactly as during an outage.
+        peers, mine = self.directory.destinations(my_id, peer_id)
+        if not peers and not mine:
+            if not local:
+                self._unavailable(my_id, peer_id)
+            return
+        if self._queued >= OUTBOX_LIMIT:
+            # Redis cannot keep up (or is away and the outbox filled): shed the cross-node
+            # copies rather than grow without end, exactly as during an outage.
             self.backplane_errors += 1
-        # No other node (or none reachable now): rule 3 on what this node delivered.
-        if not local:
-            self._unavailable(sender.id, sender.peer_id)
+            if not local:
+                self._unavailable(my_id, peer_id)
+            return
+        self._queued += 1
+        session_id = sender.session_id
+        if local or not peers:
+            reply, seq = wire.NO_REPLY, ""
+        elif len(peers) == 1:
+            reply, seq = wire.REPLY_IF_NONE, ""
+        else:
+            reply, seq = wire.REPLY_ALWAYS, str(next(self._seq))
+            self._pending[seq] = [len(peers), my_id, peer_id, asyncio.get_running_loop().time() + PENDING_TTL]
+        for node in peers:
+            self._batch(node).message(my_id, peer_id, session_id, reply, seq, text)
+        for node in mine:
+            if node not in peers:
+                self._batch(node).message(my_id, peer_id, session_id, wire.NO_REPLY, "", text)
+        if not local and not peers:
+            self._unavailable(my_id, peer_id)
 
     def _unavailable(self, my_id: str, peer_id: str) -> None:
-        """Rule 3: nobody received it; tell the sender's sockets of this conversation here."""
+        """Rule 3: nobody received it; tell the sender's sockets of this conversation, here
+        and on every other node that holds some."""
         self.undelivered += 1
         self.local.notify(my_id, peer_id, PEER_UNAVAILABLE_NOTICE)
+        for node in self.directory.nodes(my_id, peer_id):
+            self._batch(node).notice(my_id, peer_id)
+
+    def _batch(self, node: str) -> wire.Batch:
+        batch = self._batches.get(node)
+        if batch is None:
+            batch = self._batches[node] = wire.Batch()
+            self._wake.set()
+        return batch
 
     def local_sessions(self) -> list[Session]:
         return self.local.local_sessions()
 
     def count(self, id: str) -> int:
+        # This process only, as the handler's quick check; the cluster-wide
+        # MAX_SOCKETS_PER_ID is enforced in Redis when the socket registers.
         return self.local.count(id)
 
     @property
     def settled(self) -> bool:
-        """Nothing waits to reach Redis: every (un)subscription confirmed, the outbox empty."""
-        return (
-            self._outbox.empty()
-            and self._subscriptions.empty()
-            and not self._busy
-            and self._confirmed - {self._control} == set(self._channels)
+        """Nothing waits to reach Redis: subscriptions confirmed, snapshots loaded, no
+        directory command or batch of messages on its way (or the router is stopped)."""
+        return not self._tasks or (
+            self._jobs.empty()
+            and not self._running_jobs
+            and not self._batches
+            and not self._publishing
+            and not any(outlet.waiting for outlet in self._outlets.values())
+            and self._subscription_changes.empty()
+            and set(self._wanted) == self._confirmed
+            and all(interest.events is None for interest in self._interests.values())
         )
 
     @property
@@ -242,17 +407,19 @@ class RedisRouter:
 
     async def connections(self, id: str) -> list[dict[str, str | None]]:
         """Every socket of ``id`` on every live node (local ones if Redis is away)."""
-        assert self._client is not None
+        client = self._topology.client
+        if client is None:
+            return await self.local.connections(id)
         try:
-            # decode_responses=True: every reply below is text, whatever redis-py's types say.
-            entries = cast(
-                "dict[str, str]", await asyncio.wait_for(self._client.hgetall(self._sessions_key(id)), COMMAND_TIMEOUT)
-            )
-            nodes = sorted({value.split(SEP, 1)[0] for value in entries.values()})
-            alive = await self._client.mget([self._node_key(node) for node in nodes]) if nodes else []
+            entries: dict[str, str] = await asyncio.wait_for(client.hgetall(self._dir(id)), COMMAND_TIMEOUT)
+            nodes = sorted({value.split(SEP, 1)[0] for value in entries.values()} - {self.node})
+            pipe = client.pipeline(transaction=False)
+            for node in nodes:
+                pipe.exists(self._presence(node))
+            alive = await asyncio.wait_for(pipe.execute(), COMMAND_TIMEOUT) if nodes else []
         except (TimeoutError, RedisError, OSError):
             return await self.local.connections(id)
-        live = {node for node, flag in zip(nodes, alive, strict=True) if flag is not None} | {self.node}
+        live = {node for node, flag in zip(nodes, alive, strict=True) if flag} | {self.node}
         result: list[dict[str, str | None]] = []
         for session_id, value in entries.items():
             node, _, peer = value.partition(SEP)
@@ -260,220 +427,462 @@ class RedisRouter:
                 result.append({"peer": peer or None, "session": session_id})
         return result
 
-    # --- publishing (one connection, in order) ------------------------------------------
+    # --- interests: the ids this node mirrors --------------------------------------------
+
+    def _want(self, id: str) -> None:
+        interest = self._interests.get(id)
+        if interest is None:
+            interest = self._interests[id] = Interest(asyncio.get_running_loop())
+            self.directory.track(id)
+            channel = self._events(id)
+            self._wanted[channel] = id
+            self._subscription_changes.put_nowait(channel)
+        interest.refs += 1
+
+    def _unwant(self, id: str) -> None:
+        interest = self._interests.get(id)
+        if interest is None:
+            return
+        interest.refs -= 1
+        if interest.refs > 0:
+            return
+        del self._interests[id]
+        self.directory.untrack(id)
+        interest.ready.cancel()
+        channel = self._events(id)
+        self._wanted.pop(channel, None)
+        self._subscription_changes.put_nowait(channel)
+
+    def _on_subscribed(self, channel: str) -> None:
+        self._confirmed.add(channel)
+        id = self._wanted.get(channel)
+        if id is not None and id in self._interests:
+            self._jobs.put_nowait(("snapshot", id, self._generation))
+
+    def _on_snapshot(self, id: str, generation: int, entries: dict[str, str]) -> None:
+        interest = self._interests.get(id)
+        if interest is None or generation != self._generation:
+            return  # no longer mirrored, or a newer snapshot is coming
+        self.directory.load(id, entries)
+        for event in interest.events or ():
+            self._apply(event)
+        interest.events = None
+        if not interest.ready.done():
+            interest.ready.set_result(None)
+
+    def _on_event(self, payload: bytes) -> None:
+        event = payload.decode("utf-8").split(SEP)
+        kind, node, id, session_id = event[0], event[1], event[2], event[3]
+        if node == self.node:
+            if kind == "j":
+                self._acked(session_id)  # we hear our own join like the others do
+            return
+        interest = self._interests.get(id)
+        if interest is None:
+            return
+        if kind == "j":
+            self._batch(node).ack(session_id)
+        if interest.events is not None:
+            interest.events.append(event)  # applied on top of the snapshot
+        else:
+            self._apply(event)
+
+    def _apply(self, event: list[str]) -> None:
+        if event[0] == "j":
+            self.directory.add(event[2], event[3], event[1], event[4])
+        else:
+            self.directory.remove(event[2], event[3])
+
+    def _acked(self, session_id: str) -> None:
+        acks = self._acks.get(session_id)
+        if acks is not None:
+            acks.heard += 1
+            acks.check()
+
+    # --- receiving a batch --------------------------------------------------------------
+
+    def _on_batch(self, payload: bytes) -> None:
+        sender, fields, texts = wire.decode(payload)
+        local = self.local
+        i, offset, end = 0, 0, len(fields)
+        while i < end:
+            kind = fields[i]
+            if kind == "m":
+                my_id, peer_id, reply = fields[i + 1], fields[i + 2], fields[i + 4]
+                length = int(fields[i + 6])
+                delivered = local.deliver(my_id, peer_id, texts[offset : offset + length])
+                offset += length
+                if reply != wire.NO_REPLY:
+                    if reply == wire.REPLY_ALWAYS:
+                        self._batch(sender).result(fields[i + 5], delivered)
+                    elif not delivered:
+                        self._batch(sender).none_delivered(my_id, peer_id)
+            elif kind == "n":
+                self.stale += 1
+                self._unavailable(fields[i + 1], fields[i + 2])
+            elif kind == "r":
+                self._answered(fields[i + 1], int(fields[i + 2]))
+            elif kind == "u":
+                local.notify(fields[i + 1], fields[i + 2], PEER_UNAVAILABLE_NOTICE)
+            elif kind == "a":
+                self._acked(fields[i + 1])
+            i += 1 + wire.FIELDS[kind]
+
+    def _answered(self, seq: str, delivered: int) -> None:
+        pending = self._pending.get(seq)
+        if pending is None:
+            return
+        if delivered:
+            del self._pending[seq]
+            return
+        pending[0] -= 1
+        if pending[0] <= 0:
+            del self._pending[seq]
+            self.stale += 1
+            self._unavailable(pending[1], pending[2])
+
+    def _unreachable(self, batch: wire.Batch) -> None:
+        """A batch that reached no node: answer for it what its node would have."""
+        for reply, my_id, peer_id, seq in batch.waiting:
+            if reply == wire.REPLY_ALWAYS:
+                self._answered(seq, 0)
+            else:
+                self._unavailable(my_id, peer_id)
+
+    # --- publishing batches (one connection per shard, in order) ------------------------
 
     async def _publisher(self) -> None:
-        assert self._client is not None
         while True:
-            jobs = [await self._outbox.get()]
-            while len(jobs) < BATCH and not self._outbox.empty():
-                jobs.append(self._outbox.get_nowait())
-            self._busy = True
+            await self._wake.wait()
+            self._wake.clear()
+            batches, self._batches = self._batches, {}
+            self._queued = 0
+            if not batches:
+                continue
+            self._publishing = True
             try:
-                await self._send_batch(jobs)
+                await self._publish(batches)
             finally:
-                self._busy = False
+                self._publishing = False
 
-    async def _send_batch(self, jobs: list[tuple[Any, ...]]) -> None:
-        """Send a batch of jobs in one pipeline, then decide the notices from the replies."""
-        assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        counted: list[tuple[int, int, tuple[Any, ...]]] = []  # (first reply, replies for rule 1, job)
-        registered: list[asyncio.Future[None]] = []
-        index = 0
-        for job in jobs:
-            kind = job[0]
-            if kind == "message":
-                _, my_id, peer_id, session_id, text, _ = job
-                payload = f"{self.node}{SEP}{MESSAGE}{SEP}{session_id}{SEP}{text}"
-                # Rule 1 (the peer's sockets talking to us, or to anyone) then rule 2 (ours).
-                rule1 = [self._conversation(peer_id, my_id), self._conversation(peer_id, "")] if peer_id else []
-                for channel in (*rule1, self._conversation(my_id, peer_id)):
-                    pipe.publish(channel, payload)
-                counted.append((index, len(rule1), job))
-                index += len(rule1) + 1
-            elif kind == "notice":
-                _, my_id, peer_id = job
-                pipe.publish(self._conversation(my_id, peer_id), f"{self.node}{SEP}{NOTICE}{SEP}{SEP}{PEER_UNAVAILABLE_NOTICE}")
-                index += 1
-            elif kind == "register":
-                _, my_id, session_id, peer_id, done = job
-                pipe.hset(self._sessions_key(my_id), session_id, f"{self.node}{SEP}{peer_id}")
-                pipe.sadd(self._node_sessions_key(self.node), f"{my_id}{SEP}{session_id}")
-                registered.append(done)
-                index += 2
-            elif kind == "unregister":
-                _, my_id, session_id = job
-                pipe.hdel(self._sessions_key(my_id), session_id)
-                pipe.srem(self._node_sessions_key(self.node), f"{my_id}{SEP}{session_id}")
-                index += 2
-        try:
-            results: list[Any] | None = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
-        except (TimeoutError, RedisError, OSError) as error:
-            self._lost(error)
-            results = None
-        for done in registered:
-            if not done.done():
-                done.set_result(None)
-        for first, rule1_count, job in counted:
-            my_id, peer_id, local = job[1], job[2], job[5]
-            remote = 0
-            if results is None:
-                self.backplane_errors += 1  # the other nodes could not be told
-            else:
-                for channel, reply in zip(
-                    (self._conversation(peer_id, my_id), self._conversation(peer_id, "")),
-                    results[first : first + rule1_count],
-                    strict=False,
-                ):
-                    # PUBLISH counts our own subscription too; local sockets were served directly.
-                    if isinstance(reply, int):
-                        remote += reply - (1 if channel in self._confirmed else 0)
-            if local + max(remote, 0) == 0:
-                self._unavailable(my_id, peer_id)
-                if results is not None:
-                    self._outbox.put_nowait(("notice", my_id, peer_id))
+    async def _publish(self, batches: dict[str, wire.Batch]) -> None:
+        """Send each batch to its node's inbox, without waiting for Redis' answers (the
+        outlet's reader takes them): a batch leaves as soon as the loop has filled it."""
+        topology = self._topology
+        if topology.client is None:
+            self._lose(batches.values())
+            return
+        by_shard: dict[Address, list[tuple[str, wire.Batch]]] = {}
+        for node, batch in batches.items():
+            by_shard.setdefault(topology.address(self._channel("inbox", node)), []).append((node, batch))
+        for address, items in by_shard.items():
+            commands = [("SPUBLISH", self._channel("inbox", node), batch.encode(self.node)) for node, batch in items]
+            try:
+                outlet = self._outlets.get(address)
+                if outlet is None:
+                    outlet = await asyncio.wait_for(self._open_outlet(address), COMMAND_TIMEOUT)
+                await asyncio.wait_for(outlet.send(commands, [batch for _, batch in items]), COMMAND_TIMEOUT)
+                self.batches += len(commands)
+            except (TimeoutError, RedisError, OSError) as error:
+                outlet = self._outlets.get(address)
+                if outlet is not None:
+                    self._outlet_failed(outlet, error)
+                else:
+                    self._lost(error)
+                    self._lose(batch for _, batch in items)
+
+    async def _open_outlet(self, address: Address) -> Outlet:
+        connection = self._topology.connection(address)
+        await connection.connect()
+        outlet = self._outlets[address] = Outlet(self, address, connection)
+        return outlet
+
+    def _outlet_failed(self, outlet: Outlet, error: BaseException) -> None:
+        """A publishing connection broke (or Redis stopped answering on it): what it carried
+        and was not answered is lost; the next batch opens a new one."""
+        if self._outlets.get(outlet.address) is outlet:
+            del self._outlets[outlet.address]
+        self._lost(error)
+        lost = [batch for _, batch in outlet.waiting]
+        outlet.waiting.clear()
+        self._lose(lost)
+        outlet.close()
+
+    def _lose(self, batches: Iterable[wire.Batch]) -> None:
+        """Batches that could not be published: their messages' cross-node part is lost."""
+        for batch in batches:
+            self.backplane_errors += batch.messages
+            self._unreachable(batch)
 
     def _lost(self, error: BaseException) -> None:
         if self.connected:
             log.warning("lost Redis (%s): local delivery goes on, other nodes are unreachable", error)
+        else:
+            log.debug("Redis still unreachable: %r", error, exc_info=error)
         self.connected = False
 
-    # --- receiving ----------------------------------------------------------------------
+    # --- directory commands (in order, one pipeline per round) --------------------------
 
-    async def _listener(self) -> None:
-        """Keep one pub/sub connection subscribed to our channels, reconnecting as needed."""
-        assert self._client is not None
+    async def _run_jobs(self) -> None:
+        while True:
+            jobs = [await self._jobs.get()]
+            while len(jobs) < BATCH and not self._jobs.empty():
+                jobs.append(self._jobs.get_nowait())
+            self._running_jobs = True
+            try:
+                await self._run(jobs)
+            finally:
+                self._running_jobs = False
+
+    async def _run(self, jobs: list[tuple[Any, ...]]) -> None:
+        client = self._topology.client
+        results: list[Any] | None = None
+        if client is not None:
+            pipe = client.pipeline(transaction=False)
+            for job in jobs:
+                self._add_commands(pipe, job)
+            try:
+                results = await asyncio.wait_for(pipe.execute(raise_on_error=False), COMMAND_TIMEOUT)
+            except (TimeoutError, RedisError, OSError) as error:
+                self._lost(error)
+        replies = iter(results or ())
+        for job in jobs:
+            kind = job[0]
+            if kind == "register":
+                heard = next(replies, None)
+                next(replies, None)
+                done: asyncio.Future[int | None] | None = job[3]
+                if done is not None and not done.done():
+                    done.set_result(heard if isinstance(heard, int) else None)
+            elif kind == "unregister":
+                for _ in range(3):
+                    next(replies, None)
+            elif kind == "snapshot":
+                entries = next(replies, None)
+                if isinstance(entries, dict):
+                    self._on_snapshot(job[1], job[2], entries)
+
+    def _add_commands(self, pipe: Any, job: tuple[Any, ...]) -> None:
+        kind = job[0]
+        if kind == "register":
+            session, limit = job[1], job[2]
+            event = wire.joined(self.node, session.id, session.session_id, session.peer_id)
+            value = wire.entry(self.node, session.peer_id)
+            pipe.execute_command(
+                "EVAL", REGISTER, 1, self._dir(session.id), session.session_id, value, limit, self._events(session.id), event
+            )
+            pipe.sadd(self._node_sessions(self.node), f"{session.id}{SEP}{session.session_id}")
+        elif kind == "unregister":
+            my_id, session_id = job[1], job[2]
+            pipe.hdel(self._dir(my_id), session_id)
+            pipe.spublish(self._events(my_id), wire.left(self.node, my_id, session_id))
+            pipe.srem(self._node_sessions(self.node), f"{my_id}{SEP}{session_id}")
+        elif kind == "snapshot":
+            pipe.hgetall(self._dir(job[1]))
+
+    # --- subscriptions (one reader per shard), and reconnecting ---------------------------
+
+    async def _backplane(self) -> None:
+        """Keep one pub/sub connection per shard subscribed to what we want; after each
+        (re)connection, reload what we mirror and register our sockets again."""
         delay = 0.1
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=False)
-            self._confirmed.clear()
-            control = asyncio.create_task(self._subscriber(pubsub))
+            readers: list[asyncio.Task[None]] = []
             try:
-                # Subscribe to what our sockets listen on (all of it again after a reconnect).
-                await pubsub.subscribe(self._control, *self._channels)
-                await self._refresh_presence(register_all=True)
-                await self._discover()
-                await self._client.publish(self._control, f"hello{SEP}{self.node}")
+                await asyncio.wait_for(self._topology.open(), COMMAND_TIMEOUT)
+                self._generation += 1
+                for address in self._topology.masters():
+                    connection = self._topology.connection(address)
+                    await asyncio.wait_for(connection.connect(), COMMAND_TIMEOUT)
+                    self._subscribers[address] = connection
+                for interest in self._interests.values():
+                    if interest.events is None:
+                        interest.events = []  # reloaded below: buffer events until then
+                    if interest.ready.done():
+                        interest.ready = asyncio.get_running_loop().create_future()
+                for channel in list(self._wanted):
+                    await self._subscribe(channel)
+                readers = [asyncio.create_task(self._read(c)) for c in self._subscribers.values()]
+                readers.append(asyncio.create_task(self._apply_subscription_changes()))
+                await asyncio.wait_for(self._rejoin(), COMMAND_TIMEOUT)
                 if not self.connected:
-                    log.info("connected to Redis at %s as node %s", self.url, self.node)
+                    log.info(
+                        "connected to Redis%s at %s as node %s", " Cluster" if self._topology.cluster else "", self.url, self.node
+                    )
                 self.connected = True
                 delay = 0.1
-                async for message in pubsub.listen():
-                    self._on_pubsub(message)
-            except (RedisError, OSError) as error:
+                done, _ = await asyncio.wait(readers, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+            except BackplaneError as error:
+                log.error("%s", error)
+                self._lost(error)
+                delay = 5.0
+            except (TimeoutError, RedisError, OSError) as error:
                 self._lost(error)
             finally:
-                control.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RedisError, OSError):
-                    await control
-                with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
-                    await asyncio.wait_for(pubsub.aclose(), STOP_WAIT)
+                for task in readers:
+                    task.cancel()
+                await self._disconnect()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _subscriber(self, pubsub: Any) -> None:
-        while True:
-            action, channel = await self._subscriptions.get()
-            # Act on the latest state: a socket may have come or gone meanwhile.
-            if action == "subscribe" and channel in self._channels:
-                await pubsub.subscribe(channel)
-            elif action == "unsubscribe" and channel not in self._channels:
-                await pubsub.unsubscribe(channel)
+    async def _disconnect(self) -> None:
+        connections = list(self._subscribers.values())
+        self._subscribers.clear()
+        for outlet in list(self._outlets.values()):
+            self._outlet_failed(outlet, OSError("reconnecting to Redis"))
+        self._asked.clear()
+        self._confirmed.clear()
+        for connection in connections:
+            await disconnect(connection)
 
-    def _on_pubsub(self, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message["channel"]
-        if kind == "subscribe":
-            self._confirmed.add(channel)
-            for waiter in self._waiters.pop(channel, []):
-                if not waiter.done():
-                    waiter.set_result(None)
+    async def _subscribe(self, channel: str) -> None:
+        connection = self._subscribers.get(self._topology.address(channel))
+        if connection is None:
+            raise OSError(f"no connection to the shard of {channel!r}")
+        self._asked.add(channel)
+        await connection.send_command("SSUBSCRIBE", channel)
+
+    async def _apply_subscription_changes(self) -> None:
+        while True:
+            channel = await self._subscription_changes.get()
+            # Act on the latest state: a socket may have come or gone meanwhile.
+            if channel in self._wanted and channel not in self._asked:
+                await self._subscribe(channel)
+            elif channel not in self._wanted and channel in self._asked:
+                self._asked.discard(channel)
+                connection = self._subscribers.get(self._topology.address(channel))
+                if connection is not None:
+                    await connection.send_command("SUNSUBSCRIBE", channel)
+
+    async def _read(self, connection: Connection) -> None:
+        inbox, control = self._inbox_bytes, self._control_bytes
+        while True:
+            reply = await connection.read_response()
+            kind, channel, data = reply[0], reply[1], reply[2]
+            if kind == b"smessage":
+                if channel == inbox:
+                    self._on_batch(data)
+                elif channel == control:
+                    self._on_control(data.decode())
+                else:
+                    self._on_event(data)
+            elif kind == b"ssubscribe":
+                self._on_subscribed(channel.decode())
+            elif kind == b"sunsubscribe":
+                name = channel.decode()
+                self._confirmed.discard(name)
+                if name in self._wanted:
+                    # Redis moved the channel's slot (a resharding): start over.
+                    raise OSError(f"Redis dropped our subscription to {name!r}")
+
+    def _on_control(self, data: str) -> None:
+        verb, _, node = data.partition(SEP)
+        if node == self.node:
             return
-        if kind == "unsubscribe":
-            self._confirmed.discard(channel)
-            return
-        if kind != "message":
-            return
-        data = message["data"]
-        if channel == self._control:
-            verb, _, node = data.partition(SEP)
-            if node != self.node:
-                if verb == "hello":
-                    self.others.add(node)
-                elif verb == "bye":
-                    self.others.discard(node)
-            return
-        if data.startswith(self._own_prefix):
-            return  # our own message coming back on a channel we also listen on: delivered already
-        _, _, session_id, text = data.split(SEP, 3)
-        body = channel[len(self.prefix) :]
-        if body.startswith("c" + SEP):
-            my_id, _, peer_id = body[2:].partition(SEP)
-        else:
-            my_id, peer_id = body[2:], ""
-        for session in self.local.group(my_id, peer_id):
-            if session.session_id != session_id:
-                session.send(text)
+        if verb == "hello":
+            self.others.add(node)
+        elif verb == "bye":
+            self.others.discard(node)
+            self.directory.forget_node(node)
+
+    async def _rejoin(self) -> None:
+        """After a (re)connection: Redis may have restarted empty or failed over, so tell
+        it about us and every socket of ours again, and say hello."""
+        client = self._topology.client
+        await self._refresh_presence()
+        for session in self.local.local_sessions():
+            self._jobs.put_nowait(("register", session, 0, None))
+        for name, value in self._shared.items():
+            await client.set(f"{self.prefix}shared:{name}", value, nx=True)
+        await self._discover()
+        await client.spublish(self._control, f"hello{SEP}{self.node}")
 
     # --- presence: our node record, and reaping dead nodes -------------------------------
 
-    async def _presence(self) -> None:
+    async def _presence_loop(self) -> None:
         period = self.node_ttl / 3
         while True:
             await asyncio.sleep(period)
+            self._expire_pending()
+            if not self.connected:
+                continue
             try:
-                await asyncio.wait_for(self._refresh_presence(register_all=False), COMMAND_TIMEOUT)
+                await asyncio.wait_for(self._refresh_presence(), COMMAND_TIMEOUT)
                 await asyncio.wait_for(self._reap(), COMMAND_TIMEOUT)
             except (TimeoutError, RedisError, OSError) as error:
                 self._lost(error)
 
-    async def _refresh_presence(self, register_all: bool) -> None:
-        assert self._client is not None
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(self._node_key(self.node), "1", px=int(self.node_ttl * 1000))
-        pipe.sadd(self._nodes_key, self.node)
-        if register_all:
-            # After a (re)connection: Redis may have restarted empty, so tell it everything.
-            for session in self.local.local_sessions():
-                pipe.hset(self._sessions_key(session.id), session.session_id, f"{self.node}{SEP}{session.peer_id}")
-                pipe.sadd(self._node_sessions_key(self.node), f"{session.id}{SEP}{session.session_id}")
+    def _expire_pending(self) -> None:
+        now = asyncio.get_running_loop().time()
+        for outlet in list(self._outlets.values()):
+            if outlet.overdue(now):
+                self._outlet_failed(outlet, TimeoutError("Redis did not answer a batch of messages in time"))
+        for seq in [seq for seq, pending in self._pending.items() if pending[3] < now]:
+            del self._pending[seq]  # a destination never answered (frozen): count it delivered
+
+    async def _refresh_presence(self) -> None:
+        pipe = self._topology.client.pipeline(transaction=False)
+        pipe.set(self._presence(self.node), "1", px=int(self.node_ttl * 1000))
+        pipe.sadd(self._nodes, self.node)
         await pipe.execute()
 
-    async def _discover(self) -> tuple[list[str], list[str]]:
-        """The other nodes registered in Redis, split into (alive, dead); the alive join
+    async def _discover(self) -> list[str]:
+        """The other nodes registered in Redis whose presence expired; the live ones join
         ``others`` (never removed here: a node that said hello meanwhile must stay)."""
-        assert self._client is not None
-        members = cast("set[str]", await self._client.smembers(self._nodes_key))
-        nodes = [n for n in members if n != self.node]
+        client = self._topology.client
+        members: set[str] = await client.smembers(self._nodes)
+        nodes = sorted(members - {self.node})
         if not nodes:
-            return [], []
-        flags = await self._client.mget([self._node_key(n) for n in nodes])
-        alive = [n for n, flag in zip(nodes, flags, strict=True) if flag is not None]
-        dead = [n for n, flag in zip(nodes, flags, strict=True) if flag is None]
-        self.others.update(alive)
-        return alive, dead
+            return []
+        pipe = client.pipeline(transaction=False)
+        for node in nodes:
+            pipe.exists(self._presence(node))
+        flags = await pipe.execute()
+        self.others.update(node for node, flag in zip(nodes, flags, strict=True) if flag)
+        return [node for node, flag in zip(nodes, flags, strict=True) if not flag]
 
     async def _reap(self) -> None:
-        assert self._client is not None
-        _, dead = await self._discover()
-        if dead:
-            clients = await self._client.client_list(_type="pubsub")
-            for node in dead:
-                for client in clients:
-                    if client.get("name") == f"webrtc-node-{node}":
-                        with contextlib.suppress(RedisError):
-                            await self._client.client_kill_filter(_id=client["id"])
-                log.info("node %s stopped refreshing its presence: its sockets are forgotten", node)
-                self.others.discard(node)
-                await self._forget_node(node)
+        dead = await self._discover()
+        if not dead:
+            return
+        names = {f"webrtc-node-{node}" for node in dead}
+        for address in self._topology.masters():
+            await self._kill_clients(address, names)
+        for node in dead:
+            log.info("node %s stopped refreshing its presence: its sockets are forgotten", node)
+            self.others.discard(node)
+            self.directory.forget_node(node)
+            await self._forget_node(node)
+
+    async def _kill_clients(self, address: Address, names: set[str]) -> None:
+        """Close, on the Redis side, the connections of dead nodes (their inbox may still be
+        subscribed by a connection nobody reads)."""
+        connection = self._topology.connection(address)
+        try:
+            await connection.connect()
+            await connection.send_command("CLIENT", "LIST")
+            listing = await connection.read_response()
+            for line in (listing.decode() if isinstance(listing, bytes) else str(listing)).splitlines():
+                fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+                if fields.get("name") in names:
+                    await connection.send_command("CLIENT", "KILL", "ID", fields["id"])
+                    with contextlib.suppress(RedisError):
+                        await connection.read_response()
+        finally:
+            await connection.disconnect()
 
     async def _forget_node(self, node: str) -> None:
-        assert self._client is not None
-        members = cast("set[str]", await self._client.smembers(self._node_sessions_key(node)))
-        pipe = self._client.pipeline(transaction=False)
+        """Remove ``node``'s sockets from the directory, telling the nodes that mirror them."""
+        client = self._topology.client
+        members: set[str] = await client.smembers(self._node_sessions(node))
+        pipe = client.pipeline(transaction=False)
         for member in members:
             my_id, _, session_id = member.partition(SEP)
-            pipe.hdel(self._sessions_key(my_id), session_id)
-        pipe.delete(self._node_sessions_key(node), self._node_key(node))
-        pipe.srem(self._nodes_key, node)
+            pipe.hdel(self._dir(my_id), session_id)
+            pipe.spublish(self._events(my_id), wire.left(node, my_id, session_id))
+        pipe.delete(self._node_sessions(node))
+        pipe.delete(self._presence(node))
+        pipe.srem(self._nodes, node)
         await pipe.execute()
