@@ -137,10 +137,10 @@ class TestNodesKnowEachOther(test_signaling.BasicTestCase):
         a = await self._mk_ws_connection("/wscall", id="A", peer_id="B")
         b = await self._mk_ws_connection("/wscall", id="B", peer_id="A")
         self.assertEqual(self.count("A") + self.count("B"), 2)
-        relayed_by_redis = one._outbox.qsize()
+        published = one.batches
         a.write_message("alone")
         await self.assert_next(b, "alone")
-        self.assertEqual(one._outbox.qsize(), relayed_by_redis)
+        self.assertEqual(one.batches, published)
         c = await self._mk_ws_connection("/wscall", id="C", peer_id="nobody")
         c.write_message("anyone?")
         await self.assert_next(c, test_signaling.PEER_UNAVAILABLE_NOTICE)
@@ -152,3 +152,96 @@ class TestNodesKnowEachOther(test_signaling.BasicTestCase):
 
 
 ON_TWO_NODES.append(TestNodesKnowEachOther)
+
+
+class TestClusterWideLimits(test_signaling.BasicTestCase):
+    """MAX_SOCKETS_PER_ID counts an id's sockets on every node, not on each."""
+
+    app_options = {"MAX_SOCKETS_PER_ID": 3}
+
+    @test_signaling.testing.gen_test
+    async def test_the_socket_over_the_limit_is_refused_whichever_node_it_reaches(self):
+        for _ in range(3):  # alternating nodes: 2 on one, 1 on the other
+            await self.connect("A", "B")
+        self.assertEqual(sorted(app.router.count("A") for app in self.apps), [1, 2])
+        refused = await self.connect("A", "B")  # each node alone would still have room
+        await self.assert_closed_with(refused, 4429, "TOO-MANY-SOCKETS")
+        self.assertEqual(self.count("A"), 3)
+        self.assertEqual(sum(app.stats.rejected["too-many-sockets"] for app in self.apps), 1)
+        # A refused socket leaves no trace: when one closes, the next one fits.
+        self.sockets[0].close()
+        await self.wait_for(lambda: self.count("A") == 2)
+        accepted = await self.connect("A", "C")
+        self.assertIsNone(accepted.close_code)
+        self.assertEqual(self.count("A"), 3)
+
+
+ON_TWO_NODES.append(TestClusterWideLimits)
+
+
+class TestExactAcrossNodes(test_signaling.BasicTestCase):
+    """PEER-UNAVAILABLE stays exact when a node's mirror of the directory is stale."""
+
+    app_options = {"RATE_LIMIT": 0}
+
+    def inject(self, my_id: str, node: str, session_id: str, peer_id: str) -> None:
+        """Write a directory entry, and its join event, for a socket that does not exist (as
+        a node that died before it could remove its sockets leaves them)."""
+        import redis
+
+        from routing import wire
+
+        router = self.apps[0].router
+        kind = redis.RedisCluster if router._topology.cluster else redis.Redis
+        with kind.from_url(self.redis.url) as client:
+            client.hset(router._dir(my_id), session_id, wire.entry(node, peer_id))
+            client.spublish(router._events(my_id), wire.joined(node, my_id, session_id, peer_id))
+
+    @test_signaling.testing.gen_test
+    async def test_a_stale_entry_on_a_live_node_gets_the_notice_from_that_node(self):
+        a = await self.connect("A", "B")  # first node
+        one, two = (app.router for app in self.apps)
+        self.inject("B", two.node, "ghost", "A")  # "B is on the second node": it is not
+        await self.wait_for(lambda: one.directory.destinations("A", "B")[0])
+        a.write_message("to nobody")
+        await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
+        self.assertEqual((one.stale, one.undelivered), (1, 1))
+
+    @test_signaling.testing.gen_test
+    async def test_a_message_to_several_nodes_counts_every_answer(self):
+        a = await self.connect("A", "B")
+        one, two = (app.router for app in self.apps)
+        self.inject("B", "deadbeef0000", "ghost", "A")  # a node that is gone: nobody reads its inbox
+        b = await self.connect("B", "A")  # the real B, on the second node
+        await self.wait_for(lambda: len(one.directory.destinations("A", "B")[0]) == 2)
+        a.write_message("one of you")
+        await self.assert_next(b, "one of you")  # the live node answers "delivered"
+        await self.wait_for(lambda: not one._pending)
+        self.assertEqual(one.undelivered, 0)
+        b.close()
+        await self.wait_for(lambda: two.count("B") == 0)
+        # The mirror may or may not know yet that B left: the answer is the same.
+        a.write_message("none of you")
+        await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
+        self.assertEqual(one.undelivered, 1)
+
+    @test_signaling.testing.gen_test
+    async def test_no_message_vanishes_while_the_peer_closes_on_another_node(self):
+        """Every message is either handed to one of B's sockets or answered with the notice:
+        the window where a message counted as delivered was dropped between nodes is gone."""
+        a = await self.connect("A", "B")
+        b = await self.connect("B", "A")
+        one, two = (app.router for app in self.apps)
+        sent = 400
+        for n in range(sent):
+            a.write_message(f"m{n}")
+            if n == 40:
+                await self.assert_next(b, "m0")  # the stream flows...
+                b.close()  # ...and B leaves while it is in flight
+        await self.wait_for(lambda: one.relayed == sent and two.count("B") == 0, timeout=10)
+        await self.wait_for(lambda: two.local.delivered + one.undelivered == sent, timeout=10)
+        self.assertGreater(one.undelivered, 0)
+        self.assertGreater(two.local.delivered, 0)
+
+
+ON_TWO_NODES.append(TestExactAcrossNodes)

@@ -7,7 +7,7 @@ import json
 import os
 import re
 import signal
-import time
+import urllib.error
 import urllib.request
 from contextlib import ExitStack
 
@@ -18,7 +18,7 @@ from websockets.sync.client import connect
 
 from routing import PEER_UNAVAILABLE_NOTICE
 
-from processes import RedisServer, ServerProcess, run_cli
+from processes import RedisServer, ServerProcess, run_cli, wait_until
 
 NODE_TTL = 2.0
 ADMIN = "cluster-admin"
@@ -39,16 +39,6 @@ def connections(server: ServerProcess, my_id: str) -> list[dict]:
     request = urllib.request.Request(f"{server.http}/connections?id={my_id}", headers={"Authorization": f"Bearer {ADMIN}"})
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
-
-
-def wait_until(condition, timeout: float, what: str) -> float:
-    """Poll ``condition`` until true; answers how long it took."""
-    started = time.monotonic()
-    while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def join(stack: ExitStack, server: ServerProcess, my_id: str, peer_id: str, seen_from: ServerProcess | None = None):
@@ -190,3 +180,34 @@ def test_workers_stop_when_their_parent_is_killed(redis):
                 return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
 
         wait_until(lambda: all(gone(pid) for pid in workers), 15, "the orphaned workers to stop")
+
+
+def ice_pass_of_a_page(server: ServerProcess) -> str:
+    with urllib.request.urlopen(f"{server.http}/call?id=alice&peer_id=bob", timeout=10) as response:
+        page = response.read().decode()
+    config = re.search(r'<script type="application/json" id="page-config">(.*?)</script>', page, re.S)
+    assert config, page[:2000]
+    return json.loads(config.group(1))["icePass"]
+
+
+def ice_status(server: ServerProcess, token: str) -> int:
+    request = urllib.request.Request(f"{server.http}/ice_servers", data=token.encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def test_nodes_of_one_backplane_share_the_generated_ice_token(redis):
+    # No ICE_ACCESS_TOKEN: each process generates one, and the first node's is used by all.
+    with node(redis) as one, node(redis) as two, ServerProcess(env={"WEBRTC_ICE_SERVERS": "[]"}) as alone:
+        token = ice_pass_of_a_page(one)
+        assert ice_pass_of_a_page(two) == token
+        assert ice_status(two, token) == 200  # a page from one node, its ICE from another
+        assert ice_status(one, ice_pass_of_a_page(two)) == 200
+        # A server without the backplane keeps a token of its own.
+        assert ice_pass_of_a_page(alone) != token
+        assert ice_status(alone, token) == 403
+        for server in (one, two, alone):
+            assert token not in server.output()  # never logged

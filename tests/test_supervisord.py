@@ -6,12 +6,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
-from processes import PROJECT_DIR, clean_environment, free_port
+from processes import PROJECT_DIR, clean_environment, free_port, wait_until
 
 CONF = os.path.join(PROJECT_DIR, "supervisord.conf")
 SOCKET = os.path.join(PROJECT_DIR, "supervisor.sock")
@@ -25,14 +24,6 @@ def tool(name: str) -> str:
 
 def ctl(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([tool("supervisorctl"), "-c", CONF, *args], env=env, capture_output=True, text=True, timeout=30)
-
-
-def wait_until(condition, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def answers(url: str) -> bool:
