@@ -34,9 +34,9 @@ ENV_PREFIX = "WEBRTC_"
 
 #: Relative URL of the ICE endpoint the pages POST their token to.
 ICE_URL = "/ice_servers"
-#: Token a client must POST to ICE_URL. Empty: a random token is generated at start
-#: (pages carry it automatically; set it yourself when several processes or machines serve
-#: the same users, or a page from one may be refused by another).
+#: Token a client must POST to ICE_URL. Empty: a random token is generated at start (pages
+#: carry it automatically, and the nodes of one Redis backplane agree on one; set it
+#: yourself when processes or machines serve the same users without a shared backplane).
 ICE_ACCESS_TOKEN = ""
 #: ICE servers for RTCPeerConnection: a list of dicts with ``urls`` and, for TURN, either
 #: ``username`` and ``credential``, or a ``secret`` (and ``ttl`` in seconds, default one day)
@@ -76,10 +76,11 @@ KEYFILE = ""
 
 # --- Several processes or machines -----------------------------------------------------------
 
-#: Redis URL of the backplane that joins nodes (redis://host:6379/0). Empty: one process,
-#: registry in memory.
+#: Redis URL of the backplane that joins nodes (redis://host:6379/0, or any node of a Redis
+#: Cluster; Redis 7 or newer). Empty: one process, registry in memory.
 REDIS_URL = ""
-#: Prefix of the backplane's keys and channels (several deployments can share one Redis).
+#: Prefix of the backplane's keys and channels (several deployments can share one Redis; no
+#: braces, which Redis Cluster reads as hash tags).
 REDIS_PREFIX = "webrtc:"
 #: Seconds after which a node that stopped refreshing its presence (killed, frozen, cut
 #: off) is forgotten: its ids stop counting as online within NODE_TTL + NODE_TTL/3.
@@ -97,7 +98,8 @@ MAX_ID_LENGTH = 256
 #: A regular expression every id and peer_id must match in full. Empty: any printable text.
 #: E.g. ``[A-Za-z0-9_.@-]+``.
 ID_PATTERN = ""
-#: Most sockets one id may hold at once (devices, tabs); the next gets 4429 TOO-MANY-SOCKETS.
+#: Most sockets one id may hold at once (devices, tabs), on every node of a backplane
+#: together; the next gets 4429 TOO-MANY-SOCKETS.
 MAX_SOCKETS_PER_ID = 16
 #: Most sockets this process holds; the next gets 1013 SERVER-FULL.
 MAX_SOCKETS = 50000

@@ -266,7 +266,8 @@ class RedisRouter:
         (The generated ICE token, so that a page from one node is accepted by any other.)"""
         self._shared[name] = value
         client = self._topology.client
-        if client is None:
+        if client is None or not self.connected:
+            log.warning("could not agree on %s with the other nodes (Redis is unreachable): using this node's own", name)
             return value
         try:
             key = f"{self.prefix}shared:{name}"

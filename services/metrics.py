@@ -67,6 +67,14 @@ class AppCollector:
                 "Messages whose cross-node part was lost because Redis was unreachable.",
                 value=backplane.backplane_errors,
             )
+            yield CounterMetricFamily(
+                "webrtc_backplane_batches", "Batches of messages published to other nodes' inboxes.", value=backplane.batches
+            )
+            yield CounterMetricFamily(
+                "webrtc_backplane_stale",
+                "Messages a destination node found nobody for (the directory had not caught up).",
+                value=backplane.stale,
+            )
             info = GaugeMetricFamily("webrtc_node_info", "This process' node id on the backplane.", labels=["node"])
             info.add_metric([router.node], 1)
             yield info

@@ -98,6 +98,8 @@ class TestBackplaneMetrics(test_signaling.BasicTestCase):
             text = response.body.decode()
             self.assertIn("webrtc_backplane_connected 1.0", text)
             self.assertIn("webrtc_backplane_errors_total 0.0", text)
+            self.assertIn("webrtc_backplane_stale_total 0.0", text)
+            self.assertRegex(text, r"webrtc_backplane_batches_total \d+\.0")
             self.assertIn(f'webrtc_node_info{{node="{app.router.node}"}} 1.0', text)
 
 
