@@ -101,8 +101,17 @@ ID_PATTERN = ""
 #: Most sockets one id may hold at once (devices, tabs), on every node of a backplane
 #: together; the next gets 4429 TOO-MANY-SOCKETS.
 MAX_SOCKETS_PER_ID = 16
-#: Most sockets this process holds; the next gets 1013 SERVER-FULL.
+#: Most sockets this process holds; the next gets 1013 SERVER-FULL. The process also holds no
+#: more than its open-file limit allows (raised to the hard limit at start), less
+#: RESERVED_DESCRIPTORS kept for pages, Redis, logs and refusing clearly (never more than a
+#: quarter of the limit). The effective figure is logged at start and shown in /metrics.
 MAX_SOCKETS = 50000
+RESERVED_DESCRIPTORS = 100
+#: Seconds a client has to send a request's headers (a socket's handshake included), and
+#: that an idle keep-alive connection is kept: slow or idle clients cannot hoard descriptors.
+HEADER_TIMEOUT = 10.0
+#: Seconds a client turned away at the descriptor limit (503) is asked to wait (Retry-After).
+RETRY_AFTER = 5
 #: Messages per second a socket may send, on average (0 = no limit), and the burst it may
 #: send at once. Over it, messages are dropped with a RATE-LIMITED notice; a socket that
 #: goes on (another burst's worth dropped before it slows down) is closed with 1008.

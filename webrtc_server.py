@@ -30,13 +30,16 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler, URLSpec
 
 import settings
+from handlers.frontdoor import FrontDoor
 from handlers.ice import IceServersHandler
 from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler
 from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN, SignalingHandler
 from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
 from routing import Router
 from routing.memory import MemoryRouter
+from services.descriptors import open_files_limit, raise_open_files, reserve_for, socket_capacity
 from services.heartbeat import Heartbeat
+from services.loop_lag import LoopLag
 from services.metrics import Stats, make_registry
 from services.status_log import StatusLog
 
@@ -61,6 +64,12 @@ class WebRTCApplication(Application):
     heartbeat: Heartbeat
     id_pattern: re.Pattern[str] | None
     metrics_registry: CollectorRegistry | None
+    loop_lag: LoopLag
+    #: The open-file limit the socket limit was computed from, and that limit: MAX_SOCKETS,
+    #: or fewer if the descriptors run out first (services/descriptors.py).
+    open_files: int
+    socket_limit: int
+    front_door: FrontDoor | None = None
     _timers: list[PeriodicCallback] | None = None
 
     def signaling_sockets(self) -> list[SignalingHandler]:
@@ -79,11 +88,13 @@ class WebRTCApplication(Application):
             self._timers.append(PeriodicCallback(StatusLog(self).write, self.config.STATUS_LOG_INTERVAL * 1000))
         for timer in self._timers:
             timer.start()
+        self.loop_lag.start()
 
     def stop_services(self) -> None:
         for timer in self._timers or ():
             timer.stop()
         self._timers = None
+        self.loop_lag.stop()
 
     def log_request(self, handler: RequestHandler) -> None:
         """The access log, with secret-looking query arguments (``?token=``) masked."""
@@ -147,6 +158,9 @@ def make_app(config: SimpleNamespace | None = None, router: Router | None = None
     app.router = router or make_router(config)
     app.stats = Stats()
     app.id_pattern = re.compile(config.ID_PATTERN) if config.ID_PATTERN else None
+    app.open_files = open_files_limit()
+    app.socket_limit = socket_capacity(config.MAX_SOCKETS, app.open_files, config.RESERVED_DESCRIPTORS)
+    app.loop_lag = LoopLag()
     # Our own heartbeat (one timer for all sockets) replaces Tornado's per-socket pings.
     app.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, app.signaling_sockets)
     app.metrics_registry = make_registry(app) if config.METRICS else None
@@ -164,6 +178,8 @@ def make_router(config: SimpleNamespace) -> Router:
 
 async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -> None:
     """Stop accepting, close every socket with 1001, wait for them up to ``timeout`` seconds."""
+    if app.front_door is not None:
+        app.front_door.stop()
     server.stop()
     app.stop_services()
     sockets = app.signaling_sockets()
@@ -201,15 +217,35 @@ def listening_line(sockets: list[socket.socket], host: str, tls: bool) -> str:
 
 async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str) -> None:
     """Serve on already bound ``sockets`` until SIGTERM or SIGINT, then shut down cleanly."""
+    files = raise_open_files()
     app = make_app(config)
+    log.info(
+        "open files: soft limit %s (hard %d): up to %d signaling sockets (MAX_SOCKETS %d, %d descriptors kept in reserve)",
+        f"raised from {files.before} to {files.soft}" if files.soft != files.before else str(files.soft),
+        files.hard,
+        app.socket_limit,
+        config.MAX_SOCKETS,
+        reserve_for(app.open_files, config.RESERVED_DESCRIPTORS),
+    )
     tls = tls_context(config.CERTFILE, config.KEYFILE)
     await app.router.start()
     generated = settings.ICE_ACCESS_TOKEN_GENERATED and config.get_ice_pass is settings.get_ice_pass
     if generated:
         # Nodes of one backplane hand out one token, so any node accepts a page from another.
         config.ICE_ACCESS_TOKEN = settings.ICE_ACCESS_TOKEN = await app.router.share("ice-token", config.ICE_ACCESS_TOKEN)
-    server = HTTPServer(app, max_body_size=config.MAX_BODY_SIZE, xheaders=config.XHEADERS, ssl_options=tls)
-    server.add_sockets(sockets)
+    server = HTTPServer(
+        app,
+        max_body_size=config.MAX_BODY_SIZE,
+        xheaders=config.XHEADERS,
+        ssl_options=tls,
+        # Tornado's default is an hour: a few thousand slow or idle clients would hold every
+        # descriptor. This bounds the headers of a request and an idle keep-alive connection.
+        idle_connection_timeout=config.HEADER_TIMEOUT,
+        body_timeout=config.HEADER_TIMEOUT,
+    )
+    front_door = FrontDoor(server, sockets, config.RETRY_AFTER)
+    app.front_door = front_door
+    front_door.start()
     app.start_services()
     # The objects made at start-up live forever: keep the cyclic garbage collector from
     # scanning them again and again, and let it run less often under load (a relay makes

@@ -87,8 +87,8 @@ class SignalingHandler(WebSocketHandler):
         problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, app.id_pattern)
         if problem:
             return self.refuse(BAD_REQUEST_CODE, BAD_REQUEST, problem)
-        if router.open_sockets >= config.MAX_SOCKETS:
-            return self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{config.MAX_SOCKETS} sockets open")
+        if router.open_sockets >= app.socket_limit:
+            return self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{app.socket_limit} sockets open")
         if router.count(self.id) >= config.MAX_SOCKETS_PER_ID:
             return self.refuse(TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {config.MAX_SOCKETS_PER_ID} sockets")
         allowed = config.has_socket_pass(self)

@@ -47,6 +47,27 @@ class AppCollector:
             "webrtc_relayed_bytes", "UTF-8 bytes of the messages received for relaying.", value=stats.relayed_bytes
         )
         yield CounterMetricFamily("webrtc_messages_rate_limited", "Messages dropped by the rate limit.", value=stats.rate_limited)
+        yield GaugeMetricFamily(
+            "webrtc_socket_limit",
+            "Most signaling sockets this process holds: MAX_SOCKETS, or fewer if its descriptors run out first.",
+            value=self.app.socket_limit,
+        )
+        yield GaugeMetricFamily(
+            "webrtc_open_files_limit", "This process' open-file (descriptor) limit.", value=self.app.open_files
+        )
+        front_door = self.app.front_door
+        yield CounterMetricFamily(
+            "webrtc_connections_turned_away",
+            "Connections answered 503 because the process was out of descriptors.",
+            value=front_door.refused if front_door is not None else 0,
+        )
+        lag = self.app.loop_lag
+        yield GaugeMetricFamily(
+            "webrtc_event_loop_lag_seconds", "Worst delay of the event loop's timers over the last 10 s.", value=lag.recent
+        )
+        yield GaugeMetricFamily(
+            "webrtc_event_loop_lag_max_seconds", "Worst delay of the event loop's timers since start.", value=lag.worst_ever
+        )
         rejected = CounterMetricFamily("webrtc_sockets_rejected", "Sockets refused, by reason.", labels=["reason"])
         for reason, count in sorted(stats.rejected.items()):
             rejected.add_metric([reason], count)

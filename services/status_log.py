@@ -21,12 +21,14 @@ class StatusLog:
         relayed = router.relayed - self.last_relayed
         self.last_relayed = router.relayed
         log.info(
-            "status: %d socket(s), %d id(s) online, %d message(s) relayed since last status, "
-            "%d undelivered, %d rate-limited, %d refused in all",
+            "status: %d socket(s) of %d, %d id(s) online, %d message(s) relayed since last status, "
+            "%d undelivered, %d rate-limited, %d refused in all, event loop lag up to %.0f ms",
             router.open_sockets,
+            self.app.socket_limit,
             router.ids_online,
             relayed,
             router.undelivered,
             stats.rate_limited,
             sum(stats.rejected.values()),
+            1000 * self.app.loop_lag.read_worst(),
         )

@@ -1,0 +1,178 @@
+"""The front door: accepting connections, also when the process is out of descriptors.
+
+Tornado's accept loop, when ``accept()`` fails with EMFILE (no descriptor left), logs the
+error and returns; the listening socket stays readable, so the loop calls it again at once:
+the process spins at 100% of a core and every connection beyond the limit waits in the
+backlog with no answer (measured: 486 of 1,500 sockets hung under ``ulimit -n 1024``).
+
+This loop keeps one spare descriptor, as libuv does. Out of descriptors, it frees the
+spare, accepts the waiting connection with it, answers ``503 Service Unavailable`` with a
+``Retry-After`` header, closes it and takes the spare back; it does so until the backlog is
+empty, so nothing is left hanging and nothing spins. Should it be unable to take its spare
+back, it stops watching the listening sockets for a moment and tries again.
+
+Every accepted connection goes to Tornado's HTTP server as if Tornado had accepted it
+(``TCPServer._handle_connection``, a private method checked at import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import inspect
+import logging
+import os
+import socket
+from typing import Any
+
+import tornado
+from tornado.httpserver import HTTPServer
+from tornado.tcpserver import TCPServer
+
+log = logging.getLogger(__name__)
+
+#: Connections taken per readiness event of a listening socket (then others get a turn).
+ACCEPT_BATCH = 128
+#: accept() errors that mean "no descriptor or no memory for one now".
+OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+#: Longest pause before trying again when even the spare descriptor cannot be had.
+MAX_PAUSE = 1.0
+
+
+def check_tornado() -> None:
+    """Fail loudly if Tornado's private connection handler changed."""
+    method = getattr(TCPServer, "_handle_connection", None)
+    found = tuple(inspect.signature(method).parameters) if callable(method) else None
+    if found != ("self", "connection", "address"):
+        raise ImportError(
+            "handlers/frontdoor.py relies on tornado.tcpserver.TCPServer._handle_connection(connection, address), "
+            f"but Tornado {tornado.version} has {found or 'no such method'}: "
+            "install a Tornado in the range of pip-requirements.txt"
+        )
+
+
+check_tornado()
+
+
+def busy_response(retry_after: int) -> bytes:
+    """The whole answer to a connection taken with the spare descriptor."""
+    body = b'{"error": "service-unavailable", "message": "the server is out of file descriptors"}\n'
+    return (
+        b"HTTP/1.1 503 Service Unavailable\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Retry-After: %d\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: %d\r\n\r\n%s"
+    ) % (retry_after, len(body), body)
+
+
+class FrontDoor:
+    """Accepts on ``sockets`` for ``server``; ``refused`` counts the 503 answers."""
+
+    def __init__(self, server: HTTPServer, sockets: list[socket.socket], retry_after: int) -> None:
+        self.server = server
+        self.sockets = sockets
+        self.busy = busy_response(retry_after)
+        self.refused = 0
+        self._spare: int | None = None
+        self._pause = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._take_spare()
+        for sock in self.sockets:
+            sock.setblocking(False)
+        self._watch()
+
+    def stop(self) -> None:
+        self._unwatch()
+        if self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+
+    def _watch(self) -> None:
+        assert self._loop is not None
+        for sock in self.sockets:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _unwatch(self) -> None:
+        if self._loop is not None:
+            for sock in self.sockets:
+                self._loop.remove_reader(sock.fileno())
+
+    def _take_spare(self) -> bool:
+        try:
+            self._spare = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            return True
+        except OSError:
+            self._spare = None
+            return False
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                connection, address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while waiting in the backlog
+            except OSError as error:
+                if error.errno in OUT_OF_DESCRIPTORS:
+                    self._turn_away(sock)
+                else:
+                    log.warning("accept() failed: %s", error)
+                return
+            self._pause = 0.0
+            self._handle(connection, address)
+
+    def _handle(self, connection: socket.socket, address: Any) -> None:
+        self.server._handle_connection(connection, address)
+
+    def _turn_away(self, sock: socket.socket) -> None:
+        """Out of descriptors: answer every waiting connection 503 with the spare one."""
+        while self._spare is not None:
+            os.close(self._spare)
+            self._spare = None
+            try:
+                connection, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                connection = None
+            except OSError:
+                connection = None
+            if connection is not None:
+                self.refused += 1
+                self._answer_busy(connection)
+            if not self._take_spare():
+                break  # someone else took the descriptor: pause below
+            if connection is None:
+                return  # the backlog is empty
+        # Not even the spare could be had: stop watching for a moment rather than spin.
+        self._unwatch()
+        self._pause = min(MAX_PAUSE, self._pause * 2 or 0.01)
+        log.warning("out of file descriptors: not accepting for %.2f s", self._pause)
+        assert self._loop is not None
+        self._loop.call_later(self._pause, self._resume)
+
+    def _resume(self) -> None:
+        if self._spare is None and not self._take_spare():
+            self._pause = min(MAX_PAUSE, self._pause * 2)
+            assert self._loop is not None
+            self._loop.call_later(self._pause, self._resume)
+            return
+        self._watch()
+
+    def _answer_busy(self, connection: socket.socket) -> None:
+        with connection:
+            connection.setblocking(False)
+            try:
+                # Read what the client already sent, so closing sends FIN rather than RST
+                # and it gets to read the answer.
+                while connection.recv(65536):
+                    pass
+            except OSError:
+                pass
+            try:
+                connection.send(self.busy)
+            except OSError:
+                pass
