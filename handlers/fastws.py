@@ -9,9 +9,8 @@ one ``send`` system call per outgoing frame; every Future also asks the kernel f
 What changes, and only that:
 
 * Receiving: read whatever the socket has (up to ``READ_CHUNK`` bytes, one Future) and parse
-  every complete frame in it synchronously. Validation is the same as Tornado's: reserved
-  bits, control frame rules, fragmentation, ``websocket_max_message_size`` (1009, decided
-  from the header, before the payload is read), invalid UTF-8 (the connection is dropped).
+  every complete frame in it synchronously, with the frame reader the lean transport uses
+  too (handlers/frames.py: Tornado's validation rules).
 * Sending text: frames are appended to a per-socket list and written together once per
   event-loop iteration, straight to the socket when nothing is queued before them (plain
   TCP only; TLS streams go through Tornado's ``IOStream.write`` as before). No Future, no
@@ -32,7 +31,7 @@ suites on the lowest and the highest Tornado that pip-requirements.txt allows):
   frames, which Tornado answers itself;
 * ``WebSocketProtocol._abort()``: called to drop a connection that broke the protocol;
 * ``tornado.util._websocket_mask(mask, data)``: Tornado's C unmasking (it falls back to
-  pure Python when the speedups are not built).
+  pure Python when the speedups are not built), imported by handlers/frames.py.
 
 Everything else it uses is public: ``stream``, ``params.max_message_size``,
 ``client_terminated``, ``close_code``/``close_reason``, ``is_closing()``, ``close()`` and the
@@ -44,19 +43,18 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import struct
 from typing import Any, cast
 
 import tornado
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
+
+from handlers.frames import TOO_BIG, TOO_BIG_CODE, FrameReader, text_frame
 
 log = logging.getLogger(__name__)
 
 #: Most bytes read from a socket at once.
 READ_CHUNK = 65536
-_TEXT, _BINARY, _CLOSE, _PING, _PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 
 
 #: The private methods this module overrides or calls, with their parameters (see above).
@@ -85,25 +83,17 @@ def check_tornado() -> None:
 check_tornado()
 
 
-def text_frame(payload: bytes) -> bytes:
-    """A final, unmasked (server-to-client) text frame."""
-    length = len(payload)
-    if length < 126:
-        return bytes((0x81, length)) + payload
-    if length < 65536:
-        return struct.pack("!BBH", 0x81, 126, length) + payload
-    return struct.pack("!BBQ", 0x81, 127, length) + payload
-
-
-class FastWebSocketProtocol(WebSocketProtocol13):
+class FastWebSocketProtocol(WebSocketProtocol13, FrameReader):
     _outbox: list[bytes] | None = None
     #: The start of a frame whose end has not arrived yet (usually nothing: whole frames
     #: are parsed straight from the chunk the socket gave).
     _pending: bytes = b""
-    #: A fragmented message so far, and its opcode (text or binary).
-    _fragment: bytearray | None = None
-    _fragment_opcode = 0
     _reported_close = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._fragment = None
+        self._fragment_opcode = 0
 
     # --- sending ------------------------------------------------------------------------
 
@@ -183,7 +173,7 @@ class FastWebSocketProtocol(WebSocketProtocol13):
             return
         data = self._pending + chunk if self._pending else chunk
         try:
-            consumed = self._parse(data)
+            consumed = self._parse(data, self.params.max_message_size)
         except ValueError:
             # Malformed input Tornado's own handlers reject (e.g. a close reason that is
             # not UTF-8): drop the connection, as Tornado's accept_connection does.
@@ -216,89 +206,21 @@ class FastWebSocketProtocol(WebSocketProtocol13):
     def _report_close(self) -> None:
         self.handler.on_ws_connection_close(self.close_code, self.close_reason)
 
-    def _parse(self, buffer: bytes) -> int:
-        """Handle every complete frame at the start of ``buffer``; answer the bytes used."""
-        position = 0
-        end = len(buffer)
-        max_size = self.params.max_message_size
-        while end - position >= 2 and not self.client_terminated:
-            header, second = buffer[position], buffer[position + 1]
-            opcode = header & 0x0F
-            final = header & 0x80
-            if header & 0x70:  # reserved bits: no extension is negotiated
-                self._abort()
-                return end
-            length = second & 0x7F
-            offset = position + 2
-            if opcode & 0x8 and (length >= 126 or not final):  # malformed control frame
-                self._abort()
-                return end
-            if length == 126:
-                if end - offset < 2:
-                    break
-                (length,) = struct.unpack_from("!H", buffer, offset)
-                offset += 2
-            elif length == 127:
-                if end - offset < 8:
-                    break
-                (length,) = struct.unpack_from("!Q", buffer, offset)
-                offset += 8
-            pending = len(self._fragment) if self._fragment is not None else 0
-            if length + pending > max_size:
-                self.close(1009, "message too big")
-                self._abort()
-                return end
-            masked = second & 0x80
-            if end - offset < length + (4 if masked else 0):
-                break  # wait for the rest of this frame
-            if masked:
-                mask = buffer[offset : offset + 4]
-                offset += 4
-                payload = _websocket_mask(mask, buffer[offset : offset + length])
-            else:
-                payload = buffer[offset : offset + length]
-            position = offset + length
-            if not self._frame(final, opcode, payload):
-                return end
-        return position
+    # --- what each frame does (handlers/frames.py parses them) --------------------------
 
-    def _frame(self, final: int, opcode: int, payload: bytes) -> bool:
-        """One frame, with Tornado's rules for fragments; False if the connection ended.
+    def _too_big(self) -> None:
+        self.close(TOO_BIG_CODE, TOO_BIG)
+        self._abort()
 
-        The handler's callbacks run synchronously, in frame order (SignalingHandler's are
+    def _on_control(self, opcode: int, payload: bytes) -> None:
+        # Close, ping, pong, unknown opcodes: exactly as Tornado does.
+        handled = self._handle_message(opcode, payload)
+        if handled is not None:
+            asyncio.ensure_future(handled)
+
+    def _on_message(self, message: str | bytes) -> bool:
+        """The handler's callbacks run synchronously, in frame order (SignalingHandler's are
         plain functions); one that returns an awaitable is left to run on its own."""
-        if opcode == 0:  # continuation
-            if self._fragment is None:
-                self._abort()
-                return False
-            self._fragment.extend(payload)
-            if not final:
-                return True
-            opcode = self._fragment_opcode
-            payload = bytes(self._fragment)
-            self._fragment = None
-        elif not opcode & 0x8:  # a new data message
-            if self._fragment is not None:
-                self._abort()
-                return False
-            if not final:
-                self._fragment_opcode = opcode
-                self._fragment = bytearray(payload)
-                return True
-        if opcode == _TEXT:
-            try:
-                message: str | bytes = payload.decode("utf-8")
-            except UnicodeDecodeError:
-                self._abort()
-                return False
-        elif opcode == _BINARY:
-            message = payload
-        else:
-            # Close, ping, pong, unknown opcodes: exactly as Tornado does.
-            handled = self._handle_message(opcode, payload)
-            if handled is not None:
-                asyncio.ensure_future(handled)
-            return not self.client_terminated
         try:
             result = self.handler.on_message(message)
             if result is not None and inspect.isawaitable(result):

@@ -8,7 +8,7 @@ import time
 import pytest
 from raw_ws import CLOSE, CONTINUATION, PING, PONG, TEXT, RawWebSocket, frame
 
-from handlers.fastws import text_frame
+from handlers.frames import text_frame
 
 NOTICE = b'{"msg_type": "SERVER_NOTICE", "message": "PEER-UNAVAILABLE"}'
 
