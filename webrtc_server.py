@@ -188,7 +188,7 @@ async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -
         handler.end(GOING_AWAY_CODE, SERVER_SHUTDOWN)
     # Wait for the close handshakes, so clients see 1001 rather than a cut connection.
     deadline = time.monotonic() + timeout
-    while any(h.ws_connection is not None for h in sockets) and time.monotonic() < deadline:
+    while any(h.connected for h in sockets) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     await app.router.stop()
 
