@@ -30,7 +30,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler, URLSpec
 
 import settings
-from handlers.frontdoor import FrontDoor
+from handlers.frontdoor import FrontDoor, FrontDoorHTTPServer
 from handlers.ice import IceServersHandler
 from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler
 from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN, SignalingHandler
@@ -97,16 +97,17 @@ class WebRTCApplication(Application):
         self.loop_lag.stop()
 
     def log_request(self, handler: RequestHandler) -> None:
-        """The access log, with secret-looking query arguments (``?token=``) masked."""
-        status = handler.get_status()
+        """Tornado's access log hook."""
+        request = handler.request
+        self.log_access(handler.get_status(), request.method, request.uri, request.remote_ip, request.request_time())
+
+    def log_access(self, status: int, method: str | None, uri: str | None, remote_ip: str | None, seconds: float) -> None:
+        """The access log (Tornado's format), with secret-looking query arguments (``?token=``) masked."""
         level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
         if not access_log.isEnabledFor(level):
             return
-        request = handler.request
-        uri = redact_query(request.uri or "", self.config.LOG_REDACTED_ARGUMENTS)
-        access_log.log(
-            level, "%d %s %s (%s) %.2fms", status, request.method, uri, request.remote_ip, 1000.0 * request.request_time()
-        )
+        shown = redact_query(uri or "", self.config.LOG_REDACTED_ARGUMENTS)
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, shown, remote_ip, 1000.0 * seconds)
 
 
 def redact_query(uri: str, names: list[str]) -> str:
@@ -178,8 +179,6 @@ def make_router(config: SimpleNamespace) -> Router:
 
 async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -> None:
     """Stop accepting, close every socket with 1001, wait for them up to ``timeout`` seconds."""
-    if app.front_door is not None:
-        app.front_door.stop()
     server.stop()
     app.stop_services()
     sockets = app.signaling_sockets()
@@ -233,7 +232,7 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
     if generated:
         # Nodes of one backplane hand out one token, so any node accepts a page from another.
         config.ICE_ACCESS_TOKEN = settings.ICE_ACCESS_TOKEN = await app.router.share("ice-token", config.ICE_ACCESS_TOKEN)
-    server = HTTPServer(
+    server = FrontDoorHTTPServer(
         app,
         max_body_size=config.MAX_BODY_SIZE,
         xheaders=config.XHEADERS,
@@ -243,9 +242,7 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
         idle_connection_timeout=config.HEADER_TIMEOUT,
         body_timeout=config.HEADER_TIMEOUT,
     )
-    front_door = FrontDoor(server, sockets, config.RETRY_AFTER)
-    app.front_door = front_door
-    front_door.start()
+    server.add_sockets(sockets)
     app.start_services()
     # The objects made at start-up live forever: keep the cyclic garbage collector from
     # scanning them again and again, and let it run less often under load (a relay makes

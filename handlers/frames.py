@@ -48,7 +48,7 @@ class FrameReader:
     client broke the protocol: drop the connection now)."""
 
     #: A fragmented message so far, and its opcode (text or binary).
-    __slots__ = ("_fragment", "_fragment_opcode")
+    FRAME_ATTRIBUTES = ("_fragment", "_fragment_opcode")
     _fragment: bytearray | None
     _fragment_opcode: int
 

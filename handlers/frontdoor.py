@@ -11,23 +11,32 @@ spare, accepts the waiting connection with it, answers ``503 Service Unavailable
 empty, so nothing is left hanging and nothing spins. Should it be unable to take its spare
 back, it stops watching the listening sockets for a moment and tries again.
 
-Every accepted connection goes to Tornado's HTTP server as if Tornado had accepted it
-(``TCPServer._handle_connection``, a private method checked at import).
+Each accepted connection over plain TCP then has its first request head read by
+handlers/leanws.py: a WebSocket upgrade to a signaling route stays there (the lean
+transport); anything else, and every connection over TLS, goes to Tornado's HTTP server as
+if Tornado had accepted it (``TCPServer._handle_connection``, a private method checked at
+import, or ``HTTPServer.handle_stream`` with the bytes already read).
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import inspect
 import logging
 import os
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import tornado
 from tornado.httpserver import HTTPServer
+from tornado.ioloop import IOLoop
+from tornado.platform.asyncio import BaseAsyncIOLoop
 from tornado.tcpserver import TCPServer
+
+from handlers.leanws import HeadReader, LeanSocket, PrefixedIOStream, lean_socket
+
+if TYPE_CHECKING:
+    from webrtc_server import WebRTCApplication
 
 log = logging.getLogger(__name__)
 
@@ -67,39 +76,49 @@ def busy_response(retry_after: int) -> bytes:
 
 
 class FrontDoor:
-    """Accepts on ``sockets`` for ``server``; ``refused`` counts the 503 answers."""
+    """Accepts on ``sockets`` for ``server`` (whose app is a WebRTCApplication); ``refused``
+    counts the 503 answers."""
 
-    def __init__(self, server: HTTPServer, sockets: list[socket.socket], retry_after: int) -> None:
+    def __init__(self, server: HTTPServer, sockets: list[socket.socket]) -> None:
         self.server = server
         self.sockets = sockets
-        self.busy = busy_response(retry_after)
+        self.app = cast("WebRTCApplication", server.request_callback)
+        self.app.front_door = self  # its refusals show in /metrics
+        config = self.app.config
+        self.busy = busy_response(config.RETRY_AFTER)
+        self.header_timeout = config.HEADER_TIMEOUT
+        self.xheaders = bool(server.xheaders)
+        # Over TLS the bytes cannot be read before Tornado's SSL stream: Tornado serves all.
+        self.lean = server.ssl_options is None
+        self.paths = frozenset(self.app.reverse_url(name).encode() for name in ("caller_ws", "reciever_ws", "receiver_ws"))
         self.refused = 0
         self._spare: int | None = None
         self._pause = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self.loop = cast(BaseAsyncIOLoop, IOLoop.current()).asyncio_loop
 
     def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._take_spare()
         for sock in self.sockets:
             sock.setblocking(False)
         self._watch()
 
     def stop(self) -> None:
+        """Stop accepting and close the listening sockets (as Tornado's ``stop()`` does)."""
         self._unwatch()
+        for sock in self.sockets:
+            sock.close()
         if self._spare is not None:
             os.close(self._spare)
             self._spare = None
 
     def _watch(self) -> None:
-        assert self._loop is not None
         for sock in self.sockets:
-            self._loop.add_reader(sock.fileno(), self._accept, sock)
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
 
     def _unwatch(self) -> None:
-        if self._loop is not None:
-            for sock in self.sockets:
-                self._loop.remove_reader(sock.fileno())
+        for sock in self.sockets:
+            if sock.fileno() >= 0:
+                self.loop.remove_reader(sock.fileno())
 
     def _take_spare(self) -> bool:
         try:
@@ -127,7 +146,22 @@ class FrontDoor:
             self._handle(connection, address)
 
     def _handle(self, connection: socket.socket, address: Any) -> None:
-        self.server._handle_connection(connection, address)
+        if self.lean:
+            HeadReader(self, connection, address, self.header_timeout)
+        else:
+            self.server._handle_connection(connection, address)
+
+    def lean_socket(self, head: HeadReader) -> LeanSocket | None:
+        """The lean transport for this request head, or None: Tornado serves it."""
+        return lean_socket(self.app, head, self.paths, self.xheaders)
+
+    def to_tornado(self, connection: socket.socket, address: Any, prefix: bytes) -> None:
+        """Tornado's HTTP server serves the connection, from the bytes already read on."""
+        server = self.server
+        stream = PrefixedIOStream(
+            connection, prefix, max_buffer_size=server.max_buffer_size, read_chunk_size=server.read_chunk_size
+        )
+        server.handle_stream(stream, address)
 
     def _turn_away(self, sock: socket.socket) -> None:
         """Out of descriptors: answer every waiting connection 503 with the spare one."""
@@ -151,14 +185,12 @@ class FrontDoor:
         self._unwatch()
         self._pause = min(MAX_PAUSE, self._pause * 2 or 0.01)
         log.warning("out of file descriptors: not accepting for %.2f s", self._pause)
-        assert self._loop is not None
-        self._loop.call_later(self._pause, self._resume)
+        self.loop.call_later(self._pause, self._resume)
 
     def _resume(self) -> None:
         if self._spare is None and not self._take_spare():
             self._pause = min(MAX_PAUSE, self._pause * 2)
-            assert self._loop is not None
-            self._loop.call_later(self._pause, self._resume)
+            self.loop.call_later(self._pause, self._resume)
             return
         self._watch()
 
@@ -176,3 +208,18 @@ class FrontDoor:
                 connection.send(self.busy)
             except OSError:
                 pass
+
+
+class FrontDoorHTTPServer(HTTPServer):
+    """Tornado's HTTP server, whose listening sockets the front door accepts on."""
+
+    front_door: FrontDoor | None = None
+
+    def add_sockets(self, sockets: Any) -> None:
+        self.front_door = FrontDoor(self, list(sockets))
+        self.front_door.start()
+
+    def stop(self) -> None:
+        if self.front_door is not None:
+            self.front_door.stop()
+        super().stop()

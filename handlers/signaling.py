@@ -64,7 +64,8 @@ class SignalingSocket:
     message, :meth:`heard_from` for each pong and :meth:`closed` when the connection ends.
     """
 
-    __slots__ = ("app", "id", "peer_id", "session_id", "heard", "ready", "_joined", "_limiter")
+    #: The attributes it keeps (the lean transport makes them slots: no per-socket dict).
+    SOCKET_ATTRIBUTES = ("app", "id", "peer_id", "session_id", "heard", "ready", "_joined", "_limiter")
 
     app: WebRTCApplication
     #: The socket's own id, and the id it talks to ("" for anyone).
@@ -77,11 +78,14 @@ class SignalingSocket:
     #: True once every node can reach the socket (tests wait for it).
     ready: bool
 
+    _joined: bool
+    _limiter: RateLimiter | None
+
     def _init_socket(self) -> None:
         self.id = self.peer_id = self.session_id = ""
         self.heard = 0
         self.ready = self._joined = False
-        self._limiter: RateLimiter | None = None
+        self._limiter = None
 
     # --- what a transport provides --------------------------------------------------------
 

@@ -21,6 +21,7 @@ if PROJECT_DIR not in sys.path:
     sys.path.insert(0, PROJECT_DIR)
 
 import webrtc_server  # noqa: E402
+from handlers.frontdoor import FrontDoorHTTPServer  # noqa: E402
 from routing import PEER_UNAVAILABLE_NOTICE  # noqa: E402
 
 MY_CALLER_ID = "ME"
@@ -42,6 +43,9 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
     app_options: dict[str, Any] = {}
     #: A RedisServer shared by the class: run every test on two nodes joined through it.
     redis: Any = None
+    #: Which transport carries the signaling sockets: "lean" (the front door, as the real
+    #: server over plain TCP) or "tornado" (Tornado's own HTTP server, as over TLS).
+    transport = "lean"
 
     def setUp(self) -> None:
         self.sockets: list[websocket.WebSocketClientConnection] = []
@@ -52,7 +56,7 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
         if self.redis is not None:
             second = self.get_app()
             sock, port = testing.bind_unused_port()
-            self.second_server = HTTPServer(second)
+            self.second_server = self.http_server_for(second)
             self.second_server.add_sockets([sock])
             self.apps.append(second)
             self.ports.append(port)
@@ -70,6 +74,14 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
             for app in self.apps:
                 self.io_loop.run_sync(app.router.stop)
         super().tearDown()
+
+    def get_http_server(self) -> HTTPServer:
+        return self.http_server_for(self._app)
+
+    def http_server_for(self, app: webrtc_server.WebRTCApplication) -> HTTPServer:
+        if self.transport == "tornado":
+            return HTTPServer(app)
+        return FrontDoorHTTPServer(app)
 
     def get_app(self) -> webrtc_server.WebRTCApplication:
         options = {"iceServers": TEST_ICE_SERVERS, **self.app_options}

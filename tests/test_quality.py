@@ -27,6 +27,7 @@ WEBSOCKET_SUITES = [
     "tests/test_caller.py",
     "tests/test_reciever.py",
     "tests/test_cluster.py",
+    "tests/test_tornado_transport.py",
 ]
 
 
