@@ -237,6 +237,12 @@ class LeanSocket(SignalingSocket, FrameReader):
         self.app = app
         self.sock = sock
         self.fd = sock.fileno()
+        # Writes are gathered per loop iteration already: Nagle's algorithm would only hold a
+        # frame back until the previous one is acknowledged (as Tornado's websocket, no delay).
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # not TCP (a Unix socket in a test): nothing to delay
         self.loop = asyncio.get_running_loop()
         self.request: LeanRequest | None = request
         self.client_terminated = self.server_terminated = self._finished = False
