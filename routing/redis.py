@@ -504,27 +504,29 @@ class RedisRouter:
 
     def _on_batch(self, payload: bytes) -> None:
         sender, fields, texts = wire.decode(payload)
-        local = self.local
+        deliver = self.local.deliver
         i, offset, end = 0, 0, len(fields)
         while i < end:
             kind = fields[i]
             if kind == "m":
                 my_id, peer_id, reply = fields[i + 1], fields[i + 2], fields[i + 4]
                 length = int(fields[i + 6])
-                delivered = local.deliver(my_id, peer_id, texts[offset : offset + length])
+                delivered = deliver(my_id, peer_id, texts[offset : offset + length])
                 offset += length
                 if reply != wire.NO_REPLY:
                     if reply == wire.REPLY_ALWAYS:
                         self._batch(sender).result(fields[i + 5], delivered)
                     elif not delivered:
                         self._batch(sender).none_delivered(my_id, peer_id)
-            elif kind == "n":
+                i += 7
+                continue
+            if kind == "n":
                 self.stale += 1
                 self._unavailable(fields[i + 1], fields[i + 2])
             elif kind == "r":
                 self._answered(fields[i + 1], int(fields[i + 2]))
             elif kind == "u":
-                local.notify(fields[i + 1], fields[i + 2], PEER_UNAVAILABLE_NOTICE)
+                self.local.notify(fields[i + 1], fields[i + 2], PEER_UNAVAILABLE_NOTICE)
             elif kind == "a":
                 self._acked(fields[i + 1])
             i += 1 + wire.FIELDS[kind]
@@ -544,7 +546,7 @@ class RedisRouter:
 
     def _unreachable(self, batch: wire.Batch) -> None:
         """A batch that reached no node: answer for it what its node would have."""
-        for reply, my_id, peer_id, seq in batch.waiting:
+        for reply, my_id, peer_id, seq in batch.waiting():
             if reply == wire.REPLY_ALWAYS:
                 self._answered(seq, 0)
             else:

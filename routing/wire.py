@@ -36,22 +36,28 @@ NO_REPLY, REPLY_IF_NONE, REPLY_ALWAYS = "0", "1", "2"
 class Batch:
     """The frames one node has for another, in the order they were added."""
 
-    __slots__ = ("fields", "texts", "messages", "waiting")
+    __slots__ = ("fields", "texts", "messages")
 
     def __init__(self) -> None:
         self.fields: list[str] = []
         self.texts: list[str] = []
         self.messages = 0
-        #: (reply, A, B, seq) of the messages whose sender waits for an answer: if the batch
-        #: cannot reach its node, the sender's node answers them itself.
-        self.waiting: list[tuple[str, str, str, str]] = []
 
     def message(self, my_id: str, peer_id: str, session_id: str, reply: str, seq: str, text: str) -> None:
         self.fields += ("m", my_id, peer_id, session_id, reply, seq, str(len(text)))
         self.texts.append(text)
         self.messages += 1
-        if reply != NO_REPLY:
-            self.waiting.append((reply, my_id, peer_id, seq))
+
+    def waiting(self) -> list[tuple[str, str, str, str]]:
+        """(reply, A, B, seq) of the messages whose sender waits for an answer: if the batch
+        cannot reach its node, the sender's node answers them itself (rare: found then)."""
+        fields, found, i, end = self.fields, [], 0, len(self.fields)
+        while i < end:
+            kind = fields[i]
+            if kind == "m" and fields[i + 4] != NO_REPLY:
+                found.append((fields[i + 4], fields[i + 1], fields[i + 2], fields[i + 5]))
+            i += 1 + FIELDS[kind]
+        return found
 
     def none_delivered(self, my_id: str, peer_id: str) -> None:
         self.fields += ("n", my_id, peer_id)
