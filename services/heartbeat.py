@@ -9,9 +9,13 @@ store per message instead of a clock read.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable, Iterable
 from typing import Protocol
+
+#: Sockets visited per event-loop iteration.
+CHUNK = 1000
 
 
 class Pulse(Protocol):
@@ -42,19 +46,25 @@ class Heartbeat:
         self._pinged: dict[Pulse, int] = {}
 
     def beat(self) -> None:
-        """One tick: ping the quiet, drop the silent."""
+        """One tick: ping the quiet, drop the silent, CHUNK sockets per loop iteration so that
+        tens of thousands of sockets do not stall the loop for the messages in between."""
         self.tick += 1
-        tick = self.tick
-        pinged = {}
-        for socket in tuple(self.sockets()):
+        self._visit(tuple(self.sockets()), 0, {}, self.tick)
+
+    def _visit(self, sockets: tuple[Pulse, ...], start: int, pinged: dict[Pulse, int], tick: int) -> None:
+        previous = self._pinged
+        for socket in sockets[start : start + CHUNK]:
             silent = tick - socket.heard
             if silent > self.drop_after:
                 self.dropped += 1
                 socket.drop()
             elif silent >= self.ping_after:
-                last_ping = self._pinged.get(socket, -1)
+                last_ping = previous.get(socket, -1)
                 if last_ping <= socket.heard:
                     socket.ping()
                     last_ping = tick
                 pinged[socket] = last_ping
-        self._pinged = pinged
+        if start + CHUNK < len(sockets):
+            asyncio.get_running_loop().call_soon(self._visit, sockets, start + CHUNK, pinged, tick)
+        else:
+            self._pinged = pinged
