@@ -173,6 +173,7 @@ class RedisRouter:
         self.batches = 0
         self.stale = 0
         self.connected = False
+        self._stopping = False
         #: Other live nodes (they said hello, or their presence key is alive).
         self.others: set[str] = set()
         self._topology = Topology(url, f"webrtc-node-{self.node}")
@@ -246,6 +247,7 @@ class RedisRouter:
     async def stop(self) -> None:
         """Leave the cluster: our sockets disappear from every directory at once. Bounded in
         time, as a shutdown must be, whatever state the Redis connections are in."""
+        self._stopping = True  # closing our own connections is not losing Redis
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -260,6 +262,7 @@ class RedisRouter:
         await self._disconnect()
         await self._topology.close()
         self.connected = False
+        self._stopping = False
 
     async def share(self, name: str, value: str) -> str:
         """The value of ``name`` that every node of this backplane uses: the first node's.
@@ -608,7 +611,8 @@ class RedisRouter:
         self._lost(error)
         lost = [batch for _, batch in outlet.waiting]
         outlet.waiting.clear()
-        self._lose(lost)
+        if not self._stopping:
+            self._lose(lost)
         outlet.close()
 
     def _lose(self, batches: Iterable[wire.Batch]) -> None:
@@ -618,10 +622,12 @@ class RedisRouter:
             self._unreachable(batch)
 
     def _lost(self, error: BaseException) -> None:
+        if self._stopping:
+            return
         if self.connected:
             log.warning("lost Redis (%s): local delivery goes on, other nodes are unreachable", error)
         else:
-            log.debug("Redis still unreachable: %r", error, exc_info=error)
+            log.debug("Redis still unreachable: %r", error)
         self.connected = False
 
     # --- directory commands (in order, one pipeline per round) --------------------------

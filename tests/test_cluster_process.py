@@ -78,6 +78,10 @@ def test_messages_cross_nodes_both_ways_and_connections_see_the_cluster(redis):
         carol = join(stack, one, "carol", "bob")
         carol.send("hello?")
         assert receive(carol) == PEER_UNAVAILABLE_NOTICE
+        # A clean stop is not an outage: no warning, no message counted as lost.
+        for server in (two, one):
+            assert server.stop() == 0
+            assert "lost Redis" not in server.output(), server.output()
 
 
 def test_a_killed_node_stops_counting_at_once_and_is_forgotten_within_the_ttl(redis):
