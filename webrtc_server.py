@@ -332,7 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     host = config.HOST if args.host is None else args.host
     port = config.PORT if args.port is None else args.port
     try:
-        sockets = bind_sockets(port, address=host or None)
+        # Workers each listen on a socket of their own (SO_REUSEPORT), so that the kernel
+        # spreads connections over them instead of handing bursts to whichever wakes first.
+        sockets = bind_sockets(port, address=host or None, reuse_port=config.PROCESSES > 1)
     except OSError as exc:
         # Port in use, address not available, ...: one line, not a traceback.
         parser.exit(1, f"{parser.prog}: error: cannot listen on {host or '*'}:{port}: {exc.strerror or exc}\n")
@@ -364,6 +366,8 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
     stopping = False
     parent = os.getpid()
 
+    port = sockets[0].getsockname()[1]
+
     def spawn(number: int) -> None:
         pid = os.fork()
         if pid == 0:  # the worker: a fresh event loop, its own node on the backplane
@@ -371,7 +375,10 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             stop_with_parent(parent)
             try:
-                asyncio.run(serve(config, sockets, host))
+                own = bind_sockets(port, address=host or None, reuse_port=True)
+                for inherited in sockets:
+                    inherited.close()
+                asyncio.run(serve(config, own, host))
                 code = 0
             except Exception:  # noqa: BLE001 - logged, and the parent restarts us
                 log.exception("worker %d failed", number)
@@ -390,6 +397,10 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
     signal.signal(signal.SIGINT, forward)
     for number in range(config.PROCESSES):
         spawn(number)
+    # The workers hold the port now (a listening socket nobody accepts on would take its
+    # share of the connections and leave them hanging).
+    for sock in sockets:
+        sock.close()
     failures = 0
     while workers:
         try:

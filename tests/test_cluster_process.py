@@ -153,6 +153,13 @@ def test_processes_share_one_port_and_stop_together(redis):
         for n, (a, b) in enumerate(pairs):
             a.send(f"hello {n}")
             assert receive(b) == f"hello {n}"
+        # Each worker listens on its own socket (SO_REUSEPORT): the kernel spreads the
+        # connections over both, where one shared socket let bursts pile onto one worker.
+        from routing.shards import tag
+
+        with redis.client() as client:
+            places = [client.hvals(f"webrtc:dir:{tag(f'{side}{n}')}")[0].split("\0")[0] for side in "ab" for n in range(12)]
+        assert sorted(places.count(node) for node in set(places))[0] >= 3, places
         assert server.stop(signal.SIGTERM) == 0
         for a, _ in pairs:
             with pytest.raises(ConnectionClosed) as closed:
