@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -25,14 +26,15 @@ from processes import RedisServer, StartError
 Hooks = Callable[[list[Server]], tuple[Hook, Hook]]
 
 
-def start_redis(cfg: Config, name: str) -> RedisServer:
-    """A fresh redis-server of our own on a free port (no persistence), on the CPU of the layout."""
+def start_redis(cfg: Config, name: str, cpus: tuple[int, ...] | None = None) -> RedisServer:
+    """A fresh redis-server of our own on a free port (no persistence), on the CPU of the
+    layout, or on ``cpus`` when given."""
     server = RedisServer(
         "--dir",
         cfg.log_dir,
         binary=cfg.redis_server,
         log_path=os.path.join(cfg.log_dir, f"{name}.redis.log"),
-        spawn=cfg.children.on_cpu(cfg.cluster_cpus["redis"]),
+        spawn=cfg.children.on_cpu(cpus or cfg.cluster_cpus["redis"]),
     )
     try:
         return server.start(cfg.start_timeout)
@@ -82,10 +84,16 @@ class RedisCounters:
         raise BenchError(f"the nodes kept publishing to Redis for {timeout:g} s after the load generator finished")
 
     def stats(self) -> dict[str, int]:
-        """PUBLISH calls, commands, reads of client sockets, and bytes in and out."""
+        """PUBLISH calls, commands, commands that failed or were refused, reads of client
+        sockets, and bytes in and out."""
         info = self.client.info("all")
         return {
             "publish": published(info),
+            "failed": sum(
+                int(stats.get("failed_calls", 0)) + int(stats.get("rejected_calls", 0))
+                for name, stats in info.items()
+                if name.startswith("cmdstat_") and isinstance(stats, dict)
+            ),
             "commands": int(info["total_commands_processed"]),
             "reads": int(info.get("total_reads_processed", 0)),
             "net_in": int(info["total_net_input_bytes"]),
@@ -96,6 +104,84 @@ class RedisCounters:
 def published(info: dict[str, Any]) -> int:
     """PUBLISH and SPUBLISH calls in an INFO answer."""
     return sum(int(info.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("publish", "spublish"))
+
+
+@dataclass
+class RelayRun:
+    """What one run of the relay workload measured (drive_relay)."""
+
+    result: dict[str, Any]  # the load generator's "measured" event
+    probed: dict[str, Any]  # its "probed" event (empty without probes)
+    pids: dict[str, int]  # the processes measured, by role ("loadgen" included)
+    use: dict[str, float]  # CPU of each, over the delivery (the load generator's timing)
+    work: dict[str, float]  # CPU of each, until Redis had every publication
+    published_after: float  # seconds from the start until Redis had every publication
+    redis: dict[str, int] | None  # how much Redis's counters grew (RedisCounters.stats)
+    readings: dict[str, Any]  # read() after the probes, at "ready" and at "measured"
+
+
+def drive_relay(
+    cfg: Config,
+    lg: LoadGen,
+    pids: dict[str, int],
+    redis_server: RedisServer | None,
+    probe: bool,
+    read: Callable[[], Any] | None = None,
+    on_ready: Hook = None,
+    on_measured: Hook = None,
+) -> RelayRun:
+    """Drive a relay run of ``lg`` through its events, reading the CPU time of ``pids`` (and
+    the load generator's) around its measured phase, and Redis's counters when there is a
+    Redis; ``read()`` (the nodes' /metrics, say) is called after the probes, when the load
+    generator is ready and when it has measured. The load generator must end with no notice."""
+    counters = RedisCounters(redis_server) if redis_server else None
+    readings: dict[str, Any] = {}
+    probed: dict[str, Any] = {}
+    pids = {**pids, "loadgen": lg.pid}
+    try:
+        if probe:
+            # Every pair delivers both ways: from here on, no message may go undelivered.
+            probed = lg.expect("probed", cfg.event_timeout)
+            readings["probed"] = read() if read else None
+            lg.go()
+        lg.expect("ready", cfg.event_timeout)
+        readings["ready"] = read() if read else None
+        if not probe:
+            readings["probed"] = readings["ready"]
+        if counters:
+            counters.settle()  # the warm-up's messages are all published before the measurement
+        r0 = counters.stats() if counters else None
+        if on_ready:
+            on_ready()
+        s0 = snapshot(pids)
+        lg.go()
+        result = lg.expect("measured", cfg.event_timeout)
+        s1 = snapshot(pids)
+        published = s1.t
+        if counters:
+            # CPU per message counts until Redis has had every message's PUBLISH (the nodes'
+            # CPU % and the rates are over the delivery only, s0 to s1).
+            published = max(published, counters.settle())
+        s2 = snapshot(pids)
+        if on_measured:
+            on_measured()
+        r1 = counters.stats() if counters else None
+        readings["measured"] = read() if read else None
+        lg.go()
+        done = lg.finish(cfg.event_timeout)
+        if done.get("notices"):
+            raise BenchError(f"the load generator received {done['notices']} server notices after the probes")
+    except BaseException:
+        lg.kill()
+        raise
+    finally:
+        if counters:
+            counters.close()
+    pairs, messages = lg.args["pairs"], lg.args["messages"]
+    if result["relayed"] != 2 * pairs * messages:
+        raise BenchError(f"the load generator counted {result['relayed']} relayed messages, expected {2 * pairs * messages}")
+    redis_delta = {k: r1[k] - r0[k] for k in r0} if r0 and r1 else None
+    return RelayRun(result, probed, pids, spent(s0, s1), spent(s0, s2), published - s0.t, redis_delta, readings)
 
 
 def run_relay_across(
@@ -111,130 +197,86 @@ def run_relay_across(
     (every message and acknowledgement crossing Redis); CPU of every node and of redis-server."""
     across = len(nodes) == 2
     extra = {"url2": nodes[1].ws_url} if across else {}
-    counters = RedisCounters(redis_server) if redis_server else None
+    pids = {f"node{n}": node.pid for n, node in enumerate(nodes, 1)}
+    if redis_server:
+        pids["redis"] = redis_server.pid
     lg = LoadGen(cfg, nodes[0], "relay", {**args, "tag": tag, **extra}, tag)
-    probed: dict[str, Any] = {}
-    try:
-        if across:
-            # Every pair delivers both ways: from here on, no message may go undelivered.
-            probed = lg.expect("probed", cfg.event_timeout)
-            mp = [node.metrics() for node in nodes]
-            lg.go()
-        lg.expect("ready", cfg.event_timeout)
-        m0 = [node.metrics() for node in nodes]
-        if not across:
-            mp = m0
-        if counters:
-            counters.settle()  # the warm-up's messages are all published before the measurement
-        r0 = counters.stats() if counters else None
-        if on_ready:
-            on_ready()
-        pids = {f"node{n}": node.pid for n, node in enumerate(nodes, 1)}
+    run = drive_relay(cfg, lg, pids, redis_server, across, lambda: [node.metrics() for node in nodes], on_ready, on_measured)
+    mp, m0, m1 = run.readings["probed"], run.readings["ready"], run.readings["measured"]
+    result = run.result
+    # Each node counts the messages its own sockets sent: node 1 the data, node 2 the acks.
+    expected = [result["data_messages"], result["acks"]] if across else [result["relayed"]]
+    for n in range(len(nodes)):
+        what = f"node {n + 1}: " if across else ""
+        check_count(
+            cfg, f"{what}webrtc_messages_relayed_total", metric_delta(m0[n], m1[n], "webrtc_messages_relayed_total"), expected[n]
+        )
+        # PEER-UNAVAILABLE notices: none from the end of the probes (warm-up included) on.
+        check_count(
+            cfg,
+            f"{what}webrtc_messages_undelivered_total since the pairs were probed",
+            metric_delta(mp[n], m1[n], "webrtc_messages_undelivered_total"),
+            0,
+        )
         if redis_server:
-            pids["redis"] = redis_server.pid
-        pids["loadgen"] = lg.pid
-        s0 = snapshot(pids)
-        lg.go()
-        result = lg.expect("measured", cfg.event_timeout)
-        s1 = snapshot(pids)
-        published = s1.t
-        if counters:
-            # CPU per message counts until Redis has had every message's PUBLISH (the nodes'
-            # CPU % and the rates are over the delivery only, s0 to s1).
-            published = max(published, counters.settle())
-        s2 = snapshot(pids)
-        if on_measured:
-            on_measured()
-        r1 = counters.stats() if counters else None
-        m1 = [node.metrics() for node in nodes]
-        relayed = result["relayed"]
-        if relayed != 2 * args["pairs"] * args["messages"]:
-            raise BenchError(
-                f"the load generator counted {relayed} relayed messages, expected {2 * args['pairs'] * args['messages']}"
-            )
-        # Each node counts the messages its own sockets sent: node 1 the data, node 2 the acks.
-        expected = [result["data_messages"], result["acks"]] if across else [relayed]
-        for n in range(len(nodes)):
-            what = f"node {n + 1}: " if across else ""
             check_count(
-                cfg,
-                f"{what}webrtc_messages_relayed_total",
-                metric_delta(m0[n], m1[n], "webrtc_messages_relayed_total"),
-                expected[n],
+                cfg, f"{what}webrtc_backplane_errors_total", metric_delta(m0[n], m1[n], "webrtc_backplane_errors_total"), 0
             )
-            # PEER-UNAVAILABLE notices: none from the end of the probes (warm-up included) on.
-            check_count(
-                cfg,
-                f"{what}webrtc_messages_undelivered_total since the pairs were probed",
-                metric_delta(mp[n], m1[n], "webrtc_messages_undelivered_total"),
-                0,
-            )
-            if redis_server:
-                check_count(
-                    cfg, f"{what}webrtc_backplane_errors_total", metric_delta(m0[n], m1[n], "webrtc_backplane_errors_total"), 0
-                )
-                check_count(cfg, f"{what}webrtc_backplane_connected", (m1[n] or {}).get("webrtc_backplane_connected"), 1)
-        lg.go()
-        done = lg.finish(cfg.event_timeout)
-        if done.get("notices"):
-            raise BenchError(f"the load generator received {done['notices']} server notices after the probes")
-    except BaseException:
-        lg.kill()
-        raise
-    finally:
-        if counters:
-            counters.close()
-    return across_figures(result, probed, pids, spent(s0, s1), spent(s0, s2), published - s0.t, r0, r1)
+            check_count(cfg, f"{what}webrtc_backplane_connected", (m1[n] or {}).get("webrtc_backplane_connected"), 1)
+    return across_figures(run)
 
 
-def across_figures(
-    result: dict[str, Any],
-    probed: dict[str, Any],
-    pids: dict[str, int],
-    use: dict[str, float],
-    work: dict[str, float],
-    published_after: float,
-    r0: dict[str, int] | None,
-    r1: dict[str, int] | None,
-) -> dict[str, float]:
-    """The figures of one measurement across nodes: ``use`` is the CPU over the delivery, ``work``
-    until Redis had settled, ``published_after`` the seconds until its last PUBLISH; r0 and r1
-    are Redis's counters before and after."""
-    relayed = result["relayed"]
-    per_msg = lambda role: 1e6 * work[f"{role}_cpu_s"] / relayed  # noqa: E731
+def redis_figures(run: RelayRun) -> dict[str, float]:
+    """redis-server's CPU and how much the nodes asked of it, per relayed message."""
+    relayed = run.result["relayed"]
+    if run.redis is None:
+        return {}
+    delta = run.redis
+    return {
+        "us_redis": 1e6 * run.work["redis_cpu_s"] / relayed,
+        "redis_cpu_pct": run.use["redis_cpu_pct"],
+        "publish_per_msg": delta["publish"] / relayed,
+        "publish_per_read": delta["publish"] / max(1, delta["reads"]),
+        "redis_in_per_msg": delta["net_in"] / relayed,
+        "redis_out_per_msg": delta["net_out"] / relayed,
+    }
+
+
+def common_figures(run: RelayRun) -> dict[str, float]:
+    """The figures every relay run has: rate, round trips, the load generator's and the
+    machine's CPU use, how long Redis took to have every publication."""
+    result, use = run.result, run.use
     figures = {
         "relayed_per_s": result["relayed_per_s"],
         "rtt_p50_ms": result["rtt_ms"]["p50"],
         "rtt_p99_ms": result["rtt_ms"]["p99"],
-        "relayed": relayed,
+        "relayed": result["relayed"],
         "seconds": use["wall_s"],
         # Publishing may lag behind local delivery: the rate Redis kept up with, and how far behind it was.
-        "sustained_per_s": relayed / published_after,
-        "backlog_s": published_after - use["wall_s"],
-        "us_node1": per_msg("node1"),
-        "us_total": sum(per_msg(role) for role in pids if role != "loadgen"),
+        "sustained_per_s": result["relayed"] / run.published_after,
+        "backlog_s": run.published_after - use["wall_s"],
+        "us_total": sum(1e6 * run.work[f"{role}_cpu_s"] / result["relayed"] for role in run.pids if role != "loadgen"),
         "loadgen_cpu_pct": use["loadgen_cpu_pct"],
-        "node1_cpu_pct": use["node1_cpu_pct"],
         "other_cpu_pct": use["other_cpu_pct"],
     }
-    for key, value in use.items():
-        if key.startswith("core"):
-            figures[key] = value
-    if "node2" in pids:
-        figures.update({"us_node2": per_msg("node2"), "node2_cpu_pct": use["node2_cpu_pct"]})
-        figures.update({f"probe_{k}": probed[k] for k in ("attempts", "unavailable", "timeouts")})
-    if r0 and r1:
-        delta = {k: r1[k] - r0[k] for k in r0}
-        figures.update(
-            {
-                "us_redis": per_msg("redis"),
-                "redis_cpu_pct": use["redis_cpu_pct"],
-                "publish_per_msg": delta["publish"] / relayed,
-                "publish_per_read": delta["publish"] / max(1, delta["reads"]),
-                "redis_in_per_msg": delta["net_in"] / relayed,
-                "redis_out_per_msg": delta["net_out"] / relayed,
-            }
-        )
+    figures.update({key: value for key, value in use.items() if key.startswith("core")})
+    return figures
+
+
+def across_figures(run: RelayRun) -> dict[str, float]:
+    """The figures of one measurement on one node or across two."""
+    relayed = run.result["relayed"]
+    figures = common_figures(run)
+    for role in ("node1", "node2"):
+        if role in run.pids:
+            figures[f"us_{role}"] = 1e6 * run.work[f"{role}_cpu_s"] / relayed
+            figures[f"{role}_cpu_pct"] = run.use[f"{role}_cpu_pct"]
+    figures.update(redis_figures(run))
+    if "node2" in run.pids:
+        figures.update({f"probe_{k}": run.probed[k] for k in ("attempts", "unavailable", "timeouts")})
+        if run.redis is not None:
+            # Every message crosses: how many of them one SPUBLISH carried.
+            figures["msgs_per_publish"] = relayed / max(1, run.redis["publish"])
     return figures
 
 

@@ -21,7 +21,11 @@ from processes import terminate
 class LoadGen:
     """One run of bench/loadgen.mjs against ``server``: ``workload`` with ``args`` as its --options."""
 
-    def __init__(self, cfg: Config, server: Server, workload: str, args: dict[str, Any], name: str) -> None:
+    def __init__(
+        self, cfg: Config, server: Server, workload: str, args: dict[str, Any], name: str, cpus: tuple[int, ...] | None = None
+    ) -> None:
+        """It runs on the load generator's CPU, or on ``cpus`` when given."""
+        self.args = args
         self.log_path = os.path.join(cfg.log_dir, f"{name}.loadgen.log")
         proto = "webrtc" if server.kind == "webrtc_app" else "peerjs"
         cmd = [cfg.node, os.path.join(BENCH_DIR, "loadgen.mjs"), "--proto", proto, "--url", server.ws_url, "--workload", workload]
@@ -31,7 +35,7 @@ class LoadGen:
         self.stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in finish() or kill()
         self.proc = cfg.children.spawn(
             cmd,
-            cfg.loadgen_cpu,
+            cpus or cfg.loadgen_cpu,
             cwd=BENCH_DIR,
             env=env,
             stdin=subprocess.PIPE,

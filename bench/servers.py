@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import BENCH_DIR, BenchError
+from bench.children import Cpus
 from bench.config import WEBRTC_ENV, Config
 
 from processes import HelperProcess, ServerProcess, Spawn, StartError
@@ -106,15 +107,24 @@ def _start(process: HelperProcess, cfg: Config) -> None:
         raise BenchError(str(exc)) from None
 
 
-def start_webrtc(cfg: Config, name: str, cpu: int | None, redis_url: str | None = None) -> Server:
-    """webrtc_app pinned to ``cpu``; a node of the Redis backplane at ``redis_url`` when given."""
+def start_webrtc(
+    cfg: Config,
+    name: str,
+    cpu: Cpus,
+    redis_url: str | None = None,
+    args: tuple[str, ...] = (),
+    log_level: str = "warning",
+) -> Server:
+    """webrtc_app pinned to ``cpu``; a node of the Redis backplane at ``redis_url`` when given;
+    ``args`` are more of its options (``--processes N``)."""
     # At --log-level warning it prints no "listening" line: ServerProcess picks the port and waits for /healthz.
     process = ServerProcess(
         *(["--redis", redis_url] if redis_url else []),
+        *args,
         env=WEBRTC_ENV,
         python=cfg.python,
         cwd=cfg.server_dir,
-        log_level="warning",
+        log_level=log_level,
         log_path=os.path.join(cfg.log_dir, f"{name}.log"),
         spawn=cfg.children.on_cpu(cpu),
     )
