@@ -235,30 +235,42 @@ def native_groups(path: str) -> dict[str, Any]:
     }
 
 
+#: What a node of the backplane does, by the functions on a sample's stack (routing/redis.py),
+#: checked in this order: the first that matches names the sample's area.
+AREAS = (
+    # Its inbox: redis-py reading each SPUBLISH pushed to it, then the batch decoded and delivered.
+    ("receive", ("RedisRouter._read ",)),
+    # Its outbox: the publisher task taking the loop iteration's batches, packing one SPUBLISH
+    # per destination node and writing them (Outlet.send).
+    ("publish", ("RedisRouter._publisher ", "RedisRouter._publish ", "Outlet.send ")),
+    # Redis's answers to those SPUBLISH (how many nodes heard each), read by each outlet.
+    ("answers", ("Outlet._read ",)),
+    ("websocket", ("(handlers/", "(tornado/")),
+)
+#: Parts of an area, by the functions on the stack (several may match one sample).
+AREA_PARTS = {
+    "receive": (
+        ("parser", ("read_response", "HiredisParser", "_AsyncRESP")),
+        ("decode", ("decode (routing/wire.py",)),
+        ("deliver", ("MemoryRouter.deliver ",)),
+    ),
+    "publish": (("pack", ("pack_command",)), ("encode", ("Batch.encode ",))),
+    "websocket": (("relay", ("RedisRouter.relay ",)),),
+}
+
+
 def profile_areas(path: str) -> dict[str, int]:
-    """Samples of a node's profile (py-spy raw) by what the node was doing: receiving from Redis,
-    publishing to it (and within those, redis-py's RESP parser and command packing), the
-    WebSocket side, the rest."""
+    """Samples of a node's profile (py-spy raw) by what the node was doing (AREAS, and the
+    parts of each in AREA_PARTS), the rest being the event loop and its timers."""
     areas: dict[str, int] = defaultdict(int)
     for frames, count in _stacks(path):
         if not frames:
             continue
         areas["samples"] += count
         text = ";".join(frame_name(f) for f in frames)
-        if "RedisRouter._listener " in text:
-            area = "listener"
-        elif "RedisRouter._publisher " in text:
-            area = "publisher"
-        elif "(handlers/" in text or "(tornado/" in text:
-            area = "websocket"
-        else:
-            area = "rest"
+        area = next((name for name, marks in AREAS if any(mark in text for mark in marks)), "rest")
         areas[area] += count
-        if area in ("listener", "publisher"):
-            if "_AsyncRESP3Parser." in text or "_AsyncRESPBase." in text or "HiredisParser" in text:
-                areas[f"{area}_parser"] += count
-            if "pack_command" in text:
-                areas[f"{area}_pack"] += count
-            if "(asyncio/timeouts.py:" in text:  # redis-py's socket_timeout around each reply
-                areas[f"{area}_timeout"] += count
+        for part, marks in AREA_PARTS.get(area, ()):
+            if any(mark in text for mark in marks):
+                areas[f"{area}_{part}"] += count
     return dict(areas)

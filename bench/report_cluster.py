@@ -135,13 +135,15 @@ def profile_areas_text(areas: dict[str, int]) -> str:
     total = areas.get("samples") or 1
     pct = lambda key: f"{100 * areas.get(key, 0) / total:.0f}%"  # noqa: E731
     return (
-        f"receiving from Redis (the pub/sub listener: redis-py reading and parsing each message, then "
-        f"`RedisRouter._on_pubsub`) {pct('listener')}, of which the RESP parser {pct('listener_parser')} and "
-        f"`asyncio.timeout` {pct('listener_timeout')}; publishing (`RedisRouter._publisher`: building the pipeline, "
-        f"packing the commands, reading the PUBLISH replies) {pct('publisher')}, of which packing "
-        f"{pct('publisher_pack')}, the RESP parser {pct('publisher_parser')} and the `asyncio.timeout` redis-py "
-        f"sets around each reply it reads {pct('publisher_timeout')}; the WebSocket side (reading, parsing and "
-        f"sending frames) {pct('websocket')}; the rest (the event loop and its timers) {pct('rest')}"
+        f"receiving its inbox (`RedisRouter._read`: redis-py reading each SPUBLISH pushed to it, then "
+        f"`RedisRouter._on_batch`) {pct('receive')}, of which the RESP reader {pct('receive_parser')}, decoding the "
+        f"batches {pct('receive_decode')} and delivering to its sockets (`MemoryRouter.deliver`, the frames written "
+        f"included) {pct('receive_deliver')}; publishing (`RedisRouter._publisher`/`_publish`, `Outlet.send`: one "
+        f"SPUBLISH per destination node and loop iteration) {pct('publish')}, of which packing the commands "
+        f"{pct('publish_pack')} and encoding the batches {pct('publish_encode')}; reading Redis's answers to them "
+        f"(`Outlet._read`) {pct('answers')}; the WebSocket side (reading, parsing and sending frames) "
+        f"{pct('websocket')}, of which routing each message (`RedisRouter.relay`: local fan-out and adding it to "
+        f"a batch) {pct('websocket_relay')}; the rest (the event loop and its timers) {pct('rest')}"
     )
 
 
