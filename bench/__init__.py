@@ -13,6 +13,7 @@ One concern per module, in the order a run goes through them:
     loadgen.py        the driver's side of the load generator (loadgen.mjs, loadgen/*.mjs)
     workloads.py      relay, calls and idle against one server: one measurement each
     cluster.py        the relay across nodes joined by a redis-server (``--cluster``)
+    scaling.py        the relay on one server of N worker processes sharing a port (``--scaling``)
     profiling.py      py-spy on webrtc_app, and its samples aggregated
     report.py         the results and profile tables (markdown)
     report_cluster.py the ``--cluster`` tables (markdown)

@@ -14,8 +14,9 @@ docs/benchmarks.md says what each workload does and how each figure is computed.
 
 ``--cluster`` measures webrtc_app's Redis backplane instead (no PeerJS): the relay workload
 with its callers on one node and its callees on another, both joined through a
-redis-server of its own, in alternate rounds with one node alone (and one node with Redis);
-its results go between the ``bench:cluster`` markers of docs/benchmarks.md.
+redis-server of its own, in alternate rounds with one node alone (and one node with Redis),
+and with one server of 1, 2 and 4 worker processes sharing its port (``--scaling``); its
+results go between the ``bench:cluster`` markers of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import time
 from typing import Any
 
 from bench import BENCH_DIR, BenchError, log
-from bench.config import CLUSTER_VARIANTS, SERVERS, WORKLOADS, build_config
+from bench.config import CLUSTER_VARIANTS, SCALING, SERVERS, WORKLOADS, build_config
 from bench.environment import (
     export_revision,
     install_node_packages,
@@ -105,6 +106,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(CLUSTER_VARIANTS),
         help="what to alternate with (default single,single_redis,cluster: one node alone, one node with Redis, "
         "two nodes through Redis)",
+    )
+    cluster.add_argument(
+        "--scaling",
+        default=",".join(str(n) for n in SCALING),
+        help="with --cluster: also the relay on one webrtc_app --processes N sharing one port, for each N of this "
+        "list (default 1,2,4; 'none' skips it)",
     )
     args = parser.parse_args(argv)
     if args.workloads == "cluster":

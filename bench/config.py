@@ -24,6 +24,21 @@ CLUSTER_LABELS = {
     "single_redis": "1 node + Redis",
     "cluster": "2 nodes via Redis",
 }
+#: What --scaling measures by default: webrtc_app --processes N on one port (scaling.py).
+SCALING = (1, 2, 4)
+#: The Redis key prefix of the backplane (settings.REDIS_PREFIX), which the scaling variant reads.
+REDIS_PREFIX = "webrtc:"
+
+
+def scaling_label(processes: int) -> str:
+    """How the results name the scaling measurement of ``processes`` workers."""
+    return f"{processes} process{'es' if processes > 1 else ''}"
+
+
+def scaling_key(processes: int) -> str:
+    """The results' key of the scaling measurement of ``processes`` workers."""
+    return f"procs{processes}"
+
 
 # The environment webrtc_app runs with (docs/benchmarks.md, "Servers"), and no other WEBRTC_*.
 WEBRTC_ENV = {
@@ -78,6 +93,10 @@ class Config:
     cluster_variants: tuple[str, ...] = ()
     cluster_profile_relay: dict[str, Any] = field(default_factory=dict)
     cluster_light: dict[str, Any] = field(default_factory=dict)
+    # --cluster --scaling: worker counts of one webrtc_app --processes N, and the CPUs that
+    # every process of that variant may run on (all of them: the workers are not pinned).
+    scaling: tuple[int, ...] = ()
+    scaling_cpus: tuple[int, ...] | None = None
 
     @property
     def idle_steps(self) -> list[int]:
@@ -129,6 +148,7 @@ def build_config(args: argparse.Namespace) -> Config:
             cluster_cpus = {"single": c0, "node1": c0, "node2": c0, "redis": c1, "loadgen": c1}
     else:
         cluster_cpus = dict.fromkeys(("single", "node1", "node2", "redis", "loadgen"))
+    scaling = parse_scaling(args.scaling)
     variants = tuple(v for v in args.cluster_variants.split(",") if v)
     unknown = set(variants) - set(CLUSTER_VARIANTS)
     if unknown or "cluster" not in variants:
@@ -163,4 +183,21 @@ def build_config(args: argparse.Namespace) -> Config:
         cluster_profile_relay={**relay},
         # Light load: a few pairs, one message in flight each, so a round trip is not queueing.
         cluster_light={**relay, "pairs": 5, "messages": 200 if quick else 1000, "warmup": 20 if quick else 50, "window": 1},
+        scaling=scaling,
+        # The driver pins itself to the load generator's CPU and its children inherit that:
+        # the scaling variant's processes are given every CPU explicitly.
+        scaling_cpus=tuple(sorted(cpus)) if pin else None,
     )
+
+
+def parse_scaling(text: str) -> tuple[int, ...]:
+    """--scaling: "1,2,4" -> (1, 2, 4); "none" or "" -> ()."""
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        counts = tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        raise BenchError(f"--scaling: comma-separated process counts such as 1,2,4, or none; got {text!r}") from None
+    if not counts or any(n < 1 for n in counts) or len(set(counts)) != len(counts):
+        raise BenchError(f"--scaling: distinct process counts of 1 or more, or none; got {text!r}")
+    return tuple(sorted(counts))

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import PROJECT_DIR
-from bench.config import CLUSTER_LABELS, Config
+from bench.config import CLUSTER_LABELS, Config, scaling_key, scaling_label
 from bench.report import LOADGEN_LIMIT, median, profile_table, py_spy_version
 
 #: results[variant] = the figures of each round
@@ -28,8 +28,9 @@ CLUSTER_FIGURES = [
     ClusterFigure("relayed_per_s", "relayed msgs/s (both directions)", "{:,.0f}", "higher"),
     ClusterFigure("rtt_p50_ms", "round trip p50 (ms)", "{:.1f}", "lower"),
     ClusterFigure("rtt_p99_ms", "round trip p99 (ms)", "{:.1f}", "lower"),
-    ClusterFigure("sustained_per_s", "relayed msgs/s until Redis had every PUBLISH", "{:,.0f}", "higher"),
-    ClusterFigure("backlog_s", "PUBLISH backlog at the last delivery (s to drain)", "{:.2f}", ""),
+    ClusterFigure("sustained_per_s", "relayed msgs/s until Redis had every publication", "{:,.0f}", "higher"),
+    ClusterFigure("backlog_s", "publications backlog at the last delivery (s to drain)", "{:.2f}", ""),
+    ClusterFigure("seconds", "measured phase (s)", "{:.2f}", ""),
     ClusterFigure("light_rtt_p50_ms", "light load: round trip p50 (ms)", "{:.2f}", "lower"),
     ClusterFigure("light_rtt_p99_ms", "light load: round trip p99 (ms)", "{:.2f}", "lower"),
     ClusterFigure("us_node1", "CPU µs per relayed msg: node 1 (callers; the only node otherwise)", "{:.1f}", "lower"),
@@ -41,25 +42,84 @@ CLUSTER_FIGURES = [
     ClusterFigure("redis_cpu_pct", "redis-server CPU (% of one core)", "{:.0f}", ""),
     ClusterFigure("loadgen_cpu_pct", "load generator CPU (% of one core)", "{:.0f}", ""),
     ClusterFigure("other_cpu_pct", "other processes' CPU (% of one core)", "{:.0f}", ""),
-    ClusterFigure("publish_per_msg", "Redis PUBLISH commands per relayed msg", "{:.2f}", ""),
-    ClusterFigure("publish_per_read", "PUBLISH per read of a client socket by Redis (≈ pipeline batch)", "{:.0f}", ""),
+    ClusterFigure("publish_per_msg", "Redis PUBLISH + SPUBLISH commands per relayed msg", "{:.3f}", ""),
+    ClusterFigure("msgs_per_publish", "messages crossing nodes per SPUBLISH (batch size)", "{:.0f}", ""),
+    ClusterFigure("publish_per_read", "SPUBLISH per read of a client socket by Redis (commands per write)", "{:.1f}", ""),
     ClusterFigure("redis_in_per_msg", "bytes into Redis per relayed msg", "{:.0f}", ""),
     ClusterFigure("redis_out_per_msg", "bytes out of Redis per relayed msg", "{:.0f}", ""),
 ]
 
+#: Rows worked out from the medians of two light-load rows: a variant's minus the single node's.
+LIGHT_DIFFERENCES = {
+    "light_rtt_p50_ms": "light load: round trip p50, difference from 1 node (ms)",
+    "light_rtt_p99_ms": "light load: round trip p99, difference from 1 node (ms)",
+}
 
-def cluster_figures(results: ClusterResults) -> list[ClusterFigure]:
-    """CLUSTER_FIGURES, and how busy each CPU was."""
-    figures = list(CLUSTER_FIGURES)
+#: The scaling table's rows (scaling.py): one column per process count.
+SCALING_FIGURES = [
+    ClusterFigure("relayed_per_s", "relayed msgs/s (all workers, both directions)", "{:,.0f}", "higher"),
+    ClusterFigure("rtt_p50_ms", "round trip p50 (ms)", "{:.1f}", "lower"),
+    ClusterFigure("rtt_p99_ms", "round trip p99 (ms)", "{:.1f}", "lower"),
+    ClusterFigure("seconds", "measured phase (s)", "{:.2f}", ""),
+    ClusterFigure("crossed_pct", "messages that crossed nodes (%)", "{:.0f}", ""),
+    ClusterFigure("sockets_max", "sockets on the busiest worker (2 per pair in all)", "{:.0f}", ""),
+    ClusterFigure("sockets_min", "sockets on the least busy worker", "{:.0f}", ""),
+    ClusterFigure("msgs_per_publish", "messages crossing nodes per SPUBLISH (batch size)", "{:.0f}", ""),
+    ClusterFigure("us_workers", "CPU µs per relayed msg: workers (all of them, and their parent)", "{:.1f}", "lower"),
+    ClusterFigure("us_redis", "CPU µs per relayed msg: redis-server", "{:.1f}", "lower"),
+    ClusterFigure("us_total", "CPU µs per relayed msg: total (workers + redis-server)", "{:.1f}", "lower"),
+    ClusterFigure("workers_cpu_pct", "workers CPU, all together (% of one core)", "{:.0f}", ""),
+    ClusterFigure("worker_cpu_pct_max", "busiest worker CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("worker_cpu_pct_min", "least busy worker CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("redis_cpu_pct", "redis-server CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("loadgen_cpu_pct", "load generator CPU (% of one core)", "{:.0f}", ""),
+    ClusterFigure("other_cpu_pct", "other processes' CPU (% of one core)", "{:.0f}", ""),
+]
+
+
+def cluster_figures(results: ClusterResults, base: list[ClusterFigure] = CLUSTER_FIGURES) -> list[ClusterFigure]:
+    """``base`` (CLUSTER_FIGURES), and how busy each CPU was."""
+    figures = list(base)
     cores = sorted({k for runs in results.values() for run in runs for k in run if re.fullmatch(r"core\d+_pct", k)})
     for key in cores:
         figures.append(ClusterFigure(key, f"CPU {key[4:-4]} busy (%)", "{:.0f}", ""))
     return figures
 
 
+def medians(results: ClusterResults, columns: list[str], key: str) -> dict[str, float | None]:
+    """The median of figure ``key`` in each column (None where no round has it)."""
+    return {c: median([run[key] for run in results.get(c, []) if key in run]) for c in columns}
+
+
+def cells(results: ClusterResults, columns: list[str], figure: ClusterFigure) -> tuple[list[str], bool]:
+    """The cells of one row of medians, rates and times marked † where the load generator was
+    near its limit; answers them, and whether any was marked."""
+    values = medians(results, columns, figure.key)
+    out, flagged = [], False
+    for c in columns:
+        cell = "–" if values[c] is None else figure.fmt.format(values[c])
+        loadgen = median([run["loadgen_cpu_pct"] for run in results.get(c, [])])
+        limited = (loadgen or 0) >= LOADGEN_LIMIT
+        if values[c] is not None and figure.key in ("relayed_per_s", "rtt_p50_ms", "rtt_p99_ms") and limited:
+            cell += " †"
+            flagged = True
+        out.append(cell)
+    return out, flagged
+
+
+def dagger_note(flagged: bool) -> list[str]:
+    if not flagged:
+        return []
+    return [
+        "",
+        f"† The load generator used {LOADGEN_LIMIT}% or more of its core here (median): this rate or time is partly "
+        "its own limit. CPU per relayed message is not affected.",
+    ]
+
+
 def cluster_table(cfg: Config, results: ClusterResults) -> str:
     """Medians of every figure for each variant, and 2 nodes / 1 node."""
-    variants = cfg.cluster_variants
+    variants = list(cfg.cluster_variants)
     head = [CLUSTER_LABELS[v] for v in variants]
     ratio = "single" in variants
     lines = [
@@ -68,54 +128,112 @@ def cluster_table(cfg: Config, results: ClusterResults) -> str:
     ]
     flagged = False
     for figure in cluster_figures(results):
-        values = {v: median([run[figure.key] for run in results.get(v, []) if figure.key in run]) for v in variants}
+        values = medians(results, variants, figure.key)
         if all(value is None for value in values.values()):
             continue
-        cells = []
-        for v in variants:
-            cell = "–" if values[v] is None else figure.fmt.format(values[v])
-            loadgen = median([run["loadgen_cpu_pct"] for run in results.get(v, [])])
-            if (
-                values[v] is not None
-                and figure.key in ("relayed_per_s", "rtt_p50_ms", "rtt_p99_ms")
-                and (loadgen or 0) >= LOADGEN_LIMIT
-            ):
-                cell += " †"
-                flagged = True
-            cells.append(cell)
-        row = f"| {figure.label} | " + " | ".join(cells)
+        row, marked = cells(results, variants, figure)
+        flagged = flagged or marked
+        line = f"| {figure.label} | " + " | ".join(row)
         if ratio:
             a, b = values.get("cluster"), values.get("single")
             # Per-process rows compare to the single node's only process, so only the total gets a ratio.
             comparable = figure.better and figure.key not in ("us_node1", "us_node2", "us_redis")
-            row += " | " + (f"{a / b:.2f}" if comparable and a is not None and b else "–")
-        lines.append(row + " |")
-    if flagged:
-        lines += [
-            "",
-            f"† The load generator used {LOADGEN_LIMIT}% or more of its core here (median): this rate or time is partly "
-            "its own limit. CPU per relayed message is not affected.",
-        ]
-    return "\n".join(lines)
+            line += " | " + (f"{a / b:.2f}" if comparable and a is not None and b else "–")
+        lines.append(line + " |")
+        base = values.get("single")
+        if figure.key in LIGHT_DIFFERENCES and base is not None:
+            diffs = [f"{value - base:+.2f}" if v != "single" and value is not None else "–" for v, value in values.items()]
+            lines.append(f"| {LIGHT_DIFFERENCES[figure.key]} | " + " | ".join(diffs) + (" | – |" if ratio else " |"))
+    return "\n".join(lines + dagger_note(flagged))
 
 
 def cluster_rounds_table(cfg: Config, results: ClusterResults) -> str:
-    """Every round's value of the figures that have a direction (better higher or lower)."""
-    variants = cfg.cluster_variants
+    """Every round's value of the figures that have a direction (better higher or lower),
+    for each variant and each process count of the scaling table."""
+    columns = list(cfg.cluster_variants) + [scaling_key(n) for n in cfg.scaling]
+    labels = [CLUSTER_LABELS[v] for v in cfg.cluster_variants] + [scaling_label(n) for n in cfg.scaling]
     lines = [
-        "| figure | " + " | ".join(f"{CLUSTER_LABELS[v]}, each round" for v in variants) + " |",
-        "| --- | " + " | ".join("---" for _ in variants) + " |",
+        "| figure | " + " | ".join(f"{label}, each round" for label in labels) + " |",
+        "| --- | " + " | ".join("---" for _ in columns) + " |",
     ]
-    for figure in CLUSTER_FIGURES:
-        if not figure.better:
+    seen = set()
+    for figure in CLUSTER_FIGURES + SCALING_FIGURES:
+        if not figure.better or figure.key in seen:
             continue
-        cells = [
-            " / ".join(figure.fmt.format(run[figure.key]) for run in results.get(v, []) if figure.key in run) or "–"
-            for v in variants
+        seen.add(figure.key)
+        row = [
+            " / ".join(figure.fmt.format(run[figure.key]) for run in results.get(c, []) if figure.key in run) or "–"
+            for c in columns
         ]
-        if any(cell != "–" for cell in cells):
-            lines.append(f"| {figure.label} | " + " | ".join(cells) + " |")
+        if any(cell != "–" for cell in row):
+            label = figure.label if figure.key != "us_workers" else "CPU µs per relayed msg: workers"
+            lines.append(f"| {label} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def scaling_table(cfg: Config, results: ClusterResults) -> str:
+    """Medians of every scaling figure for each process count, the speed-up over the fewest
+    processes and what random placement would make cross."""
+    columns = [scaling_key(n) for n in cfg.scaling]
+    lines = [
+        "| figure | " + " | ".join(scaling_label(n) for n in cfg.scaling) + " |",
+        "| --- | " + " | ".join("---:" for _ in columns) + " |",
+    ]
+    flagged = False
+    first = columns[0]
+    for figure in cluster_figures({c: results.get(c, []) for c in columns}, SCALING_FIGURES):
+        values = medians(results, columns, figure.key)
+        if all(value is None for value in values.values()):
+            continue
+        row, marked = cells(results, columns, figure)
+        flagged = flagged or marked
+        lines.append(f"| {figure.label} | " + " | ".join(row) + " |")
+        base = values[first]
+        if figure.key in ("relayed_per_s", "us_total") and base:
+            what = "speed-up" if figure.key == "relayed_per_s" else "CPU per relayed msg"
+            ratios = [f"{value / base:.2f}" if value is not None else "–" for value in values.values()]
+            lines.append(f"| {what} against {scaling_label(cfg.scaling[0])} | " + " | ".join(ratios) + " |")
+        if figure.key == "crossed_pct":
+            lines.append(
+                "| the same if sockets were spread evenly at random (%) | "
+                + " | ".join(f"{100 * (n - 1) / n:.0f}" for n in cfg.scaling)
+                + " |"
+            )
+    return "\n".join(lines + dagger_note(flagged))
+
+
+def targets_table(results: ClusterResults) -> str:
+    """The targets of the issue "A backplane that scales", each against the medians measured."""
+
+    def value(variant: str, key: str) -> float | None:
+        return median([run[key] for run in results.get(variant, []) if key in run])
+
+    single, alone, across = (value(v, "us_total") for v in ("single", "single_redis", "cluster"))
+    rows = []
+    if single and across is not None:
+        ratio = across / single
+        met = "yes" if ratio <= 2 else "no"
+        rows.append(
+            "| CPU per relayed msg when every message crosses two nodes (nodes + redis-server) / 1 node's "
+            f"| {across:.1f} / {single:.1f} µs = {ratio:.2f}× | at most 2× (moonshot 1.5×) | {met}"
+            f"{' (moonshot too)' if ratio <= 1.5 else ''} |"
+        )
+    if single and alone is not None:
+        rows.append(
+            "| CPU per relayed msg of a node on a backplane with no other node (node + redis-server) / 1 node's "
+            f"| {alone:.1f} / {single:.1f} µs = {alone / single:.2f}× | what one node costs (1×) | – |"
+        )
+    light_single, light_across = value("single", "light_rtt_p50_ms"), value("cluster", "light_rtt_p50_ms")
+    if light_single is not None and light_across is not None:
+        diff = light_across - light_single
+        rows.append(
+            "| light load round trip p50 across two nodes, minus 1 node's "
+            f"| {light_across:.2f} − {light_single:.2f} = {diff:+.2f} ms | within 1 ms | {'yes' if diff <= 1 else 'no'} |"
+        )
+    if not rows:
+        return ""
+    head = ["| target | measured (medians) | target | met |", "| --- | --- | --- | --- |"]
+    return "\n".join(head + rows)
 
 
 def cluster_layout_text(cfg: Config) -> str:
@@ -123,11 +241,17 @@ def cluster_layout_text(cfg: Config) -> str:
     cpus = cfg.cluster_cpus
     if cpus["node1"] is None:
         return "no CPU pinning"
-    return (
+    text = (
         f"pinned with taskset: the single node to CPU {cpus['single']}; across nodes node 1 to CPU {cpus['node1']} and "
         f"node 2 to CPU {cpus['node2']}; redis-server to CPU {cpus['redis']}; the load generator and the driver to "
         f"CPU {cpus['loadgen']} (layout `{cfg.layout}`)"
     )
+    if cfg.scaling and cfg.scaling_cpus:
+        text += (
+            f"; in the scaling table every process (the workers, redis-server, the load generator) may run on CPUs "
+            f"{','.join(str(c) for c in cfg.scaling_cpus)} (`taskset -c`), the kernel placing them"
+        )
+    return text
 
 
 def profile_areas_text(areas: dict[str, int]) -> str:
@@ -149,10 +273,32 @@ def profile_areas_text(areas: dict[str, int]) -> str:
 
 VARIANT_TEXT = {
     "single": "webrtc_app without a backplane, as in the table above",
-    "single_redis": "one webrtc_app node of a backplane, every pair on it (local delivery, plus the PUBLISH "
-    "that tells other nodes)",
+    "single_redis": "one webrtc_app node of a backplane with no other node, every pair on it (local delivery; "
+    "its sockets are in the directory in Redis, but it publishes nothing)",
     "cluster": "callers on node 1, callees on node 2, every message and acknowledgement through Redis",
 }
+
+
+def scaling_text(cfg: Config, results: ClusterResults) -> str:
+    """What the scaling table measured, and how it was checked."""
+    runs = [run for n in cfg.scaling for run in results.get(scaling_key(n), [])]
+    attempts = sum(int(run.get("probe_attempts", 0)) for run in runs)
+    unavailable = sum(int(run.get("probe_unavailable", 0)) for run in runs)
+    timeouts = sum(int(run.get("probe_timeouts", 0)) for run in runs)
+    counts = ", ".join(str(n) for n in cfg.scaling)
+    return (
+        f"**Scaling over worker processes** (`--scaling {','.join(str(n) for n in cfg.scaling)}`): one "
+        f"`webrtc_server.py start PORT --redis URL --processes N` for N = {counts} (N = 1 serves without forking), "
+        "its workers sharing one listening socket, and a redis-server of its own; the relay sizes above, every socket "
+        "connecting to the one port, so the kernel decides which worker gets it, and every message of a pair whose "
+        "two sockets landed on different workers crosses nodes. Where each socket is comes from the backplane's "
+        "directory in Redis. CPU is that of every worker, their parent and redis-server, from `/proc`. Checks: "
+        f"every pair probed first ({attempts:,} probes over {len(runs)} measurement(s), {unavailable} PEER-UNAVAILABLE "
+        f"notice(s) and {timeouts} silent probe(s)); then the load generator's (every message once, in order, no "
+        "notice), Redis's (no command failed, every worker a node of the backplane from start to end, no socket moved "
+        "in the directory) and the logs' (no worker lost Redis or restarted). The workers' `/metrics` are not read: "
+        "each is one worker's, and a scrape of the shared port reaches whichever worker accepts it."
+    )
 
 
 def cluster_report(
@@ -167,7 +313,7 @@ def cluster_report(
 ) -> str:
     """The block between the bench:cluster markers: command, machine, sizes, tables, profiles."""
     relay = cfg.relay
-    order = " ".join("ABC"[: len(cfg.cluster_variants)]) + " ..."
+    order = " ".join("ABCDEFGHIJ"[: len(cfg.cluster_variants) + len(cfg.scaling)]) + " ..."
     runs = results.get("cluster", [])
     attempts = sum(int(run.get("probe_attempts", 0)) for run in runs)
     unavailable = sum(int(run.get("probe_unavailable", 0)) for run in runs)
@@ -192,8 +338,14 @@ def cluster_report(
         "",
         f"Other processes on the machine (this machine is shared): at most {other_cpu:.0f}% of one core during a kept "
         f"measurement; {redone} measurement(s) redone because they used over {cfg.max_other_cpu:g}%.",
-        "",
-        cluster_table(cfg, results),
+    ]
+    targets = targets_table(results)
+    if targets:
+        lines += ["", "**The issue's targets** (medians of the table below):", "", targets]
+    lines += ["", cluster_table(cfg, results)]
+    if cfg.scaling:
+        lines += ["", scaling_text(cfg, results), "", scaling_table(cfg, results)]
+    lines += [
         "",
         "<details><summary>Each round</summary>",
         "",

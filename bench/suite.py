@@ -15,13 +15,14 @@ from typing import Any
 
 from bench import PROJECT_DIR, log
 from bench.cluster import measure_cluster
-from bench.config import CLUSTER_LABELS, CLUSTER_VARIANTS, LABELS, SERVERS, WORKLOADS, Config
+from bench.config import CLUSTER_LABELS, CLUSTER_VARIANTS, LABELS, SERVERS, WORKLOADS, Config, scaling_key, scaling_label
 from bench.docs import DOCS_FILE, write_cluster_docs, write_docs
 from bench.environment import tree_state, version_of
 from bench.profiling import run_cluster_profile, run_profile
 from bench.report import Results, profile_report, report
 from bench.report_cluster import ClusterResults, cluster_layout_text, cluster_report
 from bench.sampling import wait_for_quiet
+from bench.scaling import measure_scaling
 from bench.workloads import measure
 
 
@@ -113,6 +114,13 @@ def run_suite(
     return 0
 
 
+def shown_figures(figures: dict[str, float]) -> str:
+    """One measurement across nodes, for the progress log."""
+    return ", ".join(
+        f"{k} {v:,.2f}" for k, v in figures.items() if k not in ("relayed",) and not k.startswith(("probe_", "core"))
+    )
+
+
 def run_cluster_suite(
     cfg: Config,
     args: argparse.Namespace,
@@ -122,8 +130,9 @@ def run_cluster_suite(
     started: float,
     tree_before: str | None,
 ) -> int:
-    """--cluster: alternate rounds of the relay on one node, one node with Redis and two nodes
-    through Redis; medians; writes the bench:cluster block of docs/benchmarks.md."""
+    """--cluster: alternate rounds of the relay on one node, one node with Redis, two nodes
+    through Redis, and one server of 1, 2, 4 ... worker processes (--scaling); medians; writes
+    the bench:cluster block of docs/benchmarks.md."""
     for name in ("peer", "ws (inside peer)"):
         facts.pop(name, None)
     facts["redis-server"] = version_of([cfg.redis_server, "--version"]).split(" v=")[-1].split()[0]
@@ -143,10 +152,18 @@ def run_cluster_suite(
             redone += again
             results[variant].append(figures)
             other_cpu = max(other_cpu, figures["other_cpu_pct"])
-            shown = ", ".join(
-                f"{k} {v:,.2f}" for k, v in figures.items() if k not in ("relayed",) and not k.startswith(("probe_", "core"))
+            log(f"round {n} {CLUSTER_LABELS[variant]:17}: {shown_figures(figures)}")
+        for processes in cfg.scaling:
+            figures, again = measure_undisturbed(
+                cfg,
+                f"round {n} {scaling_label(processes)}",
+                f"r{n}p{processes}",
+                functools.partial(measure_scaling, cfg, processes),
             )
-            log(f"round {n} {CLUSTER_LABELS[variant]:17}: {shown}")
+            redone += again
+            results[scaling_key(processes)].append(figures)
+            other_cpu = max(other_cpu, figures["other_cpu_pct"])
+            log(f"round {n} {scaling_label(processes):17}: {shown_figures(figures)}")
     profile = None if args.no_profile else run_cluster_profile(cfg)
     check_tree(cfg, tree_before)
     elapsed = time.monotonic() - started
@@ -165,7 +182,7 @@ def run_cluster_suite(
     with open(os.path.join(cfg.out_dir, "results-cluster.md"), "w", encoding="utf-8") as handle:
         handle.write(results_md + "\n")
     print(results_md)
-    full = not cfg.quick and set(cfg.cluster_variants) == set(CLUSTER_VARIANTS)
+    full = not cfg.quick and set(cfg.cluster_variants) == set(CLUSTER_VARIANTS) and bool(cfg.scaling)
     if not args.no_docs and (full or args.write_docs):
         write_cluster_docs(results_md)
         log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)} (between the bench:cluster markers)")

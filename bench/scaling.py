@@ -1,0 +1,164 @@
+"""The scaling table (``--cluster``, ``--scaling 1,2,4``; docs/benchmarks.md "Across nodes"):
+the relay workload against one ``webrtc_server.py start PORT --redis URL --processes N``. Its
+N workers share one listening socket, so the kernel hands each connection to whichever worker
+accepts it first, and a pair's two sockets land on different workers about (N-1)/N of the
+time: every message of such a pair crosses nodes through Redis.
+
+Each worker is its own process and its own node, and a scrape of /metrics reaches whichever
+worker accepts it, so the per-node counters that the other variants check cannot be read
+here. What is checked instead: the load generator's own counts (every message arrived once,
+in order, at the right socket, and no notice after the probes), Redis's (no command failed;
+every worker stayed a node of the backplane, with the same sockets, from start to end), and
+the workers' logs (none lost Redis, none restarted). Where each socket is comes from the
+backplane's directory in Redis (one set of sockets per node).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import redis
+
+from bench import BenchError
+from bench.cluster import RelayRun, common_figures, drive_relay, redis_figures, start_redis, stop_redis
+from bench.config import REDIS_PREFIX, Config, scaling_label
+from bench.loadgen import LoadGen
+from bench.servers import Server, start_webrtc, stop_server
+
+from processes import RedisServer
+
+#: What each worker logs once it serves (at INFO): its pid and its node on the backplane.
+WORKER_LISTENING = re.compile(r"webrtc_app listening on \S+ \(pid (\d+), node (\w+)\)")
+#: Lines of a worker's log that say something went wrong while it served.
+TROUBLE = ("lost Redis", "not reachable", "restarting it", "Traceback")
+
+
+def start_server(cfg: Config, processes: int, tag: str, redis_server: RedisServer) -> Server:
+    """``webrtc_server.py start PORT --redis URL --processes N`` on every CPU (not pinned to
+    one), at log level info so that each worker says its pid and node: the parent process
+    (the only one for N = 1)."""
+    args = ("--processes", str(processes)) if processes > 1 else ()
+    return start_webrtc(cfg, tag, cfg.scaling_cpus, redis_server.url, args, log_level="info")
+
+
+def wait_for_workers(cfg: Config, server: Server, processes: int, redis_server: RedisServer) -> list[int]:
+    """The workers' pids, once every worker serves and is a node of the backplane."""
+    deadline = time.monotonic() + cfg.start_timeout
+    workers: dict[int, str] = {}
+    with redis_server.client() as client:
+        while time.monotonic() < deadline:
+            server.check_alive()
+            workers = {int(pid): node for pid, node in WORKER_LISTENING.findall(server.process.output())}
+            if len(workers) >= processes and set(client.smembers(f"{REDIS_PREFIX}nodes")) >= set(workers.values()):
+                break
+            time.sleep(0.05)
+        else:
+            raise BenchError(f"{len(workers)} of {processes} workers serving after {cfg.start_timeout:g} s")
+    if len(workers) != processes:
+        raise BenchError(f"{len(workers)} workers said they were listening, expected {processes} (one restarted?)")
+    return list(workers)
+
+
+def placement(client: redis.Redis) -> dict[str, str]:
+    """Which node holds each socket, from the backplane's directory: id -> the node's key."""
+    where: dict[str, str] = {}
+    for key in client.scan_iter(match=f"{REDIS_PREFIX}node-sessions:*", count=1000):
+        for member in client.smembers(key):  # "<id>\0<session>" (the client decodes replies to str)
+            where[str(member).split("\0", 1)[0]] = str(key)
+    return where
+
+
+def run_scaled_relay(
+    cfg: Config, server: Server, workers: list[int], redis_server: RedisServer, tag: str, args: dict[str, Any]
+) -> RelayRun:
+    """The relay workload through the shared port, every pair probed first (callers and
+    callees alike connect to that one port), the CPU of every worker, of the parent and of
+    redis-server counted; answers the run, with the sockets' placement read at "ready" and
+    at "measured"."""
+    pids = {f"worker{n}": pid for n, pid in enumerate(workers, 1)}
+    if server.pid not in workers:
+        pids["parent"] = server.pid  # it only waits for its workers, but it is part of the server
+    pids["redis"] = redis_server.pid
+    lg = LoadGen(cfg, server, "relay", {**args, "tag": tag, "url2": server.ws_url}, tag, cfg.scaling_cpus)
+    with redis_server.client() as client:
+        return drive_relay(cfg, lg, pids, redis_server, probe=True, read=lambda: placement(client))
+
+
+def scaling_figures(run: RelayRun, processes: int, tag: str) -> dict[str, float]:
+    """The figures of one scaling measurement (docs/benchmarks.md, "Across nodes")."""
+    relayed = run.result["relayed"]
+    pairs = run.result["pairs"]
+    where, after = run.readings["ready"], run.readings["measured"]
+    if where != after:
+        raise BenchError("the backplane's directory changed during the measurement: sockets moved or were forgotten")
+    missing = [f"{tag}r{side}{i}" for i in range(pairs) for side in "ab" if f"{tag}r{side}{i}" not in where]
+    if missing:
+        raise BenchError(f"{len(missing)} sockets missing from the backplane's directory, such as {missing[0]!r}")
+    crossing = sum(1 for i in range(pairs) if where[f"{tag}ra{i}"] != where[f"{tag}rb{i}"])
+    per_node = [list(where.values()).count(node) for node in set(where.values())]
+    per_node += [0] * (processes - len(per_node))  # a worker that got no socket has no set
+    roles = [role for role in run.pids if role.startswith("worker") or role == "parent"]
+    worker_pcts = [run.use[f"{role}_cpu_pct"] for role in run.pids if role.startswith("worker")]
+    figures = common_figures(run)
+    figures.update(
+        {
+            "us_workers": sum(1e6 * run.work[f"{role}_cpu_s"] / relayed for role in roles),
+            "workers_cpu_pct": sum(run.use[f"{role}_cpu_pct"] for role in roles),
+            "worker_cpu_pct_max": max(worker_pcts),
+            "worker_cpu_pct_min": min(worker_pcts),
+            "sockets_max": max(per_node),
+            "sockets_min": min(per_node),
+            "crossed_pct": 100 * crossing / pairs,
+            "probe_attempts": run.probed["attempts"],
+            "probe_unavailable": run.probed["unavailable"],
+            "probe_timeouts": run.probed["timeouts"],
+        }
+    )
+    figures.update(redis_figures(run))
+    if run.redis is not None:
+        if run.redis["failed"]:
+            raise BenchError(f"{run.redis['failed']} Redis commands failed or were rejected during the measurement")
+        # Every message of a pair split over two workers crosses: how many of them one SPUBLISH carried.
+        figures["msgs_per_publish"] = crossing * 2 * run.result["data_messages"] / pairs / max(1, run.redis["publish"])
+    return figures
+
+
+def measure_scaling(cfg: Config, processes: int, tag: str) -> dict[str, float]:
+    """One scaling measurement: a fresh redis-server and a fresh webrtc_app --processes N,
+    stopped afterwards (the server first), their logs checked."""
+    redis_server = start_redis(cfg, tag, cfg.scaling_cpus)
+    server: Server | None = None
+    finished = False
+    try:
+        server = start_server(cfg, processes, tag, redis_server)
+        workers = wait_for_workers(cfg, server, processes, redis_server)
+        run = run_scaled_relay(cfg, server, workers, redis_server, tag, cfg.relay)
+        with redis_server.client() as client:
+            nodes = client.scard(f"{REDIS_PREFIX}nodes")
+        if nodes != processes:
+            raise BenchError(f"{nodes} nodes on the backplane after the measurement, expected {processes}")
+        before_stop = server.process.output()
+        trouble = [line for line in before_stop.splitlines() if any(word in line for word in TROUBLE)]
+        if trouble:
+            raise BenchError("a worker logged trouble during the run:\n" + "\n".join(trouble[-20:]))
+        figures = scaling_figures(run, processes, tag)
+        finished = True
+        return figures
+    except (BenchError, redis.RedisError) as exc:
+        tail = f"\nend of {server.log_path}:\n{server.log_tail()}" if server else ""
+        raise BenchError(
+            f"relay, {scaling_label(processes)} ({tag}): {exc}{tail}\nredis-server, end of {redis_server.log_path}:\n"
+            f"{redis_server.log_tail(10)}"
+        ) from None
+    finally:
+        if server:
+            if finished:
+                stop_server(server)
+            else:
+                server.process.stop(timeout=10)
+        if finished:
+            stop_redis(redis_server)
+        else:
+            redis_server.stop()
