@@ -68,6 +68,10 @@ SCALING_FIGURES = [
     ClusterFigure("us_workers", "CPU µs per relayed msg: workers (all of them, and their parent)", "{:.1f}", "lower"),
     ClusterFigure("us_redis", "CPU µs per relayed msg: redis-server", "{:.1f}", "lower"),
     ClusterFigure("us_total", "CPU µs per relayed msg: total (workers + redis-server)", "{:.1f}", "lower"),
+    ClusterFigure("us_loadgen", "CPU µs per relayed msg: load generator", "{:.1f}", ""),
+    ClusterFigure(
+        "ceiling_per_s", "what the CPUs could relay at these costs (CPUs × 10⁶ / (total + load generator µs))", "{:,.0f}", ""
+    ),
     ClusterFigure("workers_cpu_pct", "workers CPU, all together (% of one core)", "{:.0f}", ""),
     ClusterFigure("worker_cpu_pct_max", "busiest worker CPU (% of one core)", "{:.0f}", ""),
     ClusterFigure("worker_cpu_pct_min", "least busy worker CPU (% of one core)", "{:.0f}", ""),
@@ -290,9 +294,10 @@ def scaling_text(cfg: Config, results: ClusterResults) -> str:
         f"**Scaling over worker processes** (`--scaling {','.join(str(n) for n in cfg.scaling)}`): one "
         f"`webrtc_server.py start PORT --redis URL --processes N` for N = {counts} (N = 1 serves without forking), "
         "its workers sharing one listening socket, and a redis-server of its own; the relay sizes above, every socket "
-        "connecting to the one port, so the kernel decides which worker gets it, and every message of a pair whose "
-        "two sockets landed on different workers crosses nodes. Where each socket is comes from the backplane's "
-        "directory in Redis. CPU is that of every worker, their parent and redis-server, from `/proc`. Checks: "
+        "connecting to the one port, one handshake at a time (the callees', then the callers'), so the kernel decides "
+        "which worker gets each, and every message of a pair whose two sockets landed on different workers crosses "
+        "nodes. Where each socket is comes from the backplane's directory in Redis. CPU is that of every worker, their "
+        "parent, redis-server and the load generator, from `/proc`; all of them share the CPUs. Checks: "
         f"every pair probed first ({attempts:,} probes over {len(runs)} measurement(s), {unavailable} PEER-UNAVAILABLE "
         f"notice(s) and {timeouts} silent probe(s)); then the load generator's (every message once, in order, no "
         "notice), Redis's (no command failed, every worker a node of the backplane from start to end, no socket moved "

@@ -15,6 +15,7 @@ backplane's directory in Redis (one set of sockets per node).
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from typing import Any
@@ -81,13 +82,19 @@ def run_scaled_relay(
     if server.pid not in workers:
         pids["parent"] = server.pid  # it only waits for its workers, but it is part of the server
     pids["redis"] = redis_server.pid
-    lg = LoadGen(cfg, server, "relay", {**args, "tag": tag, "url2": server.ws_url}, tag, cfg.scaling_cpus)
+    # One handshake at a time, as independent clients arrive: the worker that wakes first accepts
+    # every connection waiting (Tornado's accept loop drains the backlog), so with 50 at once
+    # the callers' burst and the callees' burst each went to one worker, and nearly all or
+    # nearly none of the messages crossed, from run to run.
+    lg_args = {**args, "tag": tag, "url2": server.ws_url, "open-concurrency": 1}
+    lg = LoadGen(cfg, server, "relay", lg_args, tag, cfg.scaling_cpus)
     with redis_server.client() as client:
         return drive_relay(cfg, lg, pids, redis_server, probe=True, read=lambda: placement(client))
 
 
-def scaling_figures(run: RelayRun, processes: int, tag: str) -> dict[str, float]:
-    """The figures of one scaling measurement (docs/benchmarks.md, "Across nodes")."""
+def scaling_figures(run: RelayRun, processes: int, tag: str, cpus: int) -> dict[str, float]:
+    """The figures of one scaling measurement (docs/benchmarks.md, "Across nodes"), on a
+    machine of ``cpus`` CPUs."""
     relayed = run.result["relayed"]
     pairs = run.result["pairs"]
     where, after = run.readings["ready"], run.readings["measured"]
@@ -105,6 +112,8 @@ def scaling_figures(run: RelayRun, processes: int, tag: str) -> dict[str, float]
     figures.update(
         {
             "us_workers": sum(1e6 * run.work[f"{role}_cpu_s"] / relayed for role in roles),
+            # Every process here shares the same CPUs: the load generator's cost bounds the rate too.
+            "us_loadgen": 1e6 * run.work["loadgen_cpu_s"] / relayed,
             "workers_cpu_pct": sum(run.use[f"{role}_cpu_pct"] for role in roles),
             "worker_cpu_pct_max": max(worker_pcts),
             "worker_cpu_pct_min": min(worker_pcts),
@@ -117,6 +126,8 @@ def scaling_figures(run: RelayRun, processes: int, tag: str) -> dict[str, float]
         }
     )
     figures.update(redis_figures(run))
+    # What these CPUs could relay at most at these costs (server, Redis and load generator).
+    figures["ceiling_per_s"] = cpus * 1e6 / (figures["us_total"] + figures["us_loadgen"])
     if run.redis is not None:
         if run.redis["failed"]:
             raise BenchError(f"{run.redis['failed']} Redis commands failed or were rejected during the measurement")
@@ -143,7 +154,7 @@ def measure_scaling(cfg: Config, processes: int, tag: str) -> dict[str, float]:
         trouble = [line for line in before_stop.splitlines() if any(word in line for word in TROUBLE)]
         if trouble:
             raise BenchError("a worker logged trouble during the run:\n" + "\n".join(trouble[-20:]))
-        figures = scaling_figures(run, processes, tag)
+        figures = scaling_figures(run, processes, tag, len(cfg.scaling_cpus or os.sched_getaffinity(0)))
         finished = True
         return figures
     except (BenchError, redis.RedisError) as exc:
