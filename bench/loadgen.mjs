@@ -11,9 +11,10 @@
 // Across nodes (webrtc_app's Redis backplane): `--workload relay --url2 ws://127.0.0.1:PORT2`
 // connects the callers to --url and the callees to --url2, so every message and every
 // acknowledgement goes from one node to the other through Redis. Before the warm-up it then
-// probes every pair until a message gets through both ways (a node makes a socket reachable
-// from the others a little after the client sees its handshake complete) and prints
-// `EVENT {"event": "probed", ...}`; from then on any PEER-UNAVAILABLE notice fails the run.
+// probes every pair until a message gets through both ways (the first probe should: the
+// probes check it) and prints `EVENT {"event": "probed", ...}`; from then on any
+// PEER-UNAVAILABLE notice fails the run. --url2 may be --url itself (one server of several
+// worker processes on one port): the kernel then decides where each socket lands.
 //
 // It needs the `ws` package: set BENCH_NODE_MODULES to the node_modules folder holding it
 // (bench/run.py installs it into a temporary folder), or run it where `ws` resolves.

@@ -100,10 +100,10 @@ export async function relay() {
 }
 
 /**
- * Across nodes: make sure every pair delivers both ways before anything is measured. A node
- * answers the WebSocket handshake before the socket is reachable from the other nodes (its
- * open() waits for Redis to confirm the subscription, which the client cannot see), so a
- * caller's first message may find its callee not yet reachable and get PEER-UNAVAILABLE back.
+ * Across nodes: make sure every pair delivers both ways before anything is measured. The
+ * backplane makes a socket ready only once every node that mirrors its id knows it, so the
+ * first probe should get through; probing checks that instead of assuming it (a caller's
+ * first message finding its callee not yet reachable would get PEER-UNAVAILABLE back).
  * Each caller sends {"type":"probe","n":k} until the callee's {"type":"probe-ack","n":k}
  * arrives (the callee's answer proves the way back too), retrying after a notice or 1 s of
  * silence, `probe-tries` times at most. Answers the counts; the notices seen here are
