@@ -49,6 +49,10 @@ STATIC_DIR = os.path.join(PROJECT_DIR, "static")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 20_000
+#: Connections the kernel queues before the server accepts them (Tornado's default is 128;
+#: the kernel caps it at net.core.somaxconn). Thousands of pages reconnecting after a restart
+#: arrive within a second or two: a short queue drops their SYNs, and each waits a second.
+LISTEN_BACKLOG = 4096
 
 log = logging.getLogger("webrtc_app")
 access_log = logging.getLogger("tornado.access")
@@ -334,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Workers each listen on a socket of their own (SO_REUSEPORT), so that the kernel
         # spreads connections over them instead of handing bursts to whichever wakes first.
-        sockets = bind_sockets(port, address=host or None, reuse_port=config.PROCESSES > 1)
+        sockets = bind_sockets(port, address=host or None, reuse_port=config.PROCESSES > 1, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         # Port in use, address not available, ...: one line, not a traceback.
         parser.exit(1, f"{parser.prog}: error: cannot listen on {host or '*'}:{port}: {exc.strerror or exc}\n")
@@ -375,7 +379,7 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             stop_with_parent(parent)
             try:
-                own = bind_sockets(port, address=host or None, reuse_port=True)
+                own = bind_sockets(port, address=host or None, reuse_port=True, backlog=LISTEN_BACKLOG)
                 for inherited in sockets:
                     inherited.close()
                 asyncio.run(serve(config, own, host))
