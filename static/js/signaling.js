@@ -1,8 +1,9 @@
 // The signaling socket: JSON text frames to and from the server, reconnecting by itself.
 
+import { RECONNECT, reconnectDelay } from "./backoff.js";
+
 // Refusals that retrying cannot fix: bad ids, forbidden, too many sockets for this id.
 const FINAL_CODES = new Set([4400, 4403, 4429]);
-const MAX_RETRY_DELAY_MS = 10000;
 
 // Events: "open"; "message" (detail: the parsed message); "notice" (detail: the server
 // notice's text, e.g. "PEER-UNAVAILABLE"); "close" (detail: {code, reason, retryInMs}).
@@ -11,7 +12,8 @@ export class Signaling extends EventTarget {
     super();
     this.path = path;
     this.socket = null;
-    this.retryDelay = 1000;
+    this.attempt = 0; // reconnections since the last socket that stayed open a while
+    this.openedAt = 0;
     this.retryTimer = null;
     this.stopped = false;
   }
@@ -27,22 +29,27 @@ export class Signaling extends EventTarget {
 
   connect() {
     clearTimeout(this.retryTimer);
+    this.retryTimer = null;
     const socket = new WebSocket(this.url);
     this.socket = socket;
     socket.addEventListener("open", () => {
-      this.retryDelay = 1000;
+      // Not a success yet: a full server accepts, then closes with 1013 at once.
+      this.openedAt = performance.now();
       this.dispatchEvent(new Event("open"));
     });
     socket.addEventListener("message", (event) => this.onFrame(event.data));
     socket.addEventListener("close", (event) => {
       if (socket !== this.socket) return; // an older socket, replaced by reconnect()
       const retry = !this.stopped && !FINAL_CODES.has(event.code);
-      const retryInMs = retry ? this.retryDelay : null;
-      this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code, reason: event.reason, retryInMs } }));
+      let retryInMs = null;
       if (retry) {
-        this.retryTimer = setTimeout(() => this.connect(), this.retryDelay);
-        this.retryDelay = Math.min(this.retryDelay * 2, MAX_RETRY_DELAY_MS);
+        if (this.openedAt && performance.now() - this.openedAt >= RECONNECT.stableMs) this.attempt = 0;
+        retryInMs = reconnectDelay(this.attempt, { closeCode: event.code });
+        this.attempt += 1;
+        this.retryTimer = setTimeout(() => this.connect(), retryInMs);
       }
+      this.openedAt = 0;
+      this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code, reason: event.reason, retryInMs } }));
     });
   }
 
@@ -52,6 +59,16 @@ export class Signaling extends EventTarget {
     const old = this.socket;
     this.connect();
     if (old) old.close(1000);
+  }
+
+  // A fresh socket, resolved when it is open. After a network change the old one may be dead
+  // without knowing it (TCP can take minutes to tell, and WebSocket has no heartbeat of its
+  // own), so a call that lost its path asks for this before it renegotiates. A socket that is
+  // still connecting, or waiting for its backoff, is left alone: the backoff still holds.
+  reopen() {
+    const opened = new Promise((resolve) => this.addEventListener("open", () => resolve(), { once: true }));
+    if (!this.stopped && this.isOpen) this.reconnect();
+    return opened;
   }
 
   onFrame(data) {
