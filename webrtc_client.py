@@ -9,6 +9,11 @@ browser or each other:
 It sends a test video track (moving colour bars), counts the frames it receives (or records
 them with --record FILE), and answers every chat line on the ``chat`` data channel with
 "echo: <text>" (but never an echo). Requirements: ``pip install -r peer-requirements.txt``.
+
+It reconnects the signaling socket with the pages' policy (jittered exponential backoff, longer
+after 1013 SERVER-FULL or an HTTP 503's Retry-After) and stops on 4400/4403/4429. aiortc cannot
+restart ICE, so when a call's path breaks (the peer sends an ICE-restart offer, or the
+connection fails) it replaces the connection with a new one, as the pages' Restart call does.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import email.utils
 import json
 import logging
+import random
+import re
 import time
 import urllib.request
 import uuid
@@ -44,6 +52,52 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 log = logging.getLogger("webrtc_client")
 
 ChatReply = Callable[[str], "str | None | Awaitable[str | None]"]
+
+# Reconnection policy: the same numbers as static/js/backoff.js (a test checks they agree).
+RECONNECT_BASE = 1.0  # the first retry waits up to this long (seconds)
+RECONNECT_CAP = 30.0  # the random part never exceeds this
+RECONNECT_FLOOR = 0.25  # the least wait
+RECONNECT_SERVER_FULL = 5.0  # the least wait after 1013 SERVER-FULL (or a 503 without Retry-After)
+RECONNECT_STABLE = 10.0  # a socket open this long was a success: the next drop starts over
+RETRY_AFTER_MAX = 600.0  # a longer Retry-After is taken as this
+TRY_AGAIN_LATER = 1013
+# Refusals that retrying cannot fix (docs/protocol.md), as the pages stop on them too.
+FINAL_CLOSE_CODES = {4400: "BAD-REQUEST", 4403: "FORBIDDEN", 4429: "TOO-MANY-SOCKETS"}
+# How long a recovery waits for the signaling socket to come back before it goes on anyway.
+REOPEN_TIMEOUT = 15.0
+
+
+def reconnect_delay(attempt: int, floor: float = RECONNECT_FLOOR, rand: Callable[[], float] = random.random) -> float:
+    """Seconds to wait before reconnection number ``attempt`` (0 for the first retry).
+
+    "Full jitter": ``floor`` plus a random part in [0, min(cap, base * 2**attempt)], so that
+    clients dropped together do not come back together.
+    """
+    ceiling = min(RECONNECT_CAP, RECONNECT_BASE * 2 ** min(max(0, attempt), 30))
+    return floor + rand() * ceiling
+
+
+def retry_after(error: InvalidStatus) -> float | None:
+    """The wait a refused handshake asks for (``Retry-After``: seconds or an HTTP date), if any."""
+    value = error.response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX)
+
+
+class SignalingRefused(ValueError):
+    """The server refused this socket for good (4400 BAD-REQUEST, 4403 FORBIDDEN, 4429)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"the server refused the socket: {code} {reason or FINAL_CLOSE_CODES[code]}")
+        self.code, self.reason = code, reason
 
 
 ECHO_PREFIX = "echo: "
@@ -130,39 +184,80 @@ class PythonPeer:
         self.recorder: MediaRecorder | None = None
         self.connected = asyncio.Event()
         self.stopped = asyncio.Event()
+        self.signaling_open = asyncio.Event()
         self.frames_received = 0
+        self.recoveries = 0  # connections replaced after the path broke
         self.chat_received: list[str] = []
         self.notices: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._making_offer = False
         self._peer_session: str | None = None
+        self._started_by_us = False  # the current call came from our start-call (restart)
+        self._reopen_now = False
         if loopback:
             allow_loopback_candidates()
 
     # --- signaling ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Stay connected to the server until stop(), reconnecting after a drop."""
-        delay = 0.5
+        """Stay connected to the server until stop(), reconnecting after a drop.
+
+        Raises SignalingRefused when the server refuses the socket for good.
+        """
+        attempt = 0
         while not self.stopped.is_set():
+            floor, opened_at, why = RECONNECT_FLOOR, 0.0, ""
             try:
                 async with connect(self.url, open_timeout=10) as ws:
-                    self.ws = ws
-                    delay = 0.5
+                    self.ws, opened_at = ws, time.monotonic()
+                    self.signaling_open.set()
                     await self._send({"type": "username", "date": _now_ms()})
                     async for frame in ws:
                         if isinstance(frame, str):
                             await self._on_frame(frame)
-            except (TimeoutError, OSError, ConnectionClosed, InvalidStatus) as error:
-                if isinstance(error, ConnectionClosed) and error.rcvd and error.rcvd.code == 4400:
-                    raise ValueError(f"the server refused the ids: {error.rcvd.reason}") from None
-                log.info("signaling lost (%s); reconnecting in %.1f s", error, delay)
+                code, why = ws.close_code, f"closed {ws.close_code} {ws.close_reason or ''}".strip()
+            except ConnectionClosed as error:
+                code, why = (error.rcvd.code if error.rcvd else None), str(error)
+            except InvalidStatus as error:
+                code, why = None, str(error)
+                if error.response.status_code == 503:  # the server is at its limit: wait as told
+                    floor = retry_after(error) or RECONNECT_SERVER_FULL
+            except (TimeoutError, OSError) as error:
+                code, why = None, str(error) or type(error).__name__
             finally:
                 self.ws = None
+                self.signaling_open.clear()
+            if code in FINAL_CLOSE_CODES:
+                raise SignalingRefused(code, why)
+            if code == TRY_AGAIN_LATER:
+                floor = RECONNECT_SERVER_FULL
+            if opened_at and time.monotonic() - opened_at >= RECONNECT_STABLE:
+                attempt = 0
+            if self._reopen_now:  # we dropped it ourselves (a recovery): come back at once
+                self._reopen_now, delay = False, 0.0
+            else:
+                delay, attempt = reconnect_delay(attempt, floor), attempt + 1
             if not self.stopped.is_set():
+                log.info("signaling lost (%s); reconnecting in %.1f s", why, delay)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self.stopped.wait(), delay)
-                delay = min(delay * 2, 10)
+
+    async def _reopen_signaling(self) -> None:
+        """Drop the signaling socket and wait (bounded) for a new one.
+
+        After a network change the old socket may be dead without knowing it (TCP can take
+        minutes to tell): a recovery must not send its offer into it.
+        """
+        ws = self.ws
+        if ws is not None:
+            self._reopen_now = True
+            ws.transport.abort()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wait_reopened(ws), REOPEN_TIMEOUT)
+
+    async def _wait_reopened(self, old: ClientConnection | None) -> None:
+        while self.ws is None or self.ws is old:
+            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         self.stopped.set()
@@ -199,7 +294,9 @@ class PythonPeer:
                 await self._new_call(session)
                 await self._offer()
         elif kind == "start-call":
-            await self._close_call()
+            # Both sides restarted at once: the impolite one keeps its own new call.
+            if not (self._started_by_us and not self.polite):
+                await self._close_call()
         elif kind == "video-offer":
             await self._on_offer(message, session)
         elif kind == "video-answer":
@@ -241,11 +338,32 @@ class PythonPeer:
         def on_state() -> None:
             log.info("connection %s", pc.connectionState)
             if pc.connectionState == "connected":
+                self._started_by_us = False
+                pc.was_connected = True  # type: ignore[attr-defined]
                 self.connected.set()
             elif pc.connectionState in ("failed", "closed"):
                 self.connected.clear()
+                if pc is self.pc and pc.connectionState == "failed" and getattr(pc, "was_connected", False):
+                    self._spawn(self._recover("the connection failed", reopen=True))
 
         return pc
+
+    async def _recover(self, why: str, reopen: bool) -> None:
+        """Replace a call whose path broke by a new connection (aiortc cannot restart ICE)."""
+        if self.stopped.is_set():
+            return
+        self.recoveries += 1
+        log.info("recovering: %s; making a new connection", why)
+        if reopen:
+            await self._reopen_signaling()
+        await self._restart_call()
+
+    async def _restart_call(self) -> None:
+        """What the pages' Restart call does: start-call, then a fresh offer."""
+        await self._send({"type": "start-call", "date": _now_ms()})
+        await self._new_call(None)
+        self._started_by_us = True
+        await self._offer()
 
     async def _offer(self) -> None:
         pc = self.pc
@@ -260,6 +378,10 @@ class PythonPeer:
             self._making_offer = False
 
     async def _on_offer(self, message: dict[str, Any], session: str | None) -> None:
+        if self.pc is not None and self._is_current(session) and _is_ice_restart(self.pc, message["sdp"].get("sdp", "")):
+            # The peer lost its path and restarts ICE, which aiortc cannot: a new connection.
+            await self._recover("the peer restarts ICE", reopen=False)
+            return
         collision = self.pc is not None and (self._making_offer or self.pc.signalingState != "stable")
         if collision and not self.polite:
             return  # the polite side gives way
@@ -336,6 +458,19 @@ class PythonPeer:
         task.add_done_callback(self._tasks.discard)
 
 
+def _ice_ufrags(sdp: str) -> set[str]:
+    return set(re.findall(r"^a=ice-ufrag:(\S+)", sdp, re.M))
+
+
+def _is_ice_restart(pc: RTCPeerConnection, offer_sdp: str) -> bool:
+    """Whether an offer changes the ICE credentials of the connection it renegotiates."""
+    current = pc.remoteDescription
+    if current is None:
+        return False
+    before, after = _ice_ufrags(current.sdp), _ice_ufrags(offer_sdp)
+    return bool(before and after and before != after)
+
+
 def _description(pc: RTCPeerConnection) -> dict[str, str]:
     return {"type": pc.localDescription.type, "sdp": pc.localDescription.sdp}
 
@@ -344,16 +479,17 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def fetch_ice_servers(server: str, token: str, ice_url: str = "/ice_servers") -> list[dict[str, Any]]:
-    """POST ``token`` to the server's ICE endpoint, as a page does."""
+def fetch_ice_servers(server: str, token: str, ice_url: str = "/ice_servers", my_id: str = "") -> list[dict[str, Any]]:
+    """POST ``token`` to the server's ICE endpoint, as a page does (``my_id`` names us in TURN credentials)."""
     http = server.replace("ws://", "http://", 1).replace("wss://", "https://", 1).rstrip("/")
-    request = urllib.request.Request(f"{http}{ice_url}", data=token.encode(), method="POST")
+    query = f"?{urlencode({'id': my_id})}" if my_id else ""
+    request = urllib.request.Request(f"{http}{ice_url}{query}", data=token.encode(), method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.load(response)
 
 
 async def _main(args: argparse.Namespace) -> None:
-    ice_servers = fetch_ice_servers(args.server, args.ice_token) if args.ice_token else []
+    ice_servers = fetch_ice_servers(args.server, args.ice_token, my_id=args.id) if args.ice_token else []
     peer = PythonPeer(
         args.server,
         args.id,
@@ -366,13 +502,15 @@ async def _main(args: argparse.Namespace) -> None:
     runner = asyncio.ensure_future(peer.run())
     try:
         while not runner.done():
-            await asyncio.sleep(5)
+            await asyncio.wait([runner], timeout=args.report_every)
             log.info(
-                "connected=%s frames received=%d chat lines=%d",
+                "connected=%s frames received=%d chat lines=%d recoveries=%d",
                 peer.connected.is_set(),
                 peer.frames_received,
                 len(peer.chat_received),
+                peer.recoveries,
             )
+        runner.result()  # a refusal (SignalingRefused) ends the program with its message
     finally:
         await peer.stop()
         await runner
@@ -387,6 +525,7 @@ def main() -> None:
     parser.add_argument("--ice-token", help="token for the ICE endpoint (else no STUN/TURN)")
     parser.add_argument("--record", metavar="FILE", help="record the received video (e.g. call.mp4)")
     parser.add_argument("--no-echo", action="store_true", help="do not answer chat lines")
+    parser.add_argument("--report-every", type=float, default=5.0, metavar="SECONDS", help="log a status line this often")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with contextlib.suppress(KeyboardInterrupt):
