@@ -1,20 +1,51 @@
-// One peer connection with the peer: media, the "chat" data channel, and perfect
-// negotiation (either side may start; the polite side yields when offers collide).
+// One peer connection with the peer: media, the "chat" data channel, perfect negotiation
+// (either side may start; the polite side yields when offers collide), and recovery: when the
+// network path breaks, the call restarts ICE by itself instead of ending.
+
+// How a call recovers from a network change (docs/protocol.md, "Network changes").
+export const RECOVERY = Object.freeze({
+  stallMs: 2000, // no media packet for this long: restart ICE (browsers take ~5 s to say "disconnected")
+  disconnectedGraceMs: 2000, // "disconnected" may heal by itself; this long, and we restart ICE
+  restartTimeoutMs: 5000, // a restart not healthy by then is tried again...
+  maxRestarts: 2, // ...this many times in all; then the call gives up ("gave-up": main.js replaces it)
+  connectTimeoutMs: 30000, // a call that never connected is given up after this (from its first answer)
+});
+
+// TURN answers that mean "your credentials are wrong or expired" (RFC 8489/8656).
+const TURN_AUTH_ERRORS = new Set([401, 403, 437, 441]);
+
+const isTurnUrl = (url) => /^turns?:/i.test(url);
 
 // Events: "state" (detail: RTCPeerConnection.connectionState), "track" (detail: the remote
-// MediaStream), "chat" (detail: a chat message), "channel" (detail: "open" | "closed").
+// MediaStream), "chat" (detail: a chat message), "channel" (detail: "open" | "closed"),
+// "stalled" (no media for RECOVERY.stallMs), "recovering" (detail: {attempt}), "failed"
+// (detail: {reason}, see diagnose()),
+// "turn-error" (detail: {code, url, text}: a TURN server refused our credentials).
 export class Call extends EventTarget {
-  constructor({ myId, peerId, iceServers, localStream, polite, send, preferences }) {
+  constructor({ myId, peerId, iceServers, localStream, polite, send, preferences, beforeRestart }) {
     super();
     this.myId = myId;
     this.peerId = peerId;
     this.send = send; // (message) => boolean: through the signaling socket
+    this.beforeRestart = beforeRestart || (() => Promise.resolve()); // e.g. reopen the signaling socket
     this.polite = polite;
     this.makingOffer = false;
     this.ignoreOffer = false;
     this.preferences = preferences;
     this.queue = Promise.resolve(); // signaling messages are handled one at a time
     this.remoteStream = new MediaStream();
+    this.iceServers = iceServers;
+    this.everConnected = false;
+    this.restarts = 0; // ICE restarts since the path broke
+    this.recoveries = 0; // times this call started to recover (for the console and the tests)
+    this.iceRestarts = 0; // ICE restarts it asked for
+    this.stalled = false; // connected, but no media arrives
+    this.media = { packets: 0, at: 0, flowing: false }; // what the stall watchdog saw last
+    this.gatheredRelay = false; // did a TURN server give us a relay candidate?
+    this.turnRefused = false;
+    this.timers = {};
+    this.closed = false;
+    this.givenUp = false; // failed for good: the next call from the peer replaces this one
 
     const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
@@ -33,17 +64,18 @@ export class Call extends EventTarget {
     this.channel.addEventListener("message", (event) => this.onChannelMessage(event.data));
 
     pc.addEventListener("track", ({ track }) => {
-      this.remoteStream.addTrack(track);
+      if (!this.remoteStream.getTracks().includes(track)) this.remoteStream.addTrack(track);
       this.dispatchEvent(new CustomEvent("track", { detail: this.remoteStream }));
     });
     pc.addEventListener("icecandidate", ({ candidate }) => {
-      if (candidate) this.signal({ type: "new-ice-candidate", candidate: candidate.toJSON() });
+      if (!candidate) return;
+      if (candidate.type === "relay") this.gatheredRelay = true;
+      this.signal({ type: "new-ice-candidate", candidate: candidate.toJSON() });
     });
-    pc.addEventListener("connectionstatechange", () => {
-      this.dispatchEvent(new CustomEvent("state", { detail: pc.connectionState }));
-      if (pc.connectionState === "connected") this.applyBandwidth();
-    });
+    pc.addEventListener("icecandidateerror", (event) => this.onCandidateError(event));
+    pc.addEventListener("connectionstatechange", () => this.onConnectionState());
     pc.addEventListener("negotiationneeded", () => this.offer());
+    this.watchdog = setInterval(() => this.checkMedia(), 1000);
   }
 
   signal(message) {
@@ -74,6 +106,8 @@ export class Call extends EventTarget {
     if (pc.signalingState === "closed") return;
     if (message.type === "video-offer" || message.type === "video-answer") {
       const description = message.sdp;
+      // An answer to an offer we have since rolled back (a restart that was retried): stale.
+      if (description.type === "answer" && pc.signalingState !== "have-local-offer") return;
       const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
       this.ignoreOffer = !this.polite && collision;
       if (this.ignoreOffer) return;
@@ -82,6 +116,7 @@ export class Call extends EventTarget {
         await pc.setLocalDescription();
         this.signal({ type: "video-answer", sdp: pc.localDescription.toJSON() });
       }
+      this.startConnectTimer();
     } else if (message.type === "new-ice-candidate" && message.candidate) {
       try {
         await pc.addIceCandidate(message.candidate);
@@ -90,6 +125,147 @@ export class Call extends EventTarget {
       }
     }
   }
+
+  // --- recovery -----------------------------------------------------------------------
+
+  onConnectionState() {
+    const state = this.pc.connectionState;
+    clearTimeout(this.timers.grace);
+    if (state === "connected") {
+      this.everConnected = true;
+      this.givenUp = false;
+      // Media has its own say (checkMedia): a restart counts as done once packets flow again.
+      if (!this.media.flowing) this.restarts = 0;
+      this.stalled = false;
+      this.media.at = performance.now();
+      clearTimeout(this.timers.restart);
+      clearTimeout(this.timers.connect);
+      this.applyBandwidth();
+    } else if (state === "disconnected" && this.everConnected) {
+      this.timers.grace = setTimeout(() => this.recover(), RECOVERY.disconnectedGraceMs);
+    } else if (state === "failed") {
+      if (this.everConnected) this.recover();
+      else this.fail(this.diagnose());
+    }
+    this.dispatchEvent(new CustomEvent("state", { detail: state }));
+  }
+
+  get isHealthy() {
+    return this.pc.connectionState === "connected" && !this.stalled;
+  }
+
+  get isRecovering() {
+    return this.everConnected && !this.closed && !this.givenUp && !this.isHealthy;
+  }
+
+  // Browsers call a dead path "disconnected" only after about five seconds; a person sees the
+  // video freeze at once. Once media has flowed, no packet for RECOVERY.stallMs starts the
+  // recovery (audio alone sends one every 20 ms, silence included). Restarting ICE while the
+  // old path still works costs little: media stays on it until the new one is chosen.
+  async checkMedia() {
+    if (this.closed) return;
+    let packets = 0;
+    try {
+      (await this.pc.getStats()).forEach((report) => {
+        if (report.type === "inbound-rtp") packets += report.packetsReceived || 0;
+      });
+    } catch {
+      return; // closed meanwhile
+    }
+    const now = performance.now();
+    if (packets !== this.media.packets) {
+      this.media = { packets, at: now, flowing: packets > 0 };
+      if (this.stalled || this.pc.connectionState === "connected") {
+        if (this.stalled) {
+          this.stalled = false;
+          clearTimeout(this.timers.grace);
+          clearTimeout(this.timers.restart);
+          this.dispatchEvent(new CustomEvent("state", { detail: this.pc.connectionState }));
+        }
+        if (this.pc.connectionState === "connected") this.restarts = 0;
+      }
+      return;
+    }
+    const silent = now - this.media.at >= RECOVERY.stallMs;
+    if (this.media.flowing && silent && !this.stalled && this.pc.connectionState === "connected") {
+      this.stalled = true;
+      this.dispatchEvent(new Event("stalled"));
+      this.recover();
+    }
+  }
+
+  // Restart ICE: new candidates, maybe through a new network, on the same connection (media
+  // keeps its DTLS keys, the chat channel stays open). The signaling socket is reopened
+  // first: after a network change the old one may be dead without knowing it.
+  async recover() {
+    if (this.closed || this.givenUp || this.isHealthy) return;
+    if (this.restarts >= RECOVERY.maxRestarts) {
+      this.fail("gave-up");
+      return;
+    }
+    this.restarts += 1;
+    this.recoveries += 1;
+    this.dispatchEvent(new CustomEvent("recovering", { detail: { attempt: this.restarts } }));
+    clearTimeout(this.timers.restart);
+    this.timers.restart = setTimeout(() => this.recover(), RECOVERY.restartTimeoutMs);
+    await this.beforeRestart();
+    await this.restartNow();
+  }
+
+  // The peer is back on the signaling socket while we recover: our last offer may have been
+  // lost on its way, so restart again now instead of waiting for the timer.
+  async peerReturned() {
+    if (this.isRecovering && this.restarts > 0) await this.restartNow();
+  }
+
+  async restartNow() {
+    if (this.closed || this.isHealthy) return;
+    try {
+      // An offer still waiting for its answer was probably lost: take it back first.
+      if (this.pc.signalingState === "have-local-offer") await this.pc.setLocalDescription({ type: "rollback" });
+    } catch (error) {
+      console.warn("call: rollback before restart failed", error);
+    }
+    // Fires "negotiationneeded": offer() sends an offer with new ICE credentials.
+    this.iceRestarts += 1;
+    this.pc.restartIce();
+  }
+
+  startConnectTimer() {
+    if (this.everConnected || this.timers.connect) return;
+    this.timers.connect = setTimeout(() => {
+      if (!this.everConnected && !this.closed) this.fail(this.diagnose());
+    }, RECOVERY.connectTimeoutMs);
+  }
+
+  onCandidateError(event) {
+    // Only TURN refusals tell the user something: STUN timeouts are routine.
+    if (!isTurnUrl(event.url || "") || !TURN_AUTH_ERRORS.has(event.errorCode)) return;
+    if (this.turnRefused) return;
+    this.turnRefused = true;
+    this.dispatchEvent(new CustomEvent("turn-error", { detail: { code: event.errorCode, url: event.url, text: event.errorText } }));
+  }
+
+  // Why a call that never connected failed, as far as this page can tell:
+  // "turn-refused": the TURN server refused our credentials; "no-relay": no TURN server is
+  // configured, and no direct path exists; "turn-unreachable": TURN configured but it gave us
+  // no relay; "unreachable": even the relay could not carry it.
+  diagnose() {
+    if (this.turnRefused) return "turn-refused";
+    const urls = this.iceServers.flatMap((server) => [].concat(server.urls || []));
+    if (!urls.some(isTurnUrl)) return "no-relay";
+    if (!this.gatheredRelay) return "turn-unreachable";
+    return "unreachable";
+  }
+
+  fail(reason) {
+    if (this.closed || this.givenUp) return;
+    this.givenUp = true;
+    for (const timer of Object.values(this.timers)) clearTimeout(timer);
+    this.dispatchEvent(new CustomEvent("failed", { detail: { reason } }));
+  }
+
+  // --- chat -----------------------------------------------------------------------------
 
   onChannelMessage(data) {
     let message;
@@ -110,6 +286,8 @@ export class Call extends EventTarget {
     }
     return this.send(full);
   }
+
+  // --- media settings -------------------------------------------------------------------
 
   videoSender() {
     return this.pc.getSenders().find((sender) => sender.track && sender.track.kind === "video");
@@ -158,6 +336,9 @@ export class Call extends EventTarget {
   }
 
   close() {
+    this.closed = true;
+    for (const timer of Object.values(this.timers)) clearTimeout(timer);
+    clearInterval(this.watchdog);
     this.channel.close();
     this.pc.close();
     this.dispatchEvent(new CustomEvent("state", { detail: "closed" }));

@@ -2,9 +2,12 @@
 
 import { Call } from "./call.js";
 import { Signaling } from "./signaling.js";
-import { addChatLine, elements, setInCall, setMuted, setStatus } from "./ui.js";
+import { addChatLine, elements, offerOnlyCodecs, setInCall, setMuted, setStatus } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
+// A call whose ICE restarts did not bring media back is replaced by a new connection, this
+// many times in a row at most; then the page says it failed.
+const MAX_RENEWALS = 3;
 const pageSession = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
 
 const state = {
@@ -14,6 +17,7 @@ const state = {
   call: null,
   peerSession: null, // the page session of the peer our call is with
   muted: false,
+  renewals: 0, // new connections made in a row after the path broke
   cameraProblem: null, // why getUserMedia failed, shown until a call connects
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
@@ -54,6 +58,17 @@ async function openCamera() {
   }
 }
 
+// The video codecs this browser can send (Firefox without its OpenH264 plugin has no H264).
+function sendableVideoCodecs() {
+  if (!window.RTCRtpSender || !RTCRtpSender.getCapabilities) return null;
+  return RTCRtpSender.getCapabilities("video").codecs.map((codec) => codec.mimeType.split("/")[1].toUpperCase());
+}
+
+// Perfect negotiation needs one polite side: the larger id yields.
+function polite() {
+  return config.myId > state.peerId;
+}
+
 function peerName() {
   return state.peerId || "your peer";
 }
@@ -74,7 +89,7 @@ function endCall() {
 
 // Start (or restart) a call: the new connection offers as soon as it has tracks, and
 // perfect negotiation sorts out two offers crossing.
-function newCall(peerSession) {
+function newCall(peerSession, { startedByUs = false } = {}) {
   endCall();
   state.peerSession = peerSession || null;
   const call = new Call({
@@ -82,11 +97,14 @@ function newCall(peerSession) {
     peerId: state.peerId,
     iceServers: state.iceServers,
     localStream: state.localStream,
-    // Perfect negotiation needs one polite side: the larger id yields.
-    polite: config.myId > state.peerId,
+    polite: polite(),
     send: (message) => signaling.send({ ...message, session: pageSession }),
     preferences: state.preferences,
+    // Before an ICE restart: the socket may have died with the old network.
+    beforeRestart: () => signaling.reopen(),
   });
+  // Restart call (or a renewal) from this side: see "start-call" in onMessage.
+  call.startedByUs = startedByUs;
   state.call = call;
   setInCall(true);
   setStatus("connecting", `Connecting to ${peerName()}…`);
@@ -95,9 +113,36 @@ function newCall(peerSession) {
   });
   call.addEventListener("state", ({ detail }) => {
     if (call !== state.call) return;
-    if (detail === "connected") setStatus("connected", `In a call with ${peerName()}`);
-    else if (detail === "failed") setStatus("failed", `The connection to ${peerName()} failed: press Restart call.`);
-    else if (detail === "disconnected") setStatus("connecting", `Connection to ${peerName()} interrupted…`);
+    if (detail === "connected") {
+      call.startedByUs = false;
+      if (call.isHealthy) state.renewals = 0;
+      setStatus("connected", `In a call with ${peerName()}`);
+    } else if (call.isRecovering) setStatus("reconnecting", `Connection to ${peerName()} interrupted: reconnecting…`);
+  });
+  call.addEventListener("stalled", () => {
+    if (call !== state.call) return;
+    setStatus("reconnecting", `No picture or sound from ${peerName()}: reconnecting…`);
+  });
+  call.addEventListener("recovering", ({ detail }) => {
+    if (call !== state.call) return;
+    setStatus("reconnecting", `Connection to ${peerName()} lost: reconnecting (attempt ${detail.attempt})…`);
+  });
+  call.addEventListener("failed", ({ detail }) => {
+    if (call !== state.call) return;
+    // ICE restarts were not enough (a browser may keep a broken path after its network came
+    // back): a new connection, as if Restart call had been pressed.
+    if ((call.everConnected || call.renewal) && state.renewals < MAX_RENEWALS) {
+      renewCall();
+      return;
+    }
+    setStatus("failed", failureText(detail.reason));
+    addChatLine("system", "", failureText(detail.reason));
+  });
+  call.addEventListener("turn-error", ({ detail }) => {
+    if (call !== state.call) return;
+    const text = `The relay (TURN) server refused this page's credentials (error ${detail.code}): reload the page to get new ones. Until then the call can only connect directly.`;
+    addChatLine("system", "", text);
+    if (call.pc.connectionState !== "connected") setStatus("turn-refused", text);
   });
   call.addEventListener("channel", ({ detail }) => {
     if (detail === "open") addChatLine("system", "", `Connected to ${peerName()}`);
@@ -105,6 +150,35 @@ function newCall(peerSession) {
   call.addEventListener("chat", ({ detail }) => showChat(detail));
   if (state.muted) applyMute();
   return call;
+}
+
+// Why a call failed, in words for the person in front of the page (reasons: Call.diagnose()).
+function failureText(reason) {
+  const peer = peerName();
+  switch (reason) {
+    case "no-relay":
+      return `Cannot reach ${peer}: your networks allow no direct connection, and this server offers no relay (TURN) server to carry the call. Ask the site's administrator for one, or press Restart call to try again.`;
+    case "turn-refused":
+      return `Cannot reach ${peer}: no direct connection is possible and the relay (TURN) server refused this page's credentials. Reload the page, then call again.`;
+    case "turn-unreachable":
+      return `Cannot reach ${peer}: no direct connection is possible and the relay (TURN) server cannot be reached from your network. Press Restart call to try again.`;
+    case "gave-up":
+      return `The connection to ${peer} was lost and could not be restored. Press Restart call to try again.`;
+    default:
+      return `Cannot reach ${peer}: no network path between you, even through the relay. Press Restart call to try again.`;
+  }
+}
+
+function restartCall() {
+  signaling.send({ type: "start-call", name: config.myId, target: state.peerId, date: Date.now(), session: pageSession });
+  return newCall(null, { startedByUs: true });
+}
+
+function renewCall() {
+  state.renewals += 1;
+  const call = restartCall();
+  call.renewal = true;
+  setStatus("reconnecting", `Connection to ${peerName()} lost: making a new connection (attempt ${state.renewals})…`);
 }
 
 function showChat(message) {
@@ -125,7 +199,8 @@ function adoptPeer(name) {
 // started before we knew the peer's page (restart) adopts the first one that answers.
 function isCurrent(session) {
   const call = state.call;
-  if (!call || call.pc.connectionState === "failed" || call.pc.connectionState === "closed") return false;
+  // A call that is recovering from a network change is still current; one given up is not.
+  if (!call || call.closed || call.givenUp) return false;
   if (state.peerSession === null) state.peerSession = session;
   return state.peerSession === session;
 }
@@ -139,10 +214,14 @@ function onMessage(message) {
   switch (message.type) {
     case "username":
       // The peer's page arrived or reloaded: call it (our new connection offers by itself).
+      // The same page reopening its socket while our call recovers: restart ICE again now.
       if (!isCurrent(message.session)) newCall(message.session);
+      else state.call.peerReturned();
       break;
     case "start-call":
-      // The peer restarts the call: its offer follows.
+      // The peer restarts the call: its offer follows. If both sides restarted at once, the
+      // impolite side keeps its own new call, and the polite one answers it.
+      if (state.call && state.call.startedByUs && !polite()) break;
       endCall();
       break;
     case "video-offer":
@@ -180,8 +259,8 @@ function wireControls() {
     setStatus("ended", "Call ended. Press Restart call to call again.");
   });
   elements.restart.addEventListener("click", () => {
-    signaling.send({ type: "start-call", name: config.myId, target: state.peerId, date: Date.now(), session: pageSession });
-    newCall(null);
+    state.renewals = 0;
+    restartCall();
   });
   elements.mute.addEventListener("click", () => {
     state.muted = !state.muted;
@@ -221,7 +300,7 @@ function wireControls() {
 
 function wireSignaling() {
   signaling.addEventListener("open", () => {
-    if (!state.call || state.call.pc.connectionState !== "connected") {
+    if (!state.call || (state.call.pc.connectionState !== "connected" && !state.call.isRecovering)) {
       const waiting = state.peerId ? `Waiting for ${peerName()}…` : "Waiting for a caller…";
       if (state.cameraProblem) setStatus("camera-refused", `${waiting} ${state.cameraProblem}`);
       else setStatus("waiting", waiting);
@@ -233,7 +312,7 @@ function wireSignaling() {
     if (detail === "RATE-LIMITED") {
       addChatLine("system", "", "Slow down: the server dropped a message (rate limit).");
     } else if (detail === "PEER-UNAVAILABLE") {
-      if (!state.call || state.call.pc.connectionState !== "connected") {
+      if (!state.call || (state.call.pc.connectionState !== "connected" && !state.call.isRecovering)) {
         setStatus("not-online", `${peerName()} not online`);
       }
     }
@@ -247,13 +326,14 @@ function wireSignaling() {
       setStatus("too-many", "Too many pages are open with this id: close one and reload.");
     } else if (detail.retryInMs !== null) {
       const inCall = state.call && state.call.pc.connectionState === "connected";
-      const what = inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
+      const what = detail.code === 1013 ? "The server is full" : inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
       setStatus(inCall ? "connected" : "reconnecting", `${what}: reconnecting in ${Math.round(detail.retryInMs / 1000)} s…`);
     }
   });
 }
 
 async function start() {
+  offerOnlyCodecs(sendableVideoCodecs());
   wireControls();
   wireSignaling();
   setStatus("starting", "Starting camera…");

@@ -54,3 +54,15 @@ export function setMuted(muted) {
 export function setInCall(inCall) {
   elements.hangup.disabled = !inCall;
 }
+
+// Offer only the codecs this browser can send: the others stay listed, disabled, with the
+// reason, so the choice is honest (codecs: upper-case names, or null when unknown).
+export function offerOnlyCodecs(codecs) {
+  if (!codecs) return;
+  for (const option of elements.codec.options) {
+    if (!option.value || codecs.includes(option.value.toUpperCase())) continue;
+    option.disabled = true;
+    option.textContent = `${option.value} (not available in this browser)`;
+    if (option.selected) elements.codec.value = "";
+  }
+}
