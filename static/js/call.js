@@ -2,6 +2,8 @@
 // (either side may start; the polite side yields when offers collide), and recovery: when the
 // network path breaks, the call restarts ICE by itself instead of ending.
 
+import { preferVideoCodec } from "./codecs.js";
+
 // How a call recovers from a network change (docs/protocol.md, "Network changes").
 export const RECOVERY = Object.freeze({
   stallMs: 2000, // no media packet for this long: restart ICE (browsers take ~5 s to say "disconnected")
@@ -56,7 +58,6 @@ export class Call extends EventTarget {
       pc.addTransceiver("audio", { direction: "recvonly" });
       pc.addTransceiver("video", { direction: "recvonly" });
     }
-    this.applyCodec();
     // Negotiated with a fixed id, so both sides open the same channel whoever offers first.
     this.channel = pc.createDataChannel("chat", { negotiated: true, id: 0 });
     this.channel.addEventListener("open", () => this.dispatchEvent(new CustomEvent("channel", { detail: "open" })));
@@ -87,7 +88,8 @@ export class Call extends EventTarget {
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
-      this.signal({ type: "video-offer", sdp: this.pc.localDescription.toJSON() });
+      const { type, sdp } = this.pc.localDescription;
+      this.signal({ type: "video-offer", sdp: { type, sdp: preferVideoCodec(sdp, this.preferences.codec) } });
     } catch (error) {
       console.error("call: cannot make an offer", error);
     } finally {
@@ -111,7 +113,9 @@ export class Call extends EventTarget {
       const collision = description.type === "offer" && (this.makingOffer || pc.signalingState !== "stable");
       this.ignoreOffer = !this.polite && collision;
       if (this.ignoreOffer) return;
-      await pc.setRemoteDescription(description);
+      // Our preferred codec first in the offer we answer: our answer follows its order.
+      const sdp = description.type === "offer" ? preferVideoCodec(description.sdp, this.preferences.codec) : description.sdp;
+      await pc.setRemoteDescription({ type: description.type, sdp });
       if (description.type === "offer") {
         await pc.setLocalDescription();
         this.signal({ type: "video-answer", sdp: pc.localDescription.toJSON() });
@@ -293,26 +297,10 @@ export class Call extends EventTarget {
     return this.pc.getSenders().find((sender) => sender.track && sender.track.kind === "video");
   }
 
-  // Put the preferred video codec first; takes effect at the next negotiation.
-  applyCodec() {
-    const wanted = this.preferences.codec;
-    if (!wanted || !RTCRtpReceiver.getCapabilities) return false;
-    const codecs = RTCRtpReceiver.getCapabilities("video").codecs;
-    const mime = `video/${wanted}`.toLowerCase();
-    const preferred = codecs.filter((c) => c.mimeType.toLowerCase() === mime);
-    if (!preferred.length) return false;
-    const ordered = [...preferred, ...codecs.filter((c) => c.mimeType.toLowerCase() !== mime)];
-    for (const transceiver of this.pc.getTransceivers()) {
-      const kind = transceiver.receiver.track && transceiver.receiver.track.kind;
-      if (kind === "video" && transceiver.setCodecPreferences) transceiver.setCodecPreferences(ordered);
-    }
-    return true;
-  }
-
+  // A new preferred codec takes effect with a renegotiation (see codecs.js).
   async setCodec(codec) {
     this.preferences.codec = codec;
-    // setCodecPreferences does not start a negotiation by itself.
-    if (this.applyCodec() && this.pc.connectionState === "connected") await this.offer();
+    if (this.pc.connectionState === "connected") await this.offer();
   }
 
   async applyBandwidth() {
