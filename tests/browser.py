@@ -1,4 +1,10 @@
-"""Drive the pages in Debian's Chromium with Playwright (never a downloaded browser)."""
+"""Drive the pages in real browsers: Debian's Chromium with Playwright (here) and Debian's
+firefox-esr through puppeteer-core (tests/firefox.py). Never a downloaded browser.
+
+``CallPage`` holds what the tests ask of a page (its status, videos, chat, call statistics)
+on top of a few primitives each browser driver implements, so one test body can drive a
+Chromium page and a Firefox page side by side.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +12,8 @@ import time
 from typing import Any
 
 # Chromium flags that make calls work headless on a machine with no camera and, maybe, only
-# a loopback interface; and that keep it from reaching out to the internet.
+# a loopback interface; and that keep it from reaching out to the internet (host candidates
+# as addresses, not mDNS names that would be resolved by multicast).
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--use-fake-ui-for-media-stream",
@@ -18,12 +25,164 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--disable-gpu",
     "--no-first-run",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 TIMEOUT_MS = 20000
 
+# The selected ICE candidate pair of the current call, from getStats():
+# {state, local: {candidateType, protocol, relayProtocol, address}, remote: {...}} or null.
+SELECTED_PAIR_JS = """async () => {
+    const call = window.webrtcApp.state.call;
+    if (!call) return null;
+    const stats = await call.pc.getStats();
+    let pair = null;
+    stats.forEach(r => { if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId); });
+    // Firefox has no transport stats: its selected pair says so itself.
+    if (!pair) stats.forEach(r => { if (r.type === 'candidate-pair' && r.selected) pair = r; });
+    if (!pair) return null;
+    const side = id => { const c = stats.get(id) || {};
+        return {candidateType: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol || null,
+                address: c.address || c.ip || null}; };
+    return {state: pair.state, local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId)};
+}"""
 
-class PageDriver:
-    """One caller or receiver page in its own browser context."""
+
+class CallPage:
+    """A caller or receiver page, whatever the browser. Subclasses implement the primitives."""
+
+    browser_name = ""
+
+    # --- primitives ---------------------------------------------------------------------
+
+    def js(self, expression: str, arg: Any = None) -> Any:
+        """Evaluate a function expression, e.g. ``"() => 1"`` (the CSP forbids plain strings)."""
+        raise NotImplementedError
+
+    def wait_for(self, expression: str, arg: Any = None, timeout_ms: int = TIMEOUT_MS) -> Any:
+        """Wait until the function expression returns something truthy (awaiting promises)."""
+        raise NotImplementedError
+
+    def click(self, selector: str) -> None:
+        raise NotImplementedError
+
+    def fill(self, selector: str, text: str) -> None:
+        raise NotImplementedError
+
+    def select(self, selector: str, value: str) -> None:
+        raise NotImplementedError
+
+    def screenshot(self, path: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    # --- what the tests ask -------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.js("() => document.getElementById('status').dataset.state") or ""
+
+    @property
+    def status_text(self) -> str:
+        return self.js("() => document.getElementById('status').textContent")
+
+    def wait_state(self, *states: str, timeout_ms: int = TIMEOUT_MS) -> str:
+        self.wait_for("states => states.includes(document.getElementById('status').dataset.state)", list(states), timeout_ms)
+        return self.state
+
+    def remote_video(self) -> dict[str, float]:
+        return self.js(
+            "() => { const v = document.getElementById('remote-video');"
+            " return {width: v.videoWidth, height: v.videoHeight, time: v.currentTime, live: !!v.srcObject}; }"
+        )
+
+    def wait_remote_playing(self, timeout: float = 20.0) -> dict[str, float]:
+        """Wait until the remote video has frames and its clock advances."""
+        self.wait_for(
+            "() => { const v = document.getElementById('remote-video'); return v.videoWidth > 0 && v.currentTime > 0; }",
+            timeout_ms=int(timeout * 1000),
+        )
+        first = self.remote_video()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            now = self.remote_video()
+            if now["time"] > first["time"]:
+                return now
+        raise AssertionError(f"remote video is not advancing: {first}")
+
+    def frames_decoded(self) -> int:
+        """Video frames this page's current call has decoded so far (inbound-rtp)."""
+        return self.js(
+            """async () => { const call = window.webrtcApp.state.call; if (!call) return 0;
+                let n = 0; (await call.pc.getStats()).forEach(r => {
+                    if (r.type === 'inbound-rtp' && r.kind === 'video') n += r.framesDecoded || 0; });
+                return n; }"""
+        )
+
+    def wait_frames_flowing(self, more: int = 10, timeout: float = 20.0) -> int:
+        """Wait until ``more`` new video frames are decoded from now on; answer the new count."""
+        start = self.frames_decoded()
+        self.wait_for(
+            """async ([start, more]) => { const call = window.webrtcApp.state.call; if (!call) return false;
+                let n = 0; (await call.pc.getStats()).forEach(r => {
+                    if (r.type === 'inbound-rtp' && r.kind === 'video') n += r.framesDecoded || 0; });
+                return n >= start + more; }""",
+            [start, more],
+            int(timeout * 1000),
+        )
+        return self.frames_decoded()
+
+    def selected_pair(self) -> dict[str, Any] | None:
+        return self.js(SELECTED_PAIR_JS)
+
+    def record_states(self) -> None:
+        """From now on, remember every status the page shows (see ``seen_states``)."""
+        self.js(
+            """() => { const status = document.getElementById('status');
+                window.seenStates = [status.dataset.state];
+                new MutationObserver(() => { if (window.seenStates.at(-1) !== status.dataset.state)
+                    window.seenStates.push(status.dataset.state); }).observe(status, {attributes: true}); }"""
+        )
+
+    def seen_states(self) -> list[str]:
+        return self.js("() => window.seenStates")
+
+    def send_chat(self, text: str) -> None:
+        self.fill("#chat-input", text)
+        self.click("#chat-send")
+
+    def chat_texts(self, who: str = "peer") -> list[str]:
+        return self.js(f"() => [...document.querySelectorAll('#chat-log .chat-line.{who} .text')].map(e => e.textContent)")
+
+    def wait_chat(self, text: str, who: str = "peer") -> None:
+        self.wait_for(
+            "([who, text]) => [...document.querySelectorAll(`#chat-log .chat-line.${who} .text`)]"
+            ".some(e => e.textContent === text)",
+            [who, text],
+        )
+
+    def wait_codec(self, mime: str, kind: str = "outbound-rtp") -> None:
+        """Wait until this page sends (or, with inbound-rtp, receives) video with codec ``mime``."""
+        self.wait_for(
+            """async ([kind, mime]) => {
+                const stats = await window.webrtcApp.state.call.pc.getStats();
+                let found = '';
+                stats.forEach(r => {
+                    const codec = r.type === kind && r.kind === 'video' && r.codecId && stats.get(r.codecId);
+                    if (codec) found = codec.mimeType;
+                });
+                return found.toLowerCase() === mime.toLowerCase();
+            }""",
+            [kind, mime],
+        )
+
+
+class PageDriver(CallPage):
+    """One page in Chromium (Playwright), in its own browser context."""
+
+    browser_name = "chromium"
 
     def __init__(self, browser: Any, url: str, init_script: str | None = None, viewport: tuple[int, int] = (1280, 720)) -> None:
         self.context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
@@ -36,74 +195,22 @@ class PageDriver:
         self.page.goto(url)
 
     def js(self, expression: str, arg: Any = None) -> Any:
-        """Evaluate a function expression, e.g. ``"() => 1"`` (the CSP forbids plain strings)."""
         return self.page.evaluate(expression, arg)
 
-    @property
-    def state(self) -> str:
-        return self.page.get_attribute("#status", "data-state") or ""
+    def wait_for(self, expression: str, arg: Any = None, timeout_ms: int = TIMEOUT_MS) -> Any:
+        return self.page.wait_for_function(expression, arg=arg, timeout=timeout_ms).json_value()
 
-    @property
-    def status_text(self) -> str:
-        return self.page.inner_text("#status")
+    def click(self, selector: str) -> None:
+        self.page.click(selector)
 
-    def wait_state(self, *states: str, timeout_ms: int = TIMEOUT_MS) -> str:
-        self.page.wait_for_function(
-            "states => states.includes(document.getElementById('status').dataset.state)",
-            arg=list(states),
-            timeout=timeout_ms,
-        )
-        return self.state
+    def fill(self, selector: str, text: str) -> None:
+        self.page.fill(selector, text)
 
-    def remote_video(self) -> dict[str, float]:
-        return self.js(
-            "() => { const v = document.getElementById('remote-video');"
-            " return {width: v.videoWidth, height: v.videoHeight, time: v.currentTime, live: !!v.srcObject}; }"
-        )
+    def select(self, selector: str, value: str) -> None:
+        self.page.select_option(selector, value)
 
-    def wait_remote_playing(self, timeout: float = 20.0) -> dict[str, float]:
-        """Wait until the remote video has frames and its clock advances."""
-        self.page.wait_for_function(
-            "() => { const v = document.getElementById('remote-video'); return v.videoWidth > 0 && v.currentTime > 0; }",
-            timeout=timeout * 1000,
-        )
-        first = self.remote_video()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.page.wait_for_timeout(200)
-            now = self.remote_video()
-            if now["time"] > first["time"]:
-                return now
-        raise AssertionError(f"remote video is not advancing: {first}")
-
-    def send_chat(self, text: str) -> None:
-        self.page.fill("#chat-input", text)
-        self.page.click("#chat-send")
-
-    def chat_texts(self, who: str = "peer") -> list[str]:
-        return self.page.eval_on_selector_all(f"#chat-log .chat-line.{who} .text", "els => els.map(e => e.textContent)")
-
-    def wait_chat(self, text: str, who: str = "peer") -> None:
-        self.page.wait_for_function(
-            "([who, text]) => [...document.querySelectorAll(`#chat-log .chat-line.${who} .text`)]"
-            ".some(e => e.textContent === text)",
-            arg=[who, text],
-        )
-
-    def wait_codec(self, mime: str, kind: str = "outbound-rtp") -> None:
-        """Wait until this page sends (or, with inbound-rtp, receives) video with codec ``mime``."""
-        self.page.wait_for_function(
-            """async ([kind, mime]) => {
-                const stats = await window.webrtcApp.state.call.pc.getStats();
-                let found = '';
-                stats.forEach(r => {
-                    const codec = r.type === kind && r.kind === 'video' && r.codecId && stats.get(r.codecId);
-                    if (codec) found = codec.mimeType;
-                });
-                return found === mime;
-            }""",
-            arg=[kind, mime],
-        )
+    def screenshot(self, path: str) -> None:
+        self.page.screenshot(path=path)
 
     def close(self) -> None:
         self.context.close()
