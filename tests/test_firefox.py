@@ -1,0 +1,129 @@
+"""Calls with Debian's Firefox (firefox-esr, headless, fake camera), driven through npm
+puppeteer-core over WebDriver BiDi (tests/firefox.py), beside Chromium and the Python peer."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from conftest import require
+from firefox import Firefox, missing_firefox_parts
+from peer_thread import PeerThread
+
+try:
+    import webrtc_client
+except ImportError:  # aiortc missing: the test that needs it says so
+    webrtc_client = None  # type: ignore[assignment]
+
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def firefox():
+    missing = missing_firefox_parts()
+    require(not missing, "Firefox driven by puppeteer-core", missing or "")
+    browser = Firefox()
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+@pytest.fixture
+def firefox_pages(firefox):
+    opened = []
+
+    def open_page(url: str):
+        page = firefox.open(url)
+        opened.append(page)
+        return page
+
+    yield open_page
+    for page in opened:
+        assert page.errors == [], page.errors
+        page.close()
+
+
+def names(kind: str) -> tuple[str, str]:
+    n = next(_ids)
+    return f"{kind}-fox{n}", f"{kind}-chrome{n}"
+
+
+@pytest.mark.parametrize("firefox_role", ["caller", "receiver"])
+def test_firefox_and_chromium_call_each_other_and_chat(server, pages, firefox_pages, firefox_role):
+    fox_id, chrome_id = names(firefox_role)
+    fox_route, chrome_route = ("call", "recieve") if firefox_role == "caller" else ("recieve", "call")
+    chrome = pages(f"{server.http}/{chrome_route}?id={chrome_id}&peer_id={fox_id}")
+    fox = firefox_pages(f"{server.http}/{fox_route}?id={fox_id}&peer_id={chrome_id}")
+    assert "Firefox/" in fox.js("() => navigator.userAgent")
+    for page, peer in ((fox, chrome_id), (chrome, fox_id)):
+        page.wait_state("connected")
+        video = page.wait_remote_playing()
+        assert video["width"] > 0 and video["height"] > 0
+        page.wait_frames_flowing()
+        assert page.status_text == f"In a call with {peer}"
+    fox.send_chat("hello from Firefox")
+    chrome.wait_chat("hello from Firefox")
+    chrome.send_chat("hello from Chromium")
+    fox.wait_chat("hello from Chromium")
+    for page in (fox, chrome):
+        assert page.js("() => window.webrtcApp.state.call.channel.readyState") == "open"  # not via the server
+
+
+def test_firefox_calls_the_python_peer(server, firefox_pages):
+    require(webrtc_client, "aiortc (for the Python peer)", "pip install -r peer-requirements.txt")
+    fox = firefox_pages(f"{server.http}/call?id=fox-human&peer_id=fox-bot")
+    fox.wait_state("waiting", "not-online")
+    bot = PeerThread(server.ws, "fox-bot", "fox-human", route="/wsrecieve")
+    try:
+        fox.wait_state("connected")
+        video = fox.wait_remote_playing()
+        assert (video["width"], video["height"]) == (320, 240)  # the bot's colour bars
+        bot.wait(lambda: bot.peer.frames_received >= 10, "Firefox's video at the bot")
+        fox.send_chat("hello bot")
+        fox.wait_chat("echo: hello bot")
+        assert bot.call(bot.peer.send_chat("hello Firefox"))
+        fox.wait_chat("hello Firefox")
+    finally:
+        bot.stop()
+
+
+def test_firefox_hangs_up_and_restarts_the_call(server, pages, firefox_pages):
+    fox_id, chrome_id = names("hangup")
+    chrome = pages(f"{server.http}/recieve?id={chrome_id}&peer_id={fox_id}")
+    fox = firefox_pages(f"{server.http}/call?id={fox_id}&peer_id={chrome_id}")
+    for page in (fox, chrome):
+        page.wait_state("connected")
+    fox.click("#hangup")
+    assert fox.wait_state("ended") == "ended"
+    assert chrome.wait_state("peer-left") == "peer-left"
+    assert chrome.status_text == f"{fox_id} hung up."
+    for page in (fox, chrome):
+        assert page.js("() => window.webrtcApp.state.call") is None
+    fox.click("#restart")
+    for page in (fox, chrome):
+        page.wait_state("connected")
+        page.wait_remote_playing()
+        page.wait_frames_flowing()
+
+
+def test_the_codec_selector_offers_only_what_firefox_can_send(server, pages, firefox_pages):
+    fox_id, chrome_id = names("codec")
+    chrome = pages(f"{server.http}/recieve?id={chrome_id}&peer_id={fox_id}")
+    fox = firefox_pages(f"{server.http}/call?id={fox_id}&peer_id={chrome_id}")
+    options = "() => [...document.querySelectorAll('#codec option')].map(o => [o.value, o.disabled, o.textContent])"
+    sendable = "() => RTCRtpSender.getCapabilities('video').codecs.map(c => c.mimeType)"
+    # Offline Firefox has no H264 (Cisco's OpenH264 plugin is a download): the page says so.
+    assert "video/H264" not in fox.js(sendable)
+    assert ["H264", True, "H264 (not available in this browser)"] in fox.js(options)
+    assert ["VP8", False, "VP8"] in fox.js(options) and ["VP9", False, "VP9"] in fox.js(options)
+    # Chromium can send H264: there it stays a choice.
+    assert "video/H264" in chrome.js(sendable)
+    assert ["H264", False, "H264"] in chrome.js(options)
+    for page in (fox, chrome):
+        page.wait_state("connected")
+    for codec in ("VP9", "VP8"):
+        fox.select("#codec", codec)
+        fox.wait_codec(f"video/{codec}")
+        chrome.wait_codec(f"video/{codec}", "inbound-rtp")
+    assert fox.state == "connected"
