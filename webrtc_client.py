@@ -528,6 +528,7 @@ def main() -> None:
     parser.add_argument("--report-every", type=float, default=5.0, metavar="SECONDS", help="log a status line this often")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aioice").setLevel(logging.WARNING)  # one line per ICE check otherwise
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_main(args))
 

@@ -122,14 +122,16 @@ class CallPage:
         )
 
     def wait_frames_flowing(self, more: int = 10, timeout: float = 20.0) -> int:
-        """Wait until ``more`` new video frames are decoded from now on; answer the new count."""
-        start = self.frames_decoded()
+        """Wait until ``more`` new video frames are decoded from now on (counted on the current
+        connection: if the page replaces it meanwhile, from the new one's start)."""
+        self.js("() => { window.frameBase = null; }")
         self.wait_for(
-            """async ([start, more]) => { const call = window.webrtcApp.state.call; if (!call) return false;
+            """async (more) => { const call = window.webrtcApp.state.call; if (!call) return false;
                 let n = 0; (await call.pc.getStats()).forEach(r => {
                     if (r.type === 'inbound-rtp' && r.kind === 'video') n += r.framesDecoded || 0; });
-                return n >= start + more; }""",
-            [start, more],
+                if (!window.frameBase || window.frameBase.pc !== call.pc) window.frameBase = {pc: call.pc, n};
+                return n >= window.frameBase.n + more; }""",
+            more,
             int(timeout * 1000),
         )
         return self.frames_decoded()
@@ -138,16 +140,21 @@ class CallPage:
         return self.js(SELECTED_PAIR_JS)
 
     def record_states(self) -> None:
-        """From now on, remember every status the page shows (see ``seen_states``)."""
+        """From now on, remember every status the page shows (see ``seen_states``, ``seen_texts``)."""
         self.js(
             """() => { const status = document.getElementById('status');
-                window.seenStates = [status.dataset.state];
-                new MutationObserver(() => { if (window.seenStates.at(-1) !== status.dataset.state)
-                    window.seenStates.push(status.dataset.state); }).observe(status, {attributes: true}); }"""
+                window.seenStates = [status.dataset.state]; window.seenTexts = [status.textContent];
+                new MutationObserver(() => {
+                    if (window.seenStates.at(-1) !== status.dataset.state) window.seenStates.push(status.dataset.state);
+                    if (window.seenTexts.at(-1) !== status.textContent) window.seenTexts.push(status.textContent);
+                }).observe(status, {attributes: true, childList: true, characterData: true, subtree: true}); }"""
         )
 
     def seen_states(self) -> list[str]:
         return self.js("() => window.seenStates")
+
+    def seen_texts(self) -> list[str]:
+        return self.js("() => window.seenTexts")
 
     def send_chat(self, text: str) -> None:
         self.fill("#chat-input", text)

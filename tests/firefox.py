@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import threading
@@ -24,6 +25,7 @@ PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_SCRIPT = os.path.join(PROJECT_DIR, "tests", "js", "firefox_server.mjs")
 PUPPETEER = os.path.join(PROJECT_DIR, "node_modules", "puppeteer-core", "package.json")
 INSTALL = "PUPPETEER_SKIP_DOWNLOAD=1 npm ci (in the project folder, with Node 18 or newer)"
+WEBSOCKET_REFUSED = re.compile(r"Firefox can.t establish a connection to the server at wss?://")
 
 
 def find_firefox() -> str | None:
@@ -138,7 +140,9 @@ class FirefoxPage(CallPage):
 
     @property
     def errors(self) -> list[str]:
-        return self.firefox.page_errors.get(self.number, [])
+        # Firefox also reports a websocket that cannot connect (a cut network, a server
+        # restart) as a page error; the page handles those, so they are not script errors.
+        return [error for error in self.firefox.page_errors.get(self.number, []) if not WEBSOCKET_REFUSED.match(error)]
 
     def js(self, expression: str, arg: Any = None) -> Any:
         return self.firefox.command("evaluate", page=self.number, fn=expression, arg=arg)

@@ -1,0 +1,307 @@
+"""Networks where peers cannot reach each other, built from network namespaces.
+
+The rules are /work/shared/NETWORK-TESTS.md's (and the team's): only the RFC 5737
+documentation ranges, IPv6 off before any link comes up, no default route, an nftables guard
+per namespace that counts every packet leaving for anywhere else (the tests assert zero),
+unique names, and everything deleted in a ``finally``.
+
+``TurnLab`` is the shape the call tests use::
+
+    a (198.51.100.2) --veth-- srv (203.0.113.1 on lo: webrtc_app, coturn) --veth-- b (192.0.2.2)
+
+``srv`` does not forward, so ``a`` and ``b`` reach the server but never each other: only a
+TURN relay on ``srv`` can carry a call between them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+from server_process import LISTENING, ServerProcess, terminate
+
+DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+SERVICE_ADDRESS = "203.0.113.1"
+SERVICE_NET = "203.0.113.0/24"
+TURN_PORT = 3478
+TURN_SECRET = "netns-turn-secret-for-tests"
+TURN_REALM = "webrtc-app-netns"
+
+# Every packet leaving the namespace goes to loopback or a documentation range; anything else
+# is dropped and counted. A second chain, with its own counter, can block some traffic on
+# purpose (a firewall in a test); its drops are expected and counted apart.
+GUARD_RULES = """
+table inet guard {{
+  counter leaked {{ }}
+  counter blocked {{ }}
+  chain firewall {{
+    type filter hook output priority -10; policy accept;
+  }}
+  chain output {{
+    type filter hook output priority 0; policy accept;
+    oif "lo" accept
+    ip daddr {{ {ranges} }} accept
+    counter name "leaked" drop
+  }}
+}}
+""".format(ranges=", ".join(DOCUMENTATION_RANGES))
+
+
+def run(*command: str, timeout: float = 15.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result
+
+
+def missing_tools() -> str | None:
+    """What this machine lacks to build namespaces, or None."""
+    for tool, package in (("ip", "iproute2"), ("nft", "nftables"), ("ping", "iputils-ping")):
+        if not shutil.which(tool):
+            return f"{tool} (apt-get install -y {package})"
+    if os.geteuid() != 0:
+        return "root (ip netns add needs it)"
+    probe = f"wrtc-probe-{uuid.uuid4().hex[:8]}"
+    result = run("ip", "netns", "add", probe, check=False)
+    if result.returncode != 0:
+        return f"permission to make network namespaces ({result.stderr.strip()})"
+    run("ip", "netns", "del", probe, check=False)
+    return None
+
+
+class Namespace:
+    """One network namespace with IPv6 off, loopback up and the guard in place."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        run("ip", "netns", "add", name)
+        try:
+            # Before any link is up: otherwise the kernel sends IPv6 link-local and multicast.
+            self.run(
+                "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+                "net.ipv6.conf.lo.disable_ipv6=1",
+            )  # fmt: skip
+            self.run("nft", "-f", "-", stdin=GUARD_RULES)
+            self.run("ip", "link", "set", "lo", "up")
+        except BaseException:
+            run("ip", "netns", "del", name, check=False)
+            raise
+
+    def prefix(self) -> list[str]:
+        """The command prefix that runs a program in this namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def run(
+        self, *command: str, stdin: str | None = None, check: bool = True, timeout: float = 15.0
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run([*self.prefix(), *command], input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise RuntimeError(f"[{self.name}] {' '.join(command)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def counter(self, name: str) -> int:
+        """Packets counted by the guard's counter ``leaked`` or ``blocked``."""
+        listing = json.loads(self.run("nft", "-j", "list", "counter", "inet", "guard", name).stdout)
+        for item in listing["nftables"]:
+            if "counter" in item:
+                return int(item["counter"]["packets"])
+        raise AssertionError(f"no counter {name} in {self.name}")
+
+    def block(self, rule: str) -> None:
+        """Add a firewall rule that drops (and counts as ``blocked``) some outgoing traffic."""
+        self.run("nft", "add", "rule", "inet", "guard", "firewall", *rule.split(), "counter", "name", "blocked", "drop")
+
+    def unblock(self) -> None:
+        """Remove the firewall rules ``block`` added (their counter keeps its count)."""
+        self.run("nft", "flush", "chain", "inet", "guard", "firewall")
+
+    def delete(self) -> None:
+        run("ip", "netns", "del", self.name, check=False)
+
+
+class Host:
+    """A namespace joined to ``srv`` by a veth pair, reaching 203.0.113.0/24 through it."""
+
+    def __init__(self, ns: Namespace, srv: Namespace, link: str, subnet: str) -> None:
+        self.ns, self.srv = ns, srv
+        self.link = link  # the interface's name, in both namespaces
+        self.net = subnet.rsplit(".", 1)[0]  # e.g. "198.51.100"
+        self.gateway = f"{self.net}.1"
+        self.address = f"{self.net}.2"
+        # Made inside the namespaces: no interface ever appears in the machine's own.
+        srv.run("ip", "link", "add", link, "type", "veth", "peer", "name", link, "netns", ns.name)
+        srv.run("ip", "addr", "add", f"{self.gateway}/24", "dev", link)
+        srv.run("ip", "link", "set", link, "up")
+        ns.run("ip", "addr", "add", f"{self.address}/24", "dev", link)
+        ns.run("ip", "link", "set", link, "up")
+        self.route()
+
+    def route(self) -> None:
+        self.ns.run("ip", "route", "replace", SERVICE_NET, "via", self.gateway)
+
+    @property
+    def address_number(self) -> int:
+        return int(self.address.rsplit(".", 1)[1])
+
+    def unplug(self) -> None:
+        """Pull the cable: the link goes down (and its routes with it)."""
+        self.ns.run("ip", "link", "set", self.link, "down")
+
+    def plug(self) -> None:
+        """Plug it back, and put the route back as DHCP would."""
+        self.ns.run("ip", "link", "set", self.link, "up")
+        self.route()
+
+    def move(self, host_number: int) -> str:
+        """Give the host a new address in its subnet (a new network after a roam); answer it."""
+        new = f"{self.net}.{host_number}"
+        # The old one first: deleting a primary address also deletes the secondaries.
+        self.ns.run("ip", "addr", "del", f"{self.address}/24", "dev", self.link)
+        self.ns.run("ip", "addr", "add", f"{new}/24", "dev", self.link)
+        self.route()
+        self.address = new
+        return new
+
+    def can_ping(self, address: str) -> bool:
+        return self.ns.run("ping", "-c", "1", "-W", "1", address, check=False, timeout=5).returncode == 0
+
+
+class NamespaceServer(ServerProcess):
+    """webrtc_app (``python webrtc_server.py start``) inside a namespace, on an address of it."""
+
+    def __init__(self, ns: Namespace, address: str, port: int, env: dict[str, str]) -> None:
+        super().__init__("--host", address, env=env, port=port)  # the last --host wins
+        self.ns, self.address = ns, address
+
+    def start(self, timeout: float = 15.0) -> NamespaceServer:
+        from server_process import PROJECT_DIR
+
+        self.proc = subprocess.Popen(
+            [*self.ns.prefix(), sys.executable, "webrtc_server.py", *self.args],
+            cwd=PROJECT_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._pump, daemon=True).start()
+        line = self.wait_for_line(LISTENING, timeout)
+        self.port = int(LISTENING.search(line).group(1))  # type: ignore[union-attr]
+        return self
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.address}:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://{self.address}:{self.port}"
+
+
+def turn_entries(transports: Sequence[str] = ("udp", "tcp"), secret: str = TURN_SECRET) -> list[dict[str, object]]:
+    """The ``iceServers`` setting for the lab's coturn: TURN REST credentials from the secret."""
+    urls = [f"turn:{SERVICE_ADDRESS}:{TURN_PORT}?transport={transport}" for transport in transports]
+    return [{"urls": urls, "secret": secret, "ttl": 3600}]
+
+
+class TurnLab:
+    """srv (server + coturn), a and b; see the module's docstring. Use as a context manager."""
+
+    def __init__(self) -> None:
+        self.tag = f"wrtc{os.getpid()}{uuid.uuid4().hex[:6]}"
+        self.namespaces: list[Namespace] = []
+        self.processes: list[subprocess.Popen] = []
+        self.servers: list[ServerProcess] = []
+        self.folder = tempfile.mkdtemp(prefix=f"{self.tag}-")
+        self.turn_log: list[str] = []
+
+    def __enter__(self) -> TurnLab:
+        try:
+            self.srv = self._namespace("srv")
+            self.srv.run("sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+            self.srv.run("ip", "addr", "add", f"{SERVICE_ADDRESS}/32", "dev", "lo")
+            self.a = Host(self._namespace("a"), self.srv, "veth-a", "198.51.100.0/24")
+            self.b = Host(self._namespace("b"), self.srv, "veth-b", "192.0.2.0/24")
+            self.start_turn()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _namespace(self, role: str) -> Namespace:
+        ns = Namespace(f"{self.tag}-{role}")
+        self.namespaces.append(ns)
+        return ns
+
+    def start_turn(self) -> None:
+        """coturn on 203.0.113.1:3478 (UDP and TCP), relaying only between documentation addresses."""
+        conf = os.path.join(self.folder, "turnserver.conf")
+        allowed = "\n".join(f"allowed-peer-ip={low}-{high}" for low, high in (
+            ("192.0.2.0", "192.0.2.255"), ("198.51.100.0", "198.51.100.255"), ("203.0.113.0", "203.0.113.255"),
+        ))  # fmt: skip
+        with open(conf, "w", encoding="utf-8") as handle:
+            handle.write(
+                f"listening-ip={SERVICE_ADDRESS}\nrelay-ip={SERVICE_ADDRESS}\nlistening-port={TURN_PORT}\n"
+                f"min-port=49160\nmax-port=49200\nuse-auth-secret\nstatic-auth-secret={TURN_SECRET}\n"
+                f"realm={TURN_REALM}\nfingerprint\nno-cli\nno-tls\nno-dtls\nno-multicast-peers\n"
+                f"denied-peer-ip=0.0.0.0-255.255.255.255\n{allowed}\n"
+                f"userdb={os.path.join(self.folder, 'turndb')}\npidfile={os.path.join(self.folder, 'turn.pid')}\n"
+                "simple-log\n"
+            )
+        proc = subprocess.Popen(
+            [*self.srv.prefix(), shutil.which("turnserver") or "turnserver", "-c", conf, "--log-file=stdout"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        self.processes.append(proc)
+        threading.Thread(target=self._pump_turn, args=(proc,), daemon=True).start()
+        deadline = time.monotonic() + 15
+        while not self._turn_listening():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("turnserver did not start:\n" + "\n".join(self.turn_log))
+            time.sleep(0.1)
+
+    def _pump_turn(self, proc: subprocess.Popen) -> None:
+        assert proc.stdout
+        for line in proc.stdout:
+            self.turn_log.append(line.rstrip("\n"))
+
+    def _turn_listening(self) -> bool:
+        sockets = self.srv.run("ss", "-lntu", check=False).stdout
+        return re.search(rf"{re.escape(SERVICE_ADDRESS)}:{TURN_PORT}\b", sockets) is not None
+
+    def server(self, ice_servers: list[dict[str, object]], port: int, token: str = "lab-token") -> NamespaceServer:
+        """webrtc_app on 203.0.113.1:``port`` handing out ``ice_servers``."""
+        env = {"WEBRTC_ICE_SERVERS": json.dumps(ice_servers), "WEBRTC_ICE_ACCESS_TOKEN": token}
+        server = NamespaceServer(self.srv, SERVICE_ADDRESS, port, env)
+        self.servers.append(server)
+        return server.start()
+
+    def leaks(self) -> dict[str, int]:
+        """Packets each namespace tried to send outside loopback and the documentation ranges."""
+        return {ns.name: ns.counter("leaked") for ns in self.namespaces}
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.kill()
+        for proc in self.processes:
+            terminate(proc)
+        for ns in self.namespaces:
+            ns.delete()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def wrapper_script(folder: str, ns: Namespace, program: str) -> str:
+    """An executable that runs ``program`` inside ``ns`` (for a driver that wants a browser path)."""
+    path = os.path.join(folder, f"{os.path.basename(program)}-in-{ns.name}")
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(f'#!/bin/sh\nexec ip netns exec {ns.name} {program} "$@"\n')
+    os.chmod(path, 0o755)
+    return path

@@ -1,0 +1,300 @@
+"""Calls across networks where no direct path exists, and networks that change mid-call.
+
+Built as /work/shared/NETWORK-TESTS.md says (tests/netns.py): the server and a real coturn in
+namespace ``srv`` (203.0.113.1), one browser in ``a`` (198.51.100.0/24) and one in ``b``
+(192.0.2.0/24); ``srv`` does not forward, so only a TURN relay can carry a call between ``a``
+and ``b``. Every namespace counts the packets it tries to send anywhere else: zero, checked
+after each test.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from browser import CHROMIUM_ARGS, PageDriver
+from conftest import find_chromium, require
+from firefox import Firefox, missing_firefox_parts
+from netns import SERVICE_ADDRESS, TurnLab, missing_tools, turn_entries, wrapper_script
+
+from server_process import PROJECT_DIR
+
+PORTS = {"turn": 8080, "no-turn": 8081, "wrong-secret": 8082}
+TOKEN = "lab-token"
+_ids = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    missing = missing_tools()
+    require(not missing, "network namespaces", missing or "")
+    require(shutil.which("turnserver"), "coturn's turnserver", "apt-get install -y coturn")
+    with TurnLab() as lab:
+        lab.servers_by_name = {
+            "turn": lab.server(turn_entries(), PORTS["turn"], TOKEN),
+            "no-turn": lab.server([], PORTS["no-turn"], TOKEN),
+            "wrong-secret": lab.server(turn_entries(secret="not-the-secret"), PORTS["wrong-secret"], TOKEN),
+        }
+        yield lab
+
+
+@pytest.fixture(autouse=True)
+def nothing_leaves_the_lab(lab):
+    yield
+    assert lab.leaks() == {ns.name: 0 for ns in lab.namespaces}
+
+
+@pytest.fixture(scope="module")
+def playwright():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        sync_playwright = None
+    require(sync_playwright, "Playwright for Python", "pip install -r tests/requirements.txt")
+    require(find_chromium(), "Chromium", "apt-get install -y chromium")
+    with sync_playwright() as playwright:
+        yield playwright
+
+
+def chromium_in(playwright, lab, host):
+    origins = ",".join(f"http://{SERVICE_ADDRESS}:{port}" for port in PORTS.values())
+    args = [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={origins}"]
+    return playwright.chromium.launch(executable_path=wrapper_script(lab.folder, host.ns, find_chromium()), args=args)
+
+
+@pytest.fixture(scope="module")
+def browsers(playwright, lab):
+    """Chromium in a and in b, and Firefox in b (started when a test first asks for it)."""
+    opened: dict[str, object] = {"chromium-a": chromium_in(playwright, lab, lab.a)}
+    opened["chromium-b"] = chromium_in(playwright, lab, lab.b)
+
+    def get(name: str):
+        if name not in opened:
+            assert name == "firefox-b"
+            missing = missing_firefox_parts()
+            require(not missing, "Firefox driven by puppeteer-core", missing or "")
+            opened[name] = Firefox(prefix=lab.b.ns.prefix(), secure_hosts=SERVICE_ADDRESS)
+        return opened[name]
+
+    yield get
+    for name, browser in opened.items():
+        browser.quit() if name.startswith("firefox") else browser.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def open_page(lab, browsers):
+    opened = []
+
+    def open_page(browser: str, server: str, role: str, my_id: str, peer_id: str):
+        url = f"{lab.servers_by_name[server].http}/{role}?id={my_id}&peer_id={peer_id}"
+        driver = browsers(browser)
+        page = driver.open(url) if browser.startswith("firefox") else PageDriver(driver, url)
+        opened.append(page)
+        return page
+
+    yield open_page
+    for page in opened:
+        assert page.errors == [], page.errors
+        page.close()
+
+
+def pair_ids() -> tuple[str, str]:
+    n = next(_ids)
+    return f"alice{n}", f"bob{n}"
+
+
+def start_call(open_page, server: str, b_browser: str = "chromium-b"):
+    """alice (Chromium in a) calls bob (in b); both wait until connected and video flows."""
+    alice, bob = pair_ids()
+    receiver = open_page(b_browser, server, "recieve", bob, alice)
+    caller = open_page("chromium-a", server, "call", alice, bob)
+    for page in (caller, receiver):
+        page.wait_state("connected", timeout_ms=30000)
+        page.wait_frames_flowing()
+    return caller, receiver
+
+
+# --- TURN ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b_browser", ["chromium-b", "firefox-b"])
+def test_only_turn_can_carry_the_call_and_it_does(lab, open_page, b_browser):
+    assert lab.a.can_ping(SERVICE_ADDRESS) and lab.b.can_ping(SERVICE_ADDRESS)
+    assert not lab.a.can_ping(lab.b.address) and not lab.b.can_ping(lab.a.address)  # no route between them
+    caller, receiver = start_call(open_page, "turn", b_browser)
+    # TURN REST credentials from the ICE endpoint, the secret never sent.
+    (entry,) = caller.js("() => window.webrtcApp.state.iceServers")
+    assert entry["username"].endswith(":" + caller.js("() => window.webrtcApp.config.myId")) and "secret" not in entry
+    pairs = [caller.selected_pair(), receiver.selected_pair()]
+    assert all(pair and pair["state"] == "succeeded" for pair in pairs), pairs
+    assert any("relay" in (pair["local"]["candidateType"], pair["remote"]["candidateType"]) for pair in pairs), pairs  # type: ignore[index]
+    for page in (caller, receiver):
+        page.wait_remote_playing()
+
+
+def test_turn_over_tcp_when_udp_to_the_server_is_blocked(lab, open_page):
+    # A corporate network: a may only speak TCP to the outside.
+    lab.a.ns.block(f"ip daddr {SERVICE_ADDRESS} meta l4proto udp")
+    try:
+        caller, receiver = start_call(open_page, "turn")
+        pair = caller.selected_pair()
+        assert pair and pair["local"]["candidateType"] == "relay" and pair["local"]["relayProtocol"] == "tcp", pair
+        assert lab.a.ns.counter("blocked") > 0  # a did try UDP first
+        receiver.wait_remote_playing()
+        caller.wait_remote_playing()
+    finally:
+        lab.a.ns.unblock()
+
+
+def test_calls_that_cannot_connect_say_why(lab, open_page):
+    """Without a TURN entry, and with TURN credentials the relay refuses, the call fails (no
+    spinner) and each page says why; the refused credentials are reported at once."""
+    pages = {}
+    for server in ("no-turn", "wrong-secret"):
+        alice, bob = pair_ids()
+        receiver = open_page("chromium-b", server, "recieve", bob, alice)
+        caller = open_page("chromium-a", server, "call", alice, bob)
+        for page in (caller, receiver):
+            page.record_states()
+        pages[server] = (caller, receiver)
+    for page in pages["wrong-secret"]:
+        page.wait_for("() => /refused this page's credentials \\(error 401\\)/.test(document.body.textContent)", timeout_ms=15000)
+    reasons = {"no-turn": "this server offers no relay \\(TURN\\) server", "wrong-secret": "refused this page's credentials"}
+    for server, reason in reasons.items():
+        for page in pages[server]:
+            page.wait_state("failed", timeout_ms=60000)
+            assert re.search(reason, page.status_text), page.status_text
+            assert "connected" not in page.seen_states()
+
+
+# --- network changes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("b_browser", ["chromium-b", "firefox-b"])
+def test_a_five_second_cut_is_survived_without_pressing_anything(lab, open_page, b_browser):
+    caller, receiver = start_call(open_page, "turn", b_browser)
+    for page in (caller, receiver):
+        page.record_states()
+    lab.b.unplug()  # bob's cable
+    cut = time.monotonic()
+    try:
+        for page in (caller, receiver):
+            page.wait_state("reconnecting", timeout_ms=5000)  # within the cut: the pages noticed
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - cut)))
+    finally:
+        lab.b.plug()
+    for page in (caller, receiver):
+        page.wait_frames_flowing(more=30, timeout=45)
+        page.wait_state("connected", timeout_ms=10000)
+        assert any(re.search(r"reconnecting", text) for text in page.seen_texts()), page.seen_texts()
+
+
+@pytest.mark.parametrize("mover", ["chromium-a", "firefox-b"])
+def test_a_new_address_mid_call_restarts_ice_and_reopens_the_signaling_socket(lab, open_page, mover):
+    caller, receiver = start_call(open_page, "turn", "firefox-b" if mover == "firefox-b" else "chromium-b")
+    moving, host = (caller, lab.a) if mover == "chromium-a" else (receiver, lab.b)
+    for page in (caller, receiver):
+        page.record_states()
+        page.js("() => { window.webrtcApp.state.call.pc.marker = 'before the move'; }")
+    my_id = moving.js("() => window.webrtcApp.config.myId")
+    new_address = host.move(host.address_number + 10)
+    server = lab.servers_by_name["turn"]
+    # Its old TCP connection is dead without knowing it: the page opens a new one by itself.
+    server.wait_for_line(rf"101 GET /ws\w+\?id={my_id}&\S* \({re.escape(new_address)}\)", timeout=30)
+    for page in (caller, receiver):
+        page.wait_frames_flowing(more=30, timeout=45)
+        page.wait_state("connected", timeout_ms=10000)
+    assert "reconnecting" in moving.seen_states()  # (its peer may not even notice)
+    # The same connection with new ICE candidates: not a new call.
+    restarts = 0
+    for page in (caller, receiver):
+        assert page.js("() => window.webrtcApp.state.call.pc.marker") == "before the move"
+        restarts += page.js("() => window.webrtcApp.state.call.iceRestarts")
+    assert restarts >= 1
+    pair = moving.selected_pair()
+    assert pair and (pair["local"]["address"] in (new_address, SERVICE_ADDRESS)), pair
+
+
+# --- the Python peer -----------------------------------------------------------------------
+
+
+class PeerProcess:
+    """``python webrtc_client.py`` inside a namespace; its status lines are read as they come."""
+
+    STATUS = re.compile(r"connected=(\w+) frames received=(\d+) chat lines=\d+ recoveries=(\d+)")
+
+    def __init__(self, lab: TurnLab, host, my_id: str, peer_id: str) -> None:
+        server = lab.servers_by_name["turn"]
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [*host.ns.prefix(), sys.executable, "webrtc_client.py", server.ws, "--id", my_id, "--peer", peer_id,
+             "--ice-token", TOKEN, "--report-every", "0.5"],
+            cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def status(self) -> tuple[bool, int, int]:
+        for line in reversed(self.lines):
+            if match := self.STATUS.search(line):
+                return match.group(1) == "True", int(match.group(2)), int(match.group(3))
+        return False, 0, 0
+
+    def wait(self, condition, what: str, timeout: float = 30.0) -> tuple[bool, int, int]:
+        deadline = time.monotonic() + timeout
+        while not condition(*self.status()):
+            assert self.proc.poll() is None, "the peer exited:\n" + "\n".join(self.lines)
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(self.lines[-30:])
+            time.sleep(0.2)
+        return self.status()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def test_the_python_peer_recovers_after_its_link_is_cut(lab, open_page):
+    require(os.path.exists(os.path.join(PROJECT_DIR, "webrtc_client.py")), "webrtc_client.py", "")
+    try:
+        import aiortc  # noqa: F401
+    except ImportError:
+        require(None, "aiortc (for the Python peer)", "pip install -r peer-requirements.txt")
+    human, bot_id = pair_ids()
+    page = open_page("chromium-b", "turn", "recieve", human, bot_id)
+    bot = PeerProcess(lab, lab.a, bot_id, human)
+    try:
+        page.wait_state("connected", timeout_ms=30000)
+        page.wait_frames_flowing()
+        _, frames, _ = bot.wait(lambda connected, frames, _: connected and frames > 10, "the page's video at the bot")
+        page.record_states()
+        lab.a.unplug()  # the bot's cable
+        cut = time.monotonic()
+        try:
+            page.wait_state("reconnecting", timeout_ms=5000)
+            time.sleep(max(0.0, 5.0 - (time.monotonic() - cut)))
+        finally:
+            lab.a.plug()
+        page.wait_frames_flowing(more=30, timeout=45)
+        page.wait_state("connected", timeout_ms=10000)
+        now = bot.status()[1]
+        bot.wait(lambda connected, frames, _: connected and frames > now + 30, "video at the bot again")
+        # aiortc cannot restart ICE: the bot answered the page's restart with a new connection.
+        assert bot.status()[2] >= 1, "\n".join(bot.lines[-30:])
+    finally:
+        bot.stop()
