@@ -149,12 +149,12 @@ def test_the_python_peer_honours_retry_after_on_503():
     async def scenario() -> list[float]:
         seen: list[float] = []
         port = free_port()
-        server = await serve_503(port, "3", seen)
+        server = await serve_503(port, "2", seen)
         peer = webrtc_client.PythonPeer(f"ws://127.0.0.1:{port}", "py-503", "nobody", reply=None)
         runner = asyncio.ensure_future(peer.run())
         try:
             deadline = time.monotonic() + 20
-            while len(seen) < 3 and time.monotonic() < deadline:
+            while len(seen) < 2 and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         finally:
             await peer.stop()
@@ -163,10 +163,10 @@ def test_the_python_peer_honours_retry_after_on_503():
         return seen
 
     seen = asyncio.run(scenario())
-    assert len(seen) >= 3, seen
+    assert len(seen) >= 2, seen
     gaps = [later - earlier for earlier, later in zip(seen, seen[1:], strict=False)]
-    assert all(gap >= 3.0 - 0.1 for gap in gaps), gaps  # never sooner than the server asked
-    assert all(gap <= 3.0 + webrtc_client.RECONNECT_CAP for gap in gaps), gaps
+    assert all(gap >= 2.0 - 0.1 for gap in gaps), gaps  # never sooner than the server asked
+    assert all(gap <= 2.0 + webrtc_client.RECONNECT_CAP for gap in gaps), gaps
     assert webrtc_client.retry_after.__doc__  # and an HTTP date works as well as seconds:
     from email.utils import formatdate
     from types import SimpleNamespace
@@ -203,11 +203,14 @@ def test_a_page_waits_at_least_five_seconds_after_server_full(browser, pages):
     with ServerProcess(env={"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_MAX_SOCKETS": "1"}) as server:
         with ws_connect(f"{server.ws}/wscall?id=holder&peer_id=nobody"):  # the only place
             page = pages(f"{server.http}/call?id=full-page&peer_id=nobody")
-            first, second = attempt_times(server, "full-page", 2, timeout=30)
+            full = "() => /^The server is full: reconnecting in \\d+ s…$/.test(document.getElementById('status').textContent)"
+            page.wait_for(full)
             text = page.status_text
-        assert second - first >= 5.0 - 0.2, second - first
-        assert re.fullmatch(r"The server is full: reconnecting in (\d+) s…", text) and int(text.split()[-2]) >= 5, text
-        page.wait_state("not-online")  # a place came free: the page got in by itself
+        # The place is free at once, yet the page comes back only after its longer wait.
+        page.wait_state("not-online")
+        first, second = attempt_times(server, "full-page", 2, timeout=5)
+    assert int(text.split()[-2]) >= 5, text
+    assert second - first >= 5.0 - 0.2, second - first
 
 
 def test_media_flows_through_a_server_restart_and_the_pages_reattach_to_the_call(browser, pages):
