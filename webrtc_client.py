@@ -206,7 +206,7 @@ class PythonPeer:
         """
         attempt = 0
         while not self.stopped.is_set():
-            floor, opened_at, why = RECONNECT_FLOOR, 0.0, ""
+            floor, opened_at, reason = RECONNECT_FLOOR, 0.0, ""
             try:
                 async with connect(self.url, open_timeout=10) as ws:
                     self.ws, opened_at = ws, time.monotonic()
@@ -215,9 +215,11 @@ class PythonPeer:
                     async for frame in ws:
                         if isinstance(frame, str):
                             await self._on_frame(frame)
-                code, why = ws.close_code, f"closed {ws.close_code} {ws.close_reason or ''}".strip()
+                code, reason = ws.close_code, ws.close_reason or ""
+                why = f"closed {code} {reason}".strip()
             except ConnectionClosed as error:
-                code, why = (error.rcvd.code if error.rcvd else None), str(error)
+                code, reason = (error.rcvd.code, error.rcvd.reason) if error.rcvd else (None, "")
+                why = str(error)
             except InvalidStatus as error:
                 code, why = None, str(error)
                 if error.response.status_code == 503:  # the server is at its limit: wait as told
@@ -228,7 +230,7 @@ class PythonPeer:
                 self.ws = None
                 self.signaling_open.clear()
             if code in FINAL_CLOSE_CODES:
-                raise SignalingRefused(code, why)
+                raise SignalingRefused(code, reason)
             if code == TRY_AGAIN_LATER:
                 floor = RECONNECT_SERVER_FULL
             if opened_at and time.monotonic() - opened_at >= RECONNECT_STABLE:

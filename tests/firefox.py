@@ -9,11 +9,13 @@ Firefox over that namespace's loopback and to us over pipes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Sequence
@@ -62,6 +64,7 @@ class Firefox:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own process group: Firefox goes with it if we must kill it
         )
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.page_errors: dict[int, list[str]] = {}
@@ -125,7 +128,9 @@ class Firefox:
                 self.proc.stdin.close()
                 self.proc.wait(15)
             except (OSError, subprocess.TimeoutExpired):
-                self.proc.kill()
+                # The driver and the Firefox it started, by the group this object made.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
 
 

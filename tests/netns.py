@@ -56,6 +56,30 @@ table inet guard {{
 """.format(ranges=", ".join(DOCUMENTATION_RANGES))
 
 
+# coturn as the lab runs it; docs/operations.md shows the same settings (tests/test_docs.py
+# checks). Only TURN over UDP and TCP: the lab has no certificate a browser would trust.
+COTURN_SETTINGS = [
+    f"listening-ip={SERVICE_ADDRESS}",
+    f"relay-ip={SERVICE_ADDRESS}",
+    f"listening-port={TURN_PORT}",
+    "min-port=49160",
+    "max-port=49200",
+    "use-auth-secret",
+    f"static-auth-secret={TURN_SECRET}",
+    f"realm={TURN_REALM}",
+    "fingerprint",
+    "no-cli",
+    "no-tls",
+    "no-dtls",
+    "no-multicast-peers",
+    # Relay between documentation addresses only.
+    "denied-peer-ip=0.0.0.0-255.255.255.255",
+    "allowed-peer-ip=192.0.2.0-192.0.2.255",
+    "allowed-peer-ip=198.51.100.0-198.51.100.255",
+    "allowed-peer-ip=203.0.113.0-203.0.113.255",
+]
+
+
 def run(*command: str, timeout: float = 15.0, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
@@ -244,18 +268,9 @@ class TurnLab:
     def start_turn(self) -> None:
         """coturn on 203.0.113.1:3478 (UDP and TCP), relaying only between documentation addresses."""
         conf = os.path.join(self.folder, "turnserver.conf")
-        allowed = "\n".join(f"allowed-peer-ip={low}-{high}" for low, high in (
-            ("192.0.2.0", "192.0.2.255"), ("198.51.100.0", "198.51.100.255"), ("203.0.113.0", "203.0.113.255"),
-        ))  # fmt: skip
+        files = [f"userdb={os.path.join(self.folder, 'turndb')}", f"pidfile={os.path.join(self.folder, 'turn.pid')}"]
         with open(conf, "w", encoding="utf-8") as handle:
-            handle.write(
-                f"listening-ip={SERVICE_ADDRESS}\nrelay-ip={SERVICE_ADDRESS}\nlistening-port={TURN_PORT}\n"
-                f"min-port=49160\nmax-port=49200\nuse-auth-secret\nstatic-auth-secret={TURN_SECRET}\n"
-                f"realm={TURN_REALM}\nfingerprint\nno-cli\nno-tls\nno-dtls\nno-multicast-peers\n"
-                f"denied-peer-ip=0.0.0.0-255.255.255.255\n{allowed}\n"
-                f"userdb={os.path.join(self.folder, 'turndb')}\npidfile={os.path.join(self.folder, 'turn.pid')}\n"
-                "simple-log\n"
-            )
+            handle.write("\n".join([*COTURN_SETTINGS, *files, "simple-log", ""]))
         proc = subprocess.Popen(
             [*self.srv.prefix(), shutil.which("turnserver") or "turnserver", "-c", conf, "--log-file=stdout"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

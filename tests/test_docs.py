@@ -27,3 +27,12 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_readme_start_command_starts_the_server():
     (command,) = commands_under("Start the server")
     assert command.endswith("pip install -r pip-requirements.txt && python webrtc_server.py start 8888")
+
+
+def test_operations_shows_the_coturn_settings_the_network_tests_use():
+    from netns import COTURN_SETTINGS
+
+    section = read("docs", "operations.md").split("## Behind NAT and firewalls\n", 1)[1].split("\n## ", 1)[0]
+    documented = {line.split("=", 1)[0] for block in re.findall(r"```\n(.+?)\n```", section, re.S) for line in block.splitlines()}
+    used = {setting.split("=", 1)[0] for setting in COTURN_SETTINGS}
+    assert used - {"no-tls", "no-dtls"} <= documented, used - documented  # the lab has no TLS; the docs show it

@@ -193,7 +193,7 @@ def test_the_python_peer_stops_on_refusals_retrying_cannot_fix(code, env, my_id,
         peer = webrtc_client.PythonPeer(server.ws, my_id, peer_id, reply=None)
         with pytest.raises(webrtc_client.SignalingRefused) as refused:
             asyncio.run(asyncio.wait_for(peer.run(), 20))
-    assert refused.value.code == code
+    assert (refused.value.code, refused.value.reason) == (code, webrtc_client.FINAL_CLOSE_CODES[code])
 
 
 # --- the pages -----------------------------------------------------------------------------
