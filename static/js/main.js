@@ -169,16 +169,22 @@ function failureText(reason) {
   }
 }
 
-function restartCall() {
+// What Restart call does: tell the peer, then a new connection that offers by itself. Both go
+// through the signaling socket, so they wait for it to be open (it may be reconnecting).
+async function restartCall({ renewal = false } = {}) {
+  await signaling.whenOpen();
   signaling.send({ type: "start-call", name: config.myId, target: state.peerId, date: Date.now(), session: pageSession });
-  return newCall(null, { startedByUs: true });
+  const call = newCall(null, { startedByUs: true });
+  call.renewal = renewal;
+  return call;
 }
 
-function renewCall() {
+async function renewCall() {
   state.renewals += 1;
-  const call = restartCall();
-  call.renewal = true;
-  setStatus("reconnecting", `Connection to ${peerName()} lost: making a new connection (attempt ${state.renewals})…`);
+  const text = `Connection to ${peerName()} lost: making a new connection (attempt ${state.renewals})…`;
+  setStatus("reconnecting", text);
+  await restartCall({ renewal: true });
+  setStatus("reconnecting", text); // newCall() said "Connecting"
 }
 
 function showChat(message) {

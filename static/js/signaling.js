@@ -71,6 +71,12 @@ export class Signaling extends EventTarget {
     return opened;
   }
 
+  // Resolved when the socket is open: now, or at the next "open".
+  whenOpen() {
+    if (this.isOpen) return Promise.resolve();
+    return new Promise((resolve) => this.addEventListener("open", () => resolve(), { once: true }));
+  }
+
   onFrame(data) {
     let message;
     try {
