@@ -127,3 +127,11 @@ def test_the_codec_selector_offers_only_what_firefox_can_send(server, pages, fir
         fox.wait_codec(f"video/{codec}")
         chrome.wait_codec(f"video/{codec}", "inbound-rtp")
     assert fox.state == "connected"
+    # Chromium may choose H264, but its Firefox peer cannot receive it: the page says so.
+    chrome.select("#codec", "H264")
+    chrome.wait_for(
+        "() => [...document.querySelectorAll('#chat-log .system .text')]"
+        ".some(e => /browser cannot use H264: the call goes on with (VP8|VP9|AV1)\\.$/.test(e.textContent))",
+        timeout_ms=15000,
+    )
+    assert chrome.state == "connected" and fox.state == "connected"

@@ -303,6 +303,29 @@ export class Call extends EventTarget {
     if (this.pc.connectionState === "connected") await this.offer();
   }
 
+  // The video codec this call sends ("VP8", ...), or null before any video went out.
+  async sendingCodec() {
+    const stats = await this.pc.getStats();
+    let mime = null;
+    stats.forEach((report) => {
+      const codec = report.type === "outbound-rtp" && report.kind === "video" && report.codecId && stats.get(report.codecId);
+      if (codec) mime = codec.mimeType;
+    });
+    return mime && mime.split("/")[1].toUpperCase();
+  }
+
+  // After a change of codec: the codec in use once it is `wanted`, or what is still in use
+  // after `timeoutMs` (the peer's browser may not have the wanted one).
+  async codecSettled(wanted, timeoutMs = 5000) {
+    const deadline = performance.now() + timeoutMs;
+    let current = await this.sendingCodec();
+    while (current !== wanted.toUpperCase() && performance.now() < deadline && !this.closed) {
+      await new Promise((resolve) => setTimeout(resolve, 250));
+      current = await this.sendingCodec();
+    }
+    return current;
+  }
+
   async applyBandwidth() {
     const sender = this.videoSender();
     if (!sender) return;

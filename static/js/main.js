@@ -281,9 +281,18 @@ function wireControls() {
       addChatLine("system", "", `This camera cannot use that resolution (${error.name}).`);
     }
   });
-  elements.codec.addEventListener("change", () => {
-    state.preferences.codec = elements.codec.value;
-    if (state.call) state.call.setCodec(elements.codec.value);
+  elements.codec.addEventListener("change", async () => {
+    const codec = elements.codec.value;
+    state.preferences.codec = codec;
+    const call = state.call;
+    if (!call) return;
+    await call.setCodec(codec);
+    if (!codec || call.pc.connectionState !== "connected") return;
+    // Both browsers must have the codec: say so when the peer's lacks it.
+    const used = await call.codecSettled(codec);
+    if (call === state.call && used && used !== codec) {
+      addChatLine("system", "", `${peerName()}'s browser cannot use ${codec}: the call goes on with ${used}.`);
+    }
   });
   elements.bandwidth.addEventListener("change", () => {
     state.preferences.bandwidth = elements.bandwidth.value;
