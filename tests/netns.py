@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Sequence
 
-from server_process import LISTENING, ServerProcess, terminate
+from server_process import LISTENING, PROJECT_DIR, ServerProcess, terminate
 
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 SERVICE_ADDRESS = "203.0.113.1"
@@ -207,8 +207,6 @@ class NamespaceServer(ServerProcess):
         self.ns, self.address = ns, address
 
     def start(self, timeout: float = 15.0) -> NamespaceServer:
-        from server_process import PROJECT_DIR
-
         self.proc = subprocess.Popen(
             [*self.ns.prefix(), sys.executable, "webrtc_server.py", *self.args],
             cwd=PROJECT_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -240,7 +238,7 @@ class TurnLab:
         self.tag = f"wrtc{os.getpid()}{uuid.uuid4().hex[:6]}"
         self.namespaces: list[Namespace] = []
         self.processes: list[subprocess.Popen] = []
-        self.servers: list[ServerProcess] = []
+        self.servers: dict[str, NamespaceServer] = {}
         self.folder = tempfile.mkdtemp(prefix=f"{self.tag}-")
         self.turn_log: list[str] = []
 
@@ -292,11 +290,11 @@ class TurnLab:
         sockets = self.srv.run("ss", "-lntu", check=False).stdout
         return re.search(rf"{re.escape(SERVICE_ADDRESS)}:{TURN_PORT}\b", sockets) is not None
 
-    def server(self, ice_servers: list[dict[str, object]], port: int, token: str = "lab-token") -> NamespaceServer:
-        """webrtc_app on 203.0.113.1:``port`` handing out ``ice_servers``."""
+    def server(self, name: str, ice_servers: list[dict[str, object]], port: int, token: str = "lab-token") -> NamespaceServer:
+        """webrtc_app on 203.0.113.1:``port`` handing out ``ice_servers``; ``self.servers[name]``."""
         env = {"WEBRTC_ICE_SERVERS": json.dumps(ice_servers), "WEBRTC_ICE_ACCESS_TOKEN": token}
         server = NamespaceServer(self.srv, SERVICE_ADDRESS, port, env)
-        self.servers.append(server)
+        self.servers[name] = server
         return server.start()
 
     def leaks(self) -> dict[str, int]:
@@ -304,7 +302,7 @@ class TurnLab:
         return {ns.name: ns.counter("leaked") for ns in self.namespaces}
 
     def close(self) -> None:
-        for server in self.servers:
+        for server in self.servers.values():
             server.kill()
         for proc in self.processes:
             terminate(proc)

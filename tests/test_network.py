@@ -37,11 +37,9 @@ def lab():
     require(not missing, "network namespaces", missing or "")
     require(shutil.which("turnserver"), "coturn's turnserver", "apt-get install -y coturn")
     with TurnLab() as lab:
-        lab.servers_by_name = {
-            "turn": lab.server(turn_entries(), PORTS["turn"], TOKEN),
-            "no-turn": lab.server([], PORTS["no-turn"], TOKEN),
-            "wrong-secret": lab.server(turn_entries(secret="not-the-secret"), PORTS["wrong-secret"], TOKEN),
-        }
+        lab.server("turn", turn_entries(), PORTS["turn"], TOKEN)
+        lab.server("no-turn", [], PORTS["no-turn"], TOKEN)
+        lab.server("wrong-secret", turn_entries(secret="not-the-secret"), PORTS["wrong-secret"], TOKEN)
         yield lab
 
 
@@ -93,7 +91,7 @@ def open_page(lab, browsers):
     opened = []
 
     def open_page(browser: str, server: str, role: str, my_id: str, peer_id: str):
-        url = f"{lab.servers_by_name[server].http}/{role}?id={my_id}&peer_id={peer_id}"
+        url = f"{lab.servers[server].http}/{role}?id={my_id}&peer_id={peer_id}"
         driver = browsers(browser)
         page = driver.open(url) if browser.startswith("firefox") else PageDriver(driver, url)
         opened.append(page)
@@ -205,7 +203,7 @@ def test_a_new_address_mid_call_restarts_ice_and_reopens_the_signaling_socket(la
         page.js("() => { window.webrtcApp.state.call.pc.marker = 'before the move'; }")
     my_id = moving.js("() => window.webrtcApp.config.myId")
     new_address = host.move(host.address_number + 10)
-    server = lab.servers_by_name["turn"]
+    server = lab.servers["turn"]
     # Its old TCP connection is dead without knowing it: the page opens a new one by itself.
     server.wait_for_line(rf"101 GET /ws\w+\?id={my_id}&\S* \({re.escape(new_address)}\)", timeout=30)
     for page in (caller, receiver):
@@ -231,7 +229,7 @@ class PeerProcess:
     STATUS = re.compile(r"connected=(\w+) frames received=(\d+) chat lines=\d+ recoveries=(\d+)")
 
     def __init__(self, lab: TurnLab, host, my_id: str, peer_id: str) -> None:
-        server = lab.servers_by_name["turn"]
+        server = lab.servers["turn"]
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [*host.ns.prefix(), sys.executable, "webrtc_client.py", server.ws, "--id", my_id, "--peer", peer_id,
