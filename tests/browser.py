@@ -136,6 +136,17 @@ class CallPage:
         )
         return self.frames_decoded()
 
+    def describe(self) -> dict[str, Any]:
+        """What a failing test should print about this page: status, call states, counters."""
+        return self.js(
+            """() => { const s = window.webrtcApp.state, c = s.call, st = document.getElementById('status');
+                return {status: st.dataset.state, text: st.textContent, seen: window.seenStates || null,
+                        renewals: s.renewals, signaling: window.webrtcApp.signaling.isOpen,
+                        call: c && {connection: c.pc.connectionState, ice: c.pc.iceConnectionState,
+                                    signalingState: c.pc.signalingState, recoveries: c.recoveries,
+                                    iceRestarts: c.iceRestarts, stalled: c.stalled, givenUp: c.givenUp}}; }"""
+        )
+
     def selected_pair(self) -> dict[str, Any] | None:
         return self.js(SELECTED_PAIR_JS)
 

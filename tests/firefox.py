@@ -23,6 +23,8 @@ from typing import Any
 
 from browser import TIMEOUT_MS, CallPage
 
+from processes import popen
+
 PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER_SCRIPT = os.path.join(PROJECT_DIR, "tests", "js", "firefox_server.mjs")
 PUPPETEER = os.path.join(PROJECT_DIR, "node_modules", "puppeteer-core", "package.json")
@@ -56,7 +58,8 @@ class Firefox:
         env = {**os.environ, "FIREFOX": find_firefox() or "firefox-esr"}
         if secure_hosts:
             env["FIREFOX_SECURE_HOSTS"] = secure_hosts
-        self.proc = subprocess.Popen(
+        # popen(): the driver gets SIGTERM if this test run dies, and puppeteer then closes Firefox.
+        self.proc = popen(
             [*prefix, "node", SERVER_SCRIPT],
             cwd=PROJECT_DIR,
             env=env,

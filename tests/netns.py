@@ -20,14 +20,11 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Sequence
 
-from server_process import LISTENING, PROJECT_DIR, ServerProcess, terminate
+from processes import HelperProcess, ServerProcess
 
 DOCUMENTATION_RANGES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 SERVICE_ADDRESS = "203.0.113.1"
@@ -206,15 +203,8 @@ class NamespaceServer(ServerProcess):
         super().__init__("--host", address, env=env, port=port)  # the last --host wins
         self.ns, self.address = ns, address
 
-    def start(self, timeout: float = 15.0) -> NamespaceServer:
-        self.proc = subprocess.Popen(
-            [*self.ns.prefix(), sys.executable, "webrtc_server.py", *self.args],
-            cwd=PROJECT_DIR, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        threading.Thread(target=self._pump, daemon=True).start()
-        line = self.wait_for_line(LISTENING, timeout)
-        self.port = int(LISTENING.search(line).group(1))  # type: ignore[union-attr]
-        return self
+    def command(self) -> list[str]:
+        return [*self.ns.prefix(), *super().command()]
 
     @property
     def http(self) -> str:
@@ -223,6 +213,26 @@ class NamespaceServer(ServerProcess):
     @property
     def ws(self) -> str:
         return f"ws://{self.address}:{self.port}"
+
+
+class NamespaceTurnServer(HelperProcess):
+    """coturn inside a namespace, from a configuration file; ready once it listens on UDP and TCP."""
+
+    program = "turnserver"
+    what = "coturn's turnserver"
+    install = "apt-get install -y coturn"
+
+    def __init__(self, ns: Namespace, conf: str) -> None:
+        super().__init__(port=TURN_PORT)
+        self.ns, self.conf = ns, conf
+
+    def command(self) -> list[str]:
+        assert self.binary
+        return [*self.ns.prefix(), self.binary, "-c", self.conf, "--log-file=stdout"]
+
+    def ready(self) -> bool:
+        sockets = self.ns.run("ss", "-lntu", check=False).stdout
+        return len(re.findall(rf"{re.escape(SERVICE_ADDRESS)}:{TURN_PORT}\b", sockets)) >= 2
 
 
 def turn_entries(transports: Sequence[str] = ("udp", "tcp"), secret: str = TURN_SECRET) -> list[dict[str, object]]:
@@ -237,10 +247,9 @@ class TurnLab:
     def __init__(self) -> None:
         self.tag = f"wrtc{os.getpid()}{uuid.uuid4().hex[:6]}"
         self.namespaces: list[Namespace] = []
-        self.processes: list[subprocess.Popen] = []
+        self.turn: NamespaceTurnServer | None = None
         self.servers: dict[str, NamespaceServer] = {}
         self.folder = tempfile.mkdtemp(prefix=f"{self.tag}-")
-        self.turn_log: list[str] = []
 
     def __enter__(self) -> TurnLab:
         try:
@@ -269,26 +278,7 @@ class TurnLab:
         files = [f"userdb={os.path.join(self.folder, 'turndb')}", f"pidfile={os.path.join(self.folder, 'turn.pid')}"]
         with open(conf, "w", encoding="utf-8") as handle:
             handle.write("\n".join([*COTURN_SETTINGS, *files, "simple-log", ""]))
-        proc = subprocess.Popen(
-            [*self.srv.prefix(), shutil.which("turnserver") or "turnserver", "-c", conf, "--log-file=stdout"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        self.processes.append(proc)
-        threading.Thread(target=self._pump_turn, args=(proc,), daemon=True).start()
-        deadline = time.monotonic() + 15
-        while not self._turn_listening():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("turnserver did not start:\n" + "\n".join(self.turn_log))
-            time.sleep(0.1)
-
-    def _pump_turn(self, proc: subprocess.Popen) -> None:
-        assert proc.stdout
-        for line in proc.stdout:
-            self.turn_log.append(line.rstrip("\n"))
-
-    def _turn_listening(self) -> bool:
-        sockets = self.srv.run("ss", "-lntu", check=False).stdout
-        return re.search(rf"{re.escape(SERVICE_ADDRESS)}:{TURN_PORT}\b", sockets) is not None
+        self.turn = NamespaceTurnServer(self.srv, conf).start()
 
     def server(self, name: str, ice_servers: list[dict[str, object]], port: int, token: str = "lab-token") -> NamespaceServer:
         """webrtc_app on 203.0.113.1:``port`` handing out ``ice_servers``; ``self.servers[name]``."""
@@ -304,8 +294,8 @@ class TurnLab:
     def close(self) -> None:
         for server in self.servers.values():
             server.kill()
-        for proc in self.processes:
-            terminate(proc)
+        if self.turn is not None:
+            self.turn.stop()
         for ns in self.namespaces:
             ns.delete()
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -11,7 +11,7 @@ import subprocess
 
 from conftest import require
 
-from server_process import PROJECT_DIR
+from processes import PROJECT_DIR
 
 
 def test_the_node_suites_pass():

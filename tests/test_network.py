@@ -9,13 +9,12 @@ after each test.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
 import shutil
-import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -24,7 +23,7 @@ from conftest import find_chromium, require
 from firefox import Firefox, missing_firefox_parts
 from netns import SERVICE_ADDRESS, TurnLab, missing_tools, turn_entries, wrapper_script
 
-from server_process import PROJECT_DIR
+from processes import PROJECT_DIR, HelperProcess
 
 PORTS = {"turn": 8080, "no-turn": 8081, "wrong-secret": 8082}
 TOKEN = "lab-token"
@@ -114,9 +113,21 @@ def start_call(open_page, server: str, b_browser: str = "chromium-b"):
     receiver = open_page(b_browser, server, "recieve", bob, alice)
     caller = open_page("chromium-a", server, "call", alice, bob)
     for page in (caller, receiver):
-        page.wait_state("connected", timeout_ms=30000)
-        page.wait_frames_flowing()
+        page.record_states()
+    with explained("the call did not start", caller, receiver):
+        for page in (caller, receiver):
+            page.wait_state("connected", timeout_ms=30000)
+            page.wait_frames_flowing()
     return caller, receiver
+
+
+@contextlib.contextmanager
+def explained(what: str, *pages):
+    """On a failure, say where each page stood (status, call states, counters)."""
+    try:
+        yield
+    except Exception as error:
+        raise AssertionError(f"{what}: " + "; ".join(str(page.describe()) for page in pages)) from error
 
 
 # --- TURN ----------------------------------------------------------------------------------
@@ -188,9 +199,11 @@ def test_a_five_second_cut_is_survived_without_pressing_anything(lab, open_page,
         time.sleep(max(0.0, 5.0 - (time.monotonic() - cut)))
     finally:
         lab.b.plug()
+    with explained("the call did not come back", caller, receiver):
+        for page in (caller, receiver):
+            page.wait_frames_flowing(more=30, timeout=45)
+            page.wait_state("connected", timeout_ms=10000)
     for page in (caller, receiver):
-        page.wait_frames_flowing(more=30, timeout=45)
-        page.wait_state("connected", timeout_ms=10000)
         assert any(re.search(r"reconnecting", text) for text in page.seen_texts()), page.seen_texts()
 
 
@@ -206,9 +219,10 @@ def test_a_new_address_mid_call_restarts_ice_and_reopens_the_signaling_socket(la
     server = lab.servers["turn"]
     # Its old TCP connection is dead without knowing it: the page opens a new one by itself.
     server.wait_for_line(rf"101 GET /ws\w+\?id={my_id}&\S* \({re.escape(new_address)}\)", timeout=30)
-    for page in (caller, receiver):
-        page.wait_frames_flowing(more=30, timeout=45)
-        page.wait_state("connected", timeout_ms=10000)
+    with explained("the call did not come back", caller, receiver):
+        for page in (caller, receiver):
+            page.wait_frames_flowing(more=30, timeout=45)
+            page.wait_state("connected", timeout_ms=10000)
     assert "reconnecting" in moving.seen_states()  # (its peer may not even notice)
     # The same connection with new ICE candidates: not a new call.
     restarts = 0
@@ -223,27 +237,32 @@ def test_a_new_address_mid_call_restarts_ice_and_reopens_the_signaling_socket(la
 # --- the Python peer -----------------------------------------------------------------------
 
 
-class PeerProcess:
-    """``python webrtc_client.py`` inside a namespace; its status lines are read as they come."""
+class PeerProcess(HelperProcess):
+    """``python webrtc_client.py`` inside a namespace, reporting its status twice a second;
+    ready once it reports."""
 
     STATUS = re.compile(r"connected=(\w+) frames received=(\d+) chat lines=\d+ recoveries=(\d+)")
 
     def __init__(self, lab: TurnLab, host, my_id: str, peer_id: str) -> None:
-        server = lab.servers["turn"]
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [*host.ns.prefix(), sys.executable, "webrtc_client.py", server.ws, "--id", my_id, "--peer", peer_id,
-             "--ice-token", TOKEN, "--report-every", "0.5"],
-            cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
-        threading.Thread(target=self._pump, daemon=True).start()
+        super().__init__()
+        self.ns, self.server = host.ns, lab.servers["turn"]
+        self.my_id, self.peer_id = my_id, peer_id
 
-    def _pump(self) -> None:
-        assert self.proc.stdout
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+    def prepare(self) -> None:
+        pass  # it listens on no port
+
+    def command(self) -> list[str]:
+        return [*self.ns.prefix(), sys.executable, "webrtc_client.py", self.server.ws, "--id", self.my_id,
+                "--peer", self.peer_id, "--ice-token", TOKEN, "--report-every", "0.5"]  # fmt: skip
+
+    def popen_options(self) -> dict[str, object]:
+        return {"cwd": PROJECT_DIR}
+
+    def ready(self) -> bool:
+        return self.STATUS.search(self.output()) is not None
 
     def status(self) -> tuple[bool, int, int]:
+        """(connected, frames received, recoveries) from its last status line."""
         for line in reversed(self.lines):
             if match := self.STATUS.search(line):
                 return match.group(1) == "True", int(match.group(2)), int(match.group(3))
@@ -252,19 +271,10 @@ class PeerProcess:
     def wait(self, condition, what: str, timeout: float = 30.0) -> tuple[bool, int, int]:
         deadline = time.monotonic() + timeout
         while not condition(*self.status()):
-            assert self.proc.poll() is None, "the peer exited:\n" + "\n".join(self.lines)
-            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + "\n".join(self.lines[-30:])
+            assert self.running, "the peer exited:\n" + self.log_tail()
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n" + self.log_tail()
             time.sleep(0.2)
         return self.status()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def test_the_python_peer_recovers_after_its_link_is_cut(lab, open_page):
@@ -275,7 +285,7 @@ def test_the_python_peer_recovers_after_its_link_is_cut(lab, open_page):
         require(None, "aiortc (for the Python peer)", "pip install -r peer-requirements.txt")
     human, bot_id = pair_ids()
     page = open_page("chromium-b", "turn", "recieve", human, bot_id)
-    bot = PeerProcess(lab, lab.a, bot_id, human)
+    bot = PeerProcess(lab, lab.a, bot_id, human).start()
     try:
         page.wait_state("connected", timeout_ms=30000)
         page.wait_frames_flowing()
@@ -293,6 +303,6 @@ def test_the_python_peer_recovers_after_its_link_is_cut(lab, open_page):
         now = bot.status()[1]
         bot.wait(lambda connected, frames, _: connected and frames > now + 30, "video at the bot again")
         # aiortc cannot restart ICE: the bot answered the page's restart with a new connection.
-        assert bot.status()[2] >= 1, "\n".join(bot.lines[-30:])
+        assert bot.status()[2] >= 1, bot.log_tail()
     finally:
         bot.stop()

@@ -23,7 +23,7 @@ import pytest
 from conftest import require
 from websockets.sync.client import connect as ws_connect
 
-from server_process import PROJECT_DIR, ServerProcess, free_port
+from processes import PROJECT_DIR, ServerProcess, free_port
 
 try:
     import webrtc_client
