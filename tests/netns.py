@@ -59,8 +59,8 @@ COTURN_SETTINGS = [
     f"listening-ip={SERVICE_ADDRESS}",
     f"relay-ip={SERVICE_ADDRESS}",
     f"listening-port={TURN_PORT}",
-    "min-port=49160",
-    "max-port=49200",
+    "min-port=49152",
+    "max-port=49652",  # room for every allocation of a module's calls, restarts and renewals
     "use-auth-secret",
     f"static-auth-secret={TURN_SECRET}",
     f"realm={TURN_REALM}",
