@@ -61,6 +61,8 @@ STOP_WAIT = 1.0
 COMMAND_TIMEOUT = 5.0
 #: Most messages waiting to be published; past it, cross-node copies are shed and counted.
 OUTBOX_LIMIT = 50_000
+#: Seconds before a snapshot Redis did not answer is asked for again.
+SNAPSHOT_RETRY = 0.5
 #: Most directory commands sent in one pipeline.
 BATCH = 512
 #: Seconds a message sent to several nodes waits for all their answers before it is
@@ -670,6 +672,10 @@ class RedisRouter:
                 entries = next(replies, None)
                 if isinstance(entries, dict):
                     self._on_snapshot(job[1], job[2], entries)
+                elif job[1] in self._interests and job[2] == self._generation:
+                    # Redis did not answer: ask again (meanwhile the id's events are kept,
+                    # so they must not wait for a reconnection that may never come).
+                    asyncio.get_running_loop().call_later(SNAPSHOT_RETRY, self._jobs.put_nowait, job)
 
     def _add_commands(self, pipe: Any, job: tuple[Any, ...]) -> None:
         kind = job[0]
