@@ -302,7 +302,7 @@ class RedisRouter:
         deadline = loop.time() + JOIN_WAIT
         acks = self._acks[session.session_id] = Acks(loop)
         try:
-            if session.peer_id:
+            if session.peer_id and self.connected:  # with Redis away, local delivery need not wait
                 for id in (session.id, session.peer_id):
                     interest = self._interests.get(id)
                     if interest is not None:
