@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import time
 import urllib.error
 import urllib.request
 from contextlib import ExitStack
@@ -132,6 +133,12 @@ def test_redis_restarting_keeps_local_delivery_and_the_cluster_recovers(redis):
         alice.send("lost while Redis is down")
         assert receive(alice) == PEER_UNAVAILABLE_NOTICE
         assert receive(bob, 0.5) is None
+        # A socket opened meanwhile serves at once (it does not wait for the backplane).
+        started = time.monotonic()
+        erin = stack.enter_context(connect(f"{one.ws}/wscall?id=erin&peer_id=frank"))
+        erin.send("anyone?")
+        assert receive(erin) == PEER_UNAVAILABLE_NOTICE
+        assert time.monotonic() - started < 1.5
         redis.start()  # the same port, empty: no persistence
         took = wait_until(lambda: connections(one, "bob") != [], 15, "the nodes to reconnect and re-register")
         alice.send("after the restart")
