@@ -185,10 +185,15 @@ class TestPages(BasicTestCase):
                 self.assertTrue(target.startswith("./"), target)
                 modules.append(os.path.normpath(os.path.join(os.path.dirname(url), target)))
         self.assertGreaterEqual(len(seen), 4)
+        vendor = os.path.join(webrtc_server.PROJECT_DIR, "static", "js", "vendor")
         for folder, _, files in os.walk(os.path.join(webrtc_server.PROJECT_DIR, "static")):
             for name in files:
                 with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                    self.assertNotRegex(handle.read(), r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", name)
+                    text = handle.read()
+                if folder == vendor and name.endswith(".js"):
+                    # A vendored module keeps its notice, which names its home page; its code may not.
+                    text = re.sub(r"\A/\*.*?\*/", "", text, flags=re.S)
+                self.assertNotRegex(text, r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", name)
         for name in os.listdir(webrtc_server.TEMPLATE_DIR):
             with open(os.path.join(webrtc_server.TEMPLATE_DIR, name), encoding="utf-8") as handle:
                 self.assertNotRegex(handle.read(), r"https?://", name)
