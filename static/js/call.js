@@ -51,13 +51,9 @@ export class Call extends EventTarget {
 
     const pc = new RTCPeerConnection({ iceServers });
     this.pc = pc;
-    if (localStream) {
-      for (const track of localStream.getTracks()) pc.addTrack(track, localStream);
-    } else {
-      // No camera: still receive the peer's media.
-      pc.addTransceiver("audio", { direction: "recvonly" });
-      pc.addTransceiver("video", { direction: "recvonly" });
-    }
+    this.localStream = localStream;
+    this.senders = {}; // kind -> the RTCRtpSender of our microphone, and of our camera or screen
+    for (const kind of ["audio", "video"]) this.addSender(kind);
     // Negotiated with a fixed id, so both sides open the same channel whoever offers first.
     this.channel = pc.createDataChannel("chat", { negotiated: true, id: 0 });
     this.channel.addEventListener("open", () => this.dispatchEvent(new CustomEvent("channel", { detail: "open" })));
@@ -77,6 +73,43 @@ export class Call extends EventTarget {
     pc.addEventListener("connectionstatechange", () => this.onConnectionState());
     pc.addEventListener("negotiationneeded", () => this.offer());
     this.watchdog = setInterval(() => this.checkMedia(), 1000);
+  }
+
+  // addTrack(), not addTransceiver(): the side that answers then sends on the transceivers of
+  // the offer instead of adding its own (which would take a second round of negotiation).
+  addSender(kind) {
+    const stream = this.localStream;
+    const track = stream && stream.getTracks().find((t) => t.kind === kind);
+    if (track) {
+      this.senders[kind] = this.pc.addTrack(track, stream);
+    } else if (kind === "video" && stream && stream.getAudioTracks().length) {
+      // Sound only (no camera, or it is off): a video sender all the same, without a track,
+      // so that a camera or a screen can be sent later with replaceTrack(). addTrack() needs
+      // a track: a blank one, taken out at once.
+      const canvas = document.createElement("canvas");
+      canvas.getContext("2d");
+      const blank = canvas.captureStream(0).getVideoTracks()[0];
+      this.senders.video = this.pc.addTrack(blank, stream);
+      this.senders.video.replaceTrack(null).catch((error) => console.warn("call: cannot clear the blank track", error));
+      blank.stop();
+    } else {
+      // Nothing to send of this kind: still receive the peer's.
+      this.pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+  }
+
+  // Send `track` (null: nothing) in place of what this call sends of its kind: the same
+  // transceiver, so no renegotiation. A call that had nothing to send of that kind adds it,
+  // which renegotiates (perfect negotiation makes the offer).
+  async replaceTrack(kind, track) {
+    const sender = this.senders[kind];
+    if (this.closed) return;
+    if (sender) {
+      await sender.replaceTrack(track);
+    } else if (track) {
+      this.senders[kind] = this.pc.addTrack(track, this.localStream);
+    }
+    if (kind === "video") await this.applyBandwidth();
   }
 
   signal(message) {
@@ -294,7 +327,7 @@ export class Call extends EventTarget {
   // --- media settings -------------------------------------------------------------------
 
   videoSender() {
-    return this.pc.getSenders().find((sender) => sender.track && sender.track.kind === "video");
+    return this.senders.video || null;
   }
 
   // A new preferred codec takes effect with a renegotiation (see codecs.js).
