@@ -81,14 +81,23 @@ class CallPageHandler(PageHandler):
             title=self.title,
             ice_url=config.ICE_URL,
             ice_pass=config.get_ice_pass(),
+            invite_url=self.invite_url(my_id, peer_id),
         )
 
     post = get
+
+    def invite_url(self, my_id: str, peer_id: str) -> str:
+        """The relative URL of the page the peer opens to join this call, or "" if there is none."""
+        return ""
 
 
 class CallerPageHandler(CallPageHandler):
     ws_url_name = "caller_ws"
     title = "Caller"
+
+    def invite_url(self, my_id: str, peer_id: str) -> str:
+        # The receiver page of this pair: the caller page shows it as a link and a QR code.
+        return relative_url(self.reverse_url("reciever_page"), id=peer_id, peer_id=my_id) if peer_id else ""
 
 
 class ReceiverPageHandler(CallPageHandler):

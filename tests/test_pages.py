@@ -78,11 +78,16 @@ class TestPages(BasicTestCase):
                 "role": "Caller",
                 "iceUrl": "/ice_servers",
                 "icePass": self.app.config.get_ice_pass(),
+                "inviteUrl": "/recieve?id=PEER1&peer_id=ME",
             },
         )
         self.assertIn(b"<title>Caller", response.body)
         receiver = await self.page("reciever_page", id="PEER1", peer_id="ME")
         self.assertEqual(self.config_of(receiver.body)["wsUri"], "/wsrecieve?id=PEER1&peer_id=ME")
+        # Only the caller invites; a caller without a peer has no one to invite.
+        self.assertEqual(self.config_of(receiver.body)["inviteUrl"], "")
+        alone = await self.page("caller_page", id="ME")
+        self.assertEqual(self.config_of(alone.body)["inviteUrl"], "")
         self.assertIn(b"<title>Receiver", receiver.body)
 
     @testing.gen_test

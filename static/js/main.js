@@ -1,8 +1,13 @@
-// Wires the page together: ICE servers, camera, signaling socket, call and controls.
+// Wires the page together: ICE servers, camera and microphone, signaling socket, call,
+// controls, the quality panel and the invite.
 
 import { Call } from "./call.js";
+import { canChooseSpeaker, DevicePickers, remembered } from "./devices.js";
+import { showInvite } from "./invite.js";
+import { LocalMedia } from "./media.js";
+import { QualityPanel } from "./quality.js";
 import { Signaling } from "./signaling.js";
-import { addChatLine, elements, offerOnlyCodecs, setInCall, setMuted, setStatus } from "./ui.js";
+import { addChatLine, elements, offerOnlyCodecs, setCameraOff, setInCall, setMuted, setSharing, setStatus } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 // A call whose ICE restarts did not bring media back is replaced by a new connection, this
@@ -10,20 +15,24 @@ const config = JSON.parse(document.getElementById("page-config").textContent);
 const MAX_RENEWALS = 3;
 const pageSession = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
 
+const media = new LocalMedia();
 const state = {
   peerId: config.peerId,
   iceServers: [],
-  localStream: null,
+  localStream: media.stream, // what we send: microphone, and camera or screen (media.js)
   call: null,
   peerSession: null, // the page session of the peer our call is with
   muted: false,
   renewals: 0, // new connections made in a row after the path broke
   cameraProblem: null, // why getUserMedia failed, shown until a call connects
+  cameraOff: false,
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
 
 const signaling = new Signaling(config.wsUri);
-window.webrtcApp = { config, state, signaling }; // for the console and the end-to-end tests
+const pickers = new DevicePickers({ camera: elements.camera, microphone: elements.microphone, speaker: elements.speaker });
+const quality = new QualityPanel(() => state.call);
+window.webrtcApp = { config, state, signaling, media, pickers, quality }; // for the console and the end-to-end tests
 
 function parseResolution(value) {
   const [width, height] = value.split("x").map(Number);
@@ -43,19 +52,42 @@ async function fetchIceServers() {
   return [];
 }
 
-async function openCamera() {
-  try {
-    state.localStream = await navigator.mediaDevices.getUserMedia({
-      audio: true,
-      video: parseResolution(elements.resolution.value),
-    });
-    elements.localVideo.srcObject = state.localStream;
-  } catch (error) {
-    state.localStream = null;
-    state.cameraProblem = `Camera or microphone unavailable (${error.name}): you can still see and chat with ${peerName()}.`;
+// The remembered camera and microphone (devices.js), else the browser's; without a camera,
+// the microphone alone; without either, the page still receives.
+async function openMedia() {
+  const problem = await media.open({
+    camera: remembered("camera"),
+    microphone: remembered("microphone"),
+    video: parseResolution(elements.resolution.value),
+  });
+  if (problem) {
+    state.cameraProblem = problem.audioOnly
+      ? `Camera unavailable (${problem.error.name}): the call goes on with sound and chat.`
+      : `Camera or microphone unavailable (${problem.error.name}): you can still see and chat with ${peerName()}.`;
     setStatus("camera-refused", state.cameraProblem);
     addChatLine("system", "", state.cameraProblem);
   }
+  showPreview();
+  const speaker = remembered("speaker");
+  if (speaker && canChooseSpeaker) await useSpeaker(speaker).catch(() => {}); // that speaker is gone: the default plays
+  await pickers.use(devicesInUse());
+}
+
+function showPreview() {
+  const track = media.videoTrack;
+  if (elements.localVideo.srcObject && elements.localVideo.srcObject.getVideoTracks()[0] === track) return;
+  elements.localVideo.srcObject = track ? new MediaStream([track]) : null;
+}
+
+// The deviceIds the page uses now, for the pickers (a shared screen is no camera).
+function devicesInUse() {
+  const idOf = (track) => (track ? track.getSettings().deviceId : undefined);
+  return { camera: media.sharing ? undefined : idOf(media.videoTrack), microphone: idOf(media.audioTrack) };
+}
+
+async function useSpeaker(deviceId) {
+  await elements.remoteVideo.setSinkId(deviceId);
+  pickers.inUse.speaker = deviceId;
 }
 
 // The video codecs this browser can send (Firefox without its OpenH264 plugin has no H264).
@@ -96,7 +128,7 @@ function newCall(peerSession, { startedByUs = false } = {}) {
     myId: config.myId,
     peerId: state.peerId,
     iceServers: state.iceServers,
-    localStream: state.localStream,
+    localStream: media.stream,
     polite: polite(),
     send: (message) => signaling.send({ ...message, session: pageSession }),
     preferences: state.preferences,
@@ -251,10 +283,29 @@ function onMessage(message) {
 }
 
 function applyMute() {
-  if (state.localStream) {
-    for (const track of state.localStream.getAudioTracks()) track.enabled = !state.muted;
-  }
+  for (const track of media.stream.getAudioTracks()) track.enabled = !state.muted;
   setMuted(state.muted);
+}
+
+// A device or the screen changed what we send: the call sends it on the same transceiver.
+function wireMedia() {
+  media.addEventListener("track", ({ detail }) => {
+    showPreview();
+    if (detail.kind === "audio") applyMute();
+    if (state.call) state.call.replaceTrack(detail.kind, detail.track).catch((error) => console.warn("cannot send the new track", error));
+    pickers.use(devicesInUse());
+  });
+  media.addEventListener("sharing", ({ detail }) => setSharing(detail));
+  pickers.addEventListener("pick", async ({ detail: { role, deviceId } }) => {
+    try {
+      if (role === "camera") await media.useCamera(deviceId);
+      else if (role === "microphone") await media.useMicrophone(deviceId);
+      else await useSpeaker(deviceId);
+    } catch (error) {
+      addChatLine("system", "", `Cannot use that ${role} (${error.name}).`);
+      pickers.refresh();
+    }
+  });
 }
 
 function wireControls() {
@@ -272,11 +323,32 @@ function wireControls() {
     state.muted = !state.muted;
     applyMute();
   });
-  elements.resolution.addEventListener("change", async () => {
-    const track = state.localStream && state.localStream.getVideoTracks()[0];
-    if (!track) return;
+  elements.cameraOff.addEventListener("click", async () => {
+    state.cameraOff = !state.cameraOff;
+    setCameraOff(state.cameraOff);
     try {
-      await track.applyConstraints(parseResolution(elements.resolution.value));
+      await media.setCameraOff(state.cameraOff);
+    } catch (error) {
+      addChatLine("system", "", `Cannot start the camera (${error.name}).`);
+      state.cameraOff = true;
+      setCameraOff(true);
+    }
+  });
+  if (navigator.mediaDevices.getDisplayMedia) {
+    elements.share.addEventListener("click", async () => {
+      try {
+        if (media.sharing) await media.stopSharing();
+        else await media.shareScreen();
+      } catch (error) {
+        addChatLine("system", "", `Screen not shared (${error.name}).`);
+      }
+    });
+  } else {
+    elements.share.hidden = true; // phones: no screen sharing in the browser
+  }
+  elements.resolution.addEventListener("change", async () => {
+    try {
+      await media.setResolution(parseResolution(elements.resolution.value));
     } catch (error) {
       addChatLine("system", "", `This camera cannot use that resolution (${error.name}).`);
     }
@@ -350,9 +422,12 @@ function wireSignaling() {
 async function start() {
   offerOnlyCodecs(sendableVideoCodecs());
   wireControls();
+  wireMedia();
   wireSignaling();
+  if (config.inviteUrl) showInvite(new URL(config.inviteUrl, location.href).href, elements.invite);
+  quality.start();
   setStatus("starting", "Starting camera…");
-  const [iceServers] = await Promise.all([fetchIceServers(), openCamera()]);
+  const [iceServers] = await Promise.all([fetchIceServers(), openMedia()]);
   state.iceServers = iceServers;
   signaling.connect();
 }

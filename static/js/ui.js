@@ -9,6 +9,11 @@ export const elements = {
   hangup: $("hangup"),
   restart: $("restart"),
   mute: $("mute"),
+  cameraOff: $("camera-off"),
+  share: $("share"),
+  camera: $("camera"),
+  microphone: $("microphone"),
+  speaker: $("speaker"),
   resolution: $("resolution"),
   codec: $("codec"),
   bandwidth: $("bandwidth"),
@@ -16,6 +21,7 @@ export const elements = {
   chatForm: $("chat-form"),
   chatInput: $("chat-input"),
   peerId: $("peer-id"),
+  invite: { panel: $("invite"), link: $("invite-link"), copy: $("invite-copy"), done: $("invite-done"), qr: $("invite-qr") },
 };
 
 // state: a short word tests and styles can rely on (waiting, connecting, connected, ...).
@@ -49,6 +55,16 @@ export function addChatLine(who, name, text, date) {
 export function setMuted(muted) {
   elements.mute.textContent = muted ? "Unmute" : "Mute";
   elements.mute.setAttribute("aria-pressed", String(muted));
+}
+
+export function setCameraOff(off) {
+  elements.cameraOff.textContent = off ? "Start video" : "Stop video";
+  elements.cameraOff.setAttribute("aria-pressed", String(off));
+}
+
+export function setSharing(sharing) {
+  elements.share.textContent = sharing ? "Stop sharing" : "Share screen";
+  elements.share.setAttribute("aria-pressed", String(sharing));
 }
 
 export function setInCall(inCall) {
