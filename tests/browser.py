@@ -46,6 +46,19 @@ SELECTED_PAIR_JS = """async () => {
     return {state: pair.state, local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId)};
 }"""
 
+# The remote video's picture, drawn 32x24 on a canvas: mean colour (r, g, b), saturation (max -
+# min channel, 0 for grey), the red of its top-right corner (2x2 of those pixels) and its size.
+REMOTE_PICTURE_JS = """() => { const v = document.getElementById('remote-video');
+    const c = document.createElement('canvas'); c.width = 32; c.height = 24;
+    const g = c.getContext('2d'); g.drawImage(v, 0, 0, 32, 24);
+    const px = g.getImageData(0, 0, 32, 24).data; let r = 0, gr = 0, b = 0, sat = 0;
+    for (let i = 0; i < px.length; i += 4) { r += px[i]; gr += px[i + 1]; b += px[i + 2];
+        sat += Math.max(px[i], px[i + 1], px[i + 2]) - Math.min(px[i], px[i + 1], px[i + 2]); }
+    const red = (x, y) => px[(y * 32 + x) * 4];
+    const n = px.length / 4;
+    return {r: r / n, g: gr / n, b: b / n, saturation: sat / n, corner: (red(30, 0) + red(31, 0) + red(30, 1) + red(31, 1)) / 4,
+            width: v.videoWidth, height: v.videoHeight}; }"""
+
 
 class CallPage:
     """A caller or receiver page, whatever the browser. Subclasses implement the primitives."""
@@ -136,6 +149,54 @@ class CallPage:
         )
         return self.frames_decoded()
 
+    def remote_colour(self) -> dict[str, float]:
+        """What the remote video shows now (see REMOTE_PICTURE_JS)."""
+        return self.js(REMOTE_PICTURE_JS)
+
+    def wait_remote_colour(self, condition: str, timeout_ms: int = TIMEOUT_MS) -> dict[str, float]:
+        """Wait until the remote picture satisfies ``condition``, a JS expression over r, g, b,
+        saturation, corner, width and height (e.g. ``"saturation < 5"``)."""
+        self.wait_for(
+            f"() => {{ const p = ({REMOTE_PICTURE_JS})(); if (!p.width) return false;"
+            f" const {{r, g, b, saturation, corner, width, height}} = p; return {condition}; }}",
+            timeout_ms=timeout_ms,
+        )
+        return self.remote_colour()
+
+    def inbound_bytes(self, kind: str) -> int:
+        """Bytes of ``kind`` ("audio" or "video") this page's current call has received (inbound-rtp)."""
+        return self.js(
+            """async (kind) => { const call = window.webrtcApp.state.call; if (!call) return 0;
+                let n = 0; (await call.pc.getStats()).forEach(r => {
+                    if (r.type === 'inbound-rtp' && r.kind === kind) n += r.bytesReceived || 0; });
+                return n; }""",
+            kind,
+        )
+
+    def wait_inbound_rising(self, kind: str, more: int = 2000, timeout: float = 20.0) -> int:
+        """Wait until ``more`` bytes of ``kind`` arrive from now on; answer the new total."""
+        start = self.inbound_bytes(kind)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            now = self.inbound_bytes(kind)
+            if now >= start + more:
+                return now
+            time.sleep(0.2)
+        raise AssertionError(f"{kind} is not arriving: {start} bytes, then {self.inbound_bytes(kind)}")
+
+    def sender_label(self, kind: str) -> str | None:
+        """The label of the track this page's call sends as ``kind`` (None: it sends nothing)."""
+        return self.js(
+            "kind => { const s = window.webrtcApp.state.call.senders[kind]; return s && s.track ? s.track.label : null; }", kind
+        )
+
+    def quality(self) -> dict[str, dict[str, str]]:
+        """The quality panel as a person reads it (text) with the value behind each line."""
+        return self.js(
+            """() => Object.fromEntries([...document.querySelectorAll('.quality dd')].map(
+                d => [d.id.slice(2), {text: d.textContent, value: d.dataset.value || ''}]))"""
+        )
+
     def describe(self) -> dict[str, Any]:
         """What a failing test should print about this page: status, call states, counters."""
         return self.js(
@@ -202,8 +263,17 @@ class PageDriver(CallPage):
 
     browser_name = "chromium"
 
-    def __init__(self, browser: Any, url: str, init_script: str | None = None, viewport: tuple[int, int] = (1280, 720)) -> None:
-        self.context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
+    def __init__(
+        self,
+        browser: Any,
+        url: str,
+        init_script: str | None = None,
+        viewport: tuple[int, int] = (1280, 720),
+        permissions: list[str] | None = None,
+    ) -> None:
+        # permissions: what the page may use without asking (e.g. "camera", "clipboard-read"),
+        # for a browser started without --use-fake-ui-for-media-stream.
+        self.context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]}, permissions=permissions or [])
         if init_script:
             self.context.add_init_script(init_script)
         self.page = self.context.new_page()

@@ -11,7 +11,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from browser import CHROMIUM_ARGS, PageDriver
@@ -64,29 +64,38 @@ def server():
         yield process
 
 
-@pytest.fixture(scope="module")
-def browser():
-    # Per module, not per session: Playwright's sync API keeps an event loop running while
-    # it is open, and the Tornado tests in other modules need to run their own.
+@contextmanager
+def chromium(args: list[str] = CHROMIUM_ARGS) -> Iterator[Any]:
+    """Debian's Chromium launched by Playwright with ``args``, closed afterwards."""
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         sync_playwright = None
     require(sync_playwright, "Playwright for Python", "pip install -r tests/requirements.txt")
-    chromium = find_chromium()
-    require(chromium, "Chromium", "apt-get install -y chromium (or set CHROMIUM=/path/to/chromium)")
+    executable = find_chromium()
+    require(executable, "Chromium", "apt-get install -y chromium (or set CHROMIUM=/path/to/chromium)")
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=executable, args=args)
         yield browser
         browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    # Per module, not per session: Playwright's sync API keeps an event loop running while
+    # it is open, and the Tornado tests in other modules need to run their own.
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture
 def pages(browser):
     opened: list[PageDriver] = []
 
-    def open_page(url: str, init_script: str | None = None, viewport: tuple[int, int] = (1280, 720)) -> PageDriver:
-        driver = PageDriver(browser, url, init_script, viewport)
+    def open_page(
+        url: str, init_script: str | None = None, viewport: tuple[int, int] = (1280, 720), permissions: list[str] | None = None
+    ) -> PageDriver:
+        driver = PageDriver(browser, url, init_script, viewport, permissions)
         opened.append(driver)
         return driver
 
