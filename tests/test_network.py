@@ -146,6 +146,11 @@ def test_only_turn_can_carry_the_call_and_it_does(lab, open_page, b_browser):
     assert any("relay" in (pair["local"]["candidateType"], pair["remote"]["candidateType"]) for pair in pairs), pairs  # type: ignore[index]
     for page in (caller, receiver):
         page.wait_remote_playing()
+    # The quality panel says so too (a side may know the relay's address only as a peer-reflexive one).
+    paths = [page.wait_for("() => document.getElementById('q-path').dataset.value") for page in (caller, receiver)]
+    assert "relay" in paths, paths
+    relayed = (caller, receiver)[paths.index("relay")]
+    assert relayed.js("() => document.getElementById('q-path').textContent").startswith("Through a TURN relay (")
 
 
 def test_turn_over_tcp_when_udp_to_the_server_is_blocked(lab, open_page):
@@ -155,11 +160,33 @@ def test_turn_over_tcp_when_udp_to_the_server_is_blocked(lab, open_page):
         caller, receiver = start_call(open_page, "turn")
         pair = caller.selected_pair()
         assert pair and pair["local"]["candidateType"] == "relay" and pair["local"]["relayProtocol"] == "tcp", pair
+        caller.wait_for("() => document.getElementById('q-path').textContent === 'Through a TURN relay (TCP)'")
         assert lab.a.ns.counter("blocked") > 0  # a did try UDP first
         receiver.wait_remote_playing()
         caller.wait_remote_playing()
     finally:
         lab.a.ns.unblock()
+
+
+def test_a_lossy_network_is_shown_as_a_poor_connection(lab, open_page):
+    caller, receiver = start_call(open_page, "turn")
+    for page in (caller, receiver):
+        page.wait_for("() => document.getElementById('q-bitrate').dataset.value !== ''")
+        assert page.js("() => document.getElementById('q-warning').hidden") is True
+    # A quarter of what bob sends to the relay is lost on the way.
+    lab.b.ns.block(f"ip daddr {SERVICE_ADDRESS} meta l4proto udp numgen random mod 100 < 25")
+    try:
+        warning = "() => { const w = document.getElementById('q-warning'); return !w.hidden && w.textContent; }"
+        # alice counts the missing packets herself; bob hears of his from alice's reports (RTCP).
+        for page in (caller, receiver):
+            text = page.wait_for(warning, timeout_ms=15000)
+            assert re.fullmatch(r"Poor connection: \d+% of packets lost(, \d+ ms round trip)?", text), text
+        assert lab.b.ns.counter("blocked") > 0
+        assert caller.state == "connected"
+    finally:
+        lab.b.ns.unblock()
+    for page in (caller, receiver):
+        page.wait_for("() => document.getElementById('q-warning').hidden", timeout_ms=15000)
 
 
 def test_calls_that_cannot_connect_say_why(lab, open_page):
