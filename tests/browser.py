@@ -14,10 +14,15 @@ from typing import Any
 # Chromium flags that make calls work headless on a machine with no camera and, maybe, only
 # a loopback interface; and that keep it from reaching out to the internet (host candidates
 # as addresses, not mDNS names that would be resolved by multicast).
+# Three fake cameras: fake_device_0 (the default) draws a green picture with a moving pie and
+# green corners; fake_device_2 (MJPEG) a still green one with yellow corners, which the far side
+# tells apart by the red of a corner (REMOTE_PICTURE_JS); fake_device_1 is a Y16 depth camera,
+# grey on the page, of which WebRTC sends no frame.
+FAKE_DEVICES = "--use-fake-device-for-media-stream=device-count=3"
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
+    FAKE_DEVICES,
     "--allow-loopback-in-peer-connection",
     "--autoplay-policy=no-user-gesture-required",
     "--disable-background-networking",
@@ -44,6 +49,13 @@ SELECTED_PAIR_JS = """async () => {
         return {candidateType: c.candidateType, protocol: c.protocol, relayProtocol: c.relayProtocol || null,
                 address: c.address || c.ip || null}; };
     return {state: pair.state, local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId)};
+}"""
+
+# An init script: the person refuses the camera but allows the microphone.
+REFUSE_CAMERA_JS = """{
+    const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+    navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
+        ? Promise.reject(new DOMException('Permission denied', 'NotAllowedError')) : open(constraints);
 }"""
 
 # The remote video's picture, drawn 32x24 on a canvas: mean colour (r, g, b), saturation (max -

@@ -120,8 +120,8 @@ class Firefox:
             raise FirefoxError(f"{op} failed in Firefox: {answer['error']}")
         return answer.get("result")
 
-    def open(self, url: str, viewport: tuple[int, int] = (1280, 720)) -> FirefoxPage:
-        return FirefoxPage(self, url, viewport)
+    def open(self, url: str, viewport: tuple[int, int] = (1280, 720), init_script: str | None = None) -> FirefoxPage:
+        return FirefoxPage(self, url, viewport, init_script)
 
     def quit(self) -> None:
         if self.proc.poll() is None:
@@ -142,9 +142,11 @@ class FirefoxPage(CallPage):
 
     browser_name = "firefox"
 
-    def __init__(self, firefox: Firefox, url: str, viewport: tuple[int, int] = (1280, 720)) -> None:
+    def __init__(
+        self, firefox: Firefox, url: str, viewport: tuple[int, int] = (1280, 720), init_script: str | None = None
+    ) -> None:
         self.firefox = firefox
-        self.number: int = firefox.command("open", url=url, width=viewport[0], height=viewport[1])
+        self.number: int = firefox.command("open", url=url, width=viewport[0], height=viewport[1], initScript=init_script)
 
     @property
     def errors(self) -> list[str]:

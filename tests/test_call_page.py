@@ -2,14 +2,11 @@
 pickers switching live, screen sharing, the call-quality panel, the invite link, calls with
 sound only, and every control usable from the keyboard.
 
-This module's Chromium has three fake cameras (``device-count=3``). The first draws a green
-picture with a moving pie and green corners; the third (an MJPEG camera) a still green one with
-yellow corners, which the far side tells apart by the red in a corner. (The second, a Y16 depth
-camera, shows grey locally but WebRTC sends none of its frames.) There is no fake
-permission prompt: the pages get the camera and microphone from the context's permissions,
-so that ``--auto-select-tab-capture-source-by-title`` is honoured and screen sharing captures
-a real tab (with ``--use-fake-ui-for-media-stream`` Chromium would hand out a fake screen and
-ignore the flag).
+This module's Chromium has the usual fake devices (three cameras, see tests/browser.py) and no
+fake permission prompt: the pages get the camera and microphone from the context's
+permissions, so that ``--auto-select-tab-capture-source-by-title`` is honoured and screen
+sharing captures a real tab (with ``--use-fake-ui-for-media-stream`` Chromium hands out a fake
+screen and ignores that flag).
 """
 
 from __future__ import annotations
@@ -17,7 +14,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from browser import CHROMIUM_ARGS, PageDriver
+from browser import CHROMIUM_ARGS, REFUSE_CAMERA_JS, PageDriver
 from conftest import chromium, require
 
 try:
@@ -27,8 +24,7 @@ except ImportError:  # the invite test says so
 
 SHARED_TITLE = "Shared tab for the screen-sharing test"
 ARGS = [
-    *(arg for arg in CHROMIUM_ARGS if arg not in ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream")),
-    "--use-fake-device-for-media-stream=device-count=3",
+    *(arg for arg in CHROMIUM_ARGS if arg != "--use-fake-ui-for-media-stream"),
     f"--auto-select-tab-capture-source-by-title={SHARED_TITLE}",
 ]
 MEDIA = ["camera", "microphone"]
@@ -257,13 +253,8 @@ def test_the_invite_link_copies_draws_a_qr_code_and_opens_a_receiver_page_that_j
 
 def test_a_call_without_a_camera_goes_on_with_sound_and_chat(server, pages):
     alice, bob = pair_ids("nocam")
-    refuse_camera = """
-        const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
-        navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
-            ? Promise.reject(new DOMException('Permission denied', 'NotAllowedError')) : open(constraints);
-    """
     receiver = pages(f"{server.http}/recieve?id={bob}&peer_id={alice}", permissions=MEDIA)
-    caller = pages(f"{server.http}/call?id={alice}&peer_id={bob}", init_script=refuse_camera, permissions=MEDIA)
+    caller = pages(f"{server.http}/call?id={alice}&peer_id={bob}", init_script=REFUSE_CAMERA_JS, permissions=MEDIA)
     for page in (caller, receiver):
         page.wait_state("connected")
     text = "Camera unavailable (NotAllowedError): the call goes on with sound and chat."

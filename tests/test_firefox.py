@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from browser import REFUSE_CAMERA_JS
 from conftest import require
 from firefox import Firefox, missing_firefox_parts
 from peer_thread import PeerThread
+from test_call_page import FIRST_CAMERA, SECOND_CAMERA, option_value
 
 try:
     import webrtc_client
@@ -33,8 +35,8 @@ def firefox():
 def firefox_pages(firefox):
     opened = []
 
-    def open_page(url: str):
-        page = firefox.open(url)
+    def open_page(url: str, init_script: str | None = None):
+        page = firefox.open(url, init_script=init_script)
         opened.append(page)
         return page
 
@@ -135,3 +137,55 @@ def test_the_codec_selector_offers_only_what_firefox_can_send(server, pages, fir
         timeout_ms=15000,
     )
     assert chrome.state == "connected" and fox.state == "connected"
+
+
+def test_firefox_without_a_camera_calls_with_sound_and_chat(server, pages, firefox, firefox_pages):
+    fox_id, chrome_id = names("nocam")
+    chrome = pages(f"{server.http}/recieve?id={chrome_id}&peer_id={fox_id}")
+    fox = firefox_pages(f"{server.http}/call?id={fox_id}&peer_id={chrome_id}", init_script=REFUSE_CAMERA_JS)
+    for page in (fox, chrome):
+        page.wait_state("connected")
+    assert "Camera unavailable (NotAllowedError): the call goes on with sound and chat." in fox.chat_texts("system")
+    assert fox.sender_label("video") is None and fox.sender_label("audio")
+    chrome.wait_inbound_rising("audio")  # Firefox's microphone reaches Chromium
+    fox.wait_remote_playing()  # and Firefox sees Chromium
+    fox.send_chat("sound only")
+    chrome.wait_chat("sound only")
+
+
+def test_firefox_shows_call_quality_and_sees_chromium_switch_camera(server, pages, firefox_pages):
+    fox_id, chrome_id = names("quality")
+    chrome = pages(f"{server.http}/recieve?id={chrome_id}&peer_id={fox_id}")
+    fox = firefox_pages(f"{server.http}/call?id={fox_id}&peer_id={chrome_id}")
+    for page in (fox, chrome):
+        page.wait_state("connected")
+        page.wait_remote_playing()
+    # Firefox's panel, from Firefox's getStats (no transport stats, RTCP round trips).
+    fox.wait_for("() => ['q-bitrate', 'q-rtt', 'q-path'].every(id => document.getElementById(id).dataset.value !== '')")
+    panel = fox.quality()
+    assert panel["path"]["value"] == "direct" and panel["path"]["text"].startswith("Direct ("), panel
+    assert float(panel["bitrate"]["value"]) > 50 and panel["video"]["value"] == "640x480", panel
+    # Chromium swaps its camera with replaceTrack: Firefox sees the other picture, in the same call.
+    fox.wait_remote_colour(FIRST_CAMERA)
+    fox.js("() => { window.before = window.webrtcApp.state.call; }")
+    chrome.select("#camera", option_value(chrome, "#camera", "fake_device_2"))
+    fox.wait_remote_colour(SECOND_CAMERA)
+    assert fox.js("() => window.webrtcApp.state.call === window.before") and fox.state == "connected"
+
+
+def wait_system_line(page, start: str) -> list[str]:
+    page.wait_for(
+        "start => [...document.querySelectorAll('#chat-log .system .text')].some(e => e.textContent.startsWith(start))", start
+    )
+    return page.chat_texts("system")
+
+
+def test_firefox_headless_cannot_share_a_screen_and_says_so(server, firefox_pages):
+    # Headless Firefox has no screen to offer: getDisplayMedia rejects with NotFoundError.
+    fox_id, chrome_id = names("share")
+    fox = firefox_pages(f"{server.http}/call?id={fox_id}&peer_id={chrome_id}")
+    fox.wait_state("not-online")
+    fox.click("#share")
+    assert "Screen not shared (NotFoundError)." in wait_system_line(fox, "Screen not shared")
+    assert fox.js("() => document.getElementById('share').getAttribute('aria-pressed')") == "false"
+    assert fox.js("() => window.webrtcApp.media.videoTrack.readyState") == "live"  # the camera goes on

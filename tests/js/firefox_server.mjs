@@ -5,7 +5,7 @@
 // Commands: {"id", "op", ...}; answers: {"id", "result"} or {"id", "error"}; events without id:
 // {"event": "ready", "version"}, {"event": "pageerror", "page", "message"}.
 //
-//   open {url, width, height} -> page number     evaluate {page, fn, arg} -> value
+//   open {url, width, height, initScript} -> page number  evaluate {page, fn, arg} -> value
 //   waitFor {page, fn, arg, timeoutMs} -> value  click / fill / select {page, selector, value}
 //   screenshot {page, path}                      close {page}             quit
 //
@@ -97,7 +97,7 @@ function pageOf(command) {
 }
 
 const operations = {
-  async open({ url, width = 1280, height = 720 }) {
+  async open({ url, width = 1280, height = 720, initScript = null }) {
     // One browser context per page, so two pages are two users (like Playwright's contexts).
     const context = await browser.createBrowserContext();
     const page = await context.newPage();
@@ -105,6 +105,8 @@ const operations = {
     pages.set(number, { context, page });
     page.on("pageerror", (error) => write({ event: "pageerror", page: number, message: String(error && error.message) }));
     await page.setViewport({ width, height });
+    // Script text run in every document of the page before its own scripts.
+    if (initScript) await page.evaluateOnNewDocument(initScript);
     await page.goto(url);
     return number;
   },
