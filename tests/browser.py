@@ -51,10 +51,11 @@ SELECTED_PAIR_JS = """async () => {
     return {state: pair.state, local: side(pair.localCandidateId), remote: side(pair.remoteCandidateId)};
 }"""
 
-# An init script: the person refuses the camera but allows the microphone.
+# An init script: the person refuses the camera (until the page sets window.cameraAllowed) but
+# allows the microphone.
 REFUSE_CAMERA_JS = """{
     const open = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
-    navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video
+    navigator.mediaDevices.getUserMedia = (constraints) => constraints && constraints.video && !window.cameraAllowed
         ? Promise.reject(new DOMException('Permission denied', 'NotAllowedError')) : open(constraints);
 }"""
 

@@ -267,6 +267,16 @@ def test_a_call_without_a_camera_goes_on_with_sound_and_chat(server, pages):
     caller.send_chat("no camera here")
     receiver.wait_chat("no camera here")
     assert caller.js("() => window.webrtcApp.state.call.channel.readyState") == "open"
+    # The camera allowed later: Start video sends it in the same call (the video sender was there).
+    assert caller.js("() => document.getElementById('camera-off').textContent") == "Start video"
+    for page in (caller, receiver):
+        remember_call(page)
+    caller.js("() => { window.cameraAllowed = true; }")
+    caller.click("#camera-off")
+    receiver.wait_frames_flowing()
+    receiver.wait_remote_colour(FIRST_CAMERA)
+    assert caller.sender_label("video") == "fake_device_0"
+    assert same_call(caller) and same_call(receiver)
 
 
 def test_stop_video_goes_on_with_sound_and_start_video_brings_it_back(server, pages):

@@ -60,6 +60,11 @@ async function openMedia() {
     microphone: remembered("microphone"),
     video: parseResolution(elements.resolution.value),
   });
+  if (problem && problem.audioOnly) {
+    // Start video tries the camera again (allowed or plugged in since): sent in the same call.
+    state.cameraOff = media.cameraOff = true;
+    setCameraOff(true);
+  }
   if (problem) {
     state.cameraProblem = problem.audioOnly
       ? `Camera unavailable (${problem.error.name}): the call goes on with sound and chat.`
