@@ -62,7 +62,8 @@ async function openMedia() {
   });
   if (problem && problem.audioOnly) {
     // Start video tries the camera again (allowed or plugged in since): sent in the same call.
-    state.cameraOff = media.cameraOff = true;
+    state.cameraOff = true;
+    media.cameraOff = true;
     setCameraOff(true);
   }
   if (problem) {
@@ -92,7 +93,7 @@ function devicesInUse() {
 
 async function useSpeaker(deviceId) {
   await elements.remoteVideo.setSinkId(deviceId);
-  pickers.inUse.speaker = deviceId;
+  await pickers.use({ speaker: deviceId });
 }
 
 // The video codecs this browser can send (Firefox without its OpenH264 plugin has no H264).

@@ -68,7 +68,8 @@ export class QualityPanel {
 
   show(s) {
     const { fields } = this;
-    show(fields.rtt, s.rttMs === null ? "–" : `${Math.round(s.rttMs)} ms`, s.rttMs);
+    const ms = (value) => (value < 10 ? value.toFixed(1) : Math.round(value)); // loopback and LAN: under a millisecond
+    show(fields.rtt, s.rttMs === null ? "–" : `${ms(s.rttMs)} ms`, s.rttMs);
     const percent = (value) => (value === null ? "–" : `${value < 1 && value > 0 ? value.toFixed(1) : Math.round(value)}%`);
     show(fields.loss, `↓ ${percent(s.lossIn)} ↑ ${percent(s.lossOut)}`, s.lossIn);
     const kbps = (value) => (value === null ? "–" : value >= 1000 ? `${(value / 1000).toFixed(1)} Mb/s` : `${Math.round(value)} kb/s`);
@@ -77,9 +78,12 @@ export class QualityPanel {
     show(fields.video, picture, s.width ? `${s.width}x${s.height}` : "");
     show(fields.codec, `↓ ${s.codecIn || "–"} ↑ ${s.codecOut || "–"}`, s.codecIn || "");
     show(fields.path, s.path ? s.path.text : "–", s.path ? s.path.kind : "");
-    const poor = assess(s);
-    this.warning.hidden = !poor;
-    this.warning.textContent = poor || "";
+    // Changed only when it changes: it is a live region, read out to screen-reader users.
+    const poor = assess(s) || "";
+    if (this.warning.textContent !== poor) {
+      this.warning.textContent = poor;
+      this.warning.hidden = !poor;
+    }
   }
 
   // Received bitrate as a filled line, sent bitrate as a plain one, on a shared scale.
