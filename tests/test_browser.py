@@ -18,9 +18,9 @@ def pair_ids() -> tuple[str, str]:
     return f"alice{n}", f"bob{n}"
 
 
-def start_call(server, pages, caller_id: str, receiver_id: str) -> tuple[PageDriver, PageDriver]:
+def start_call(server, pages, caller_id: str, receiver_id: str, **options) -> tuple[PageDriver, PageDriver]:
     receiver = pages(f"{server.http}/recieve?id={receiver_id}&peer_id={caller_id}")
-    caller = pages(f"{server.http}/call?id={caller_id}&peer_id={receiver_id}")
+    caller = pages(f"{server.http}/call?id={caller_id}&peer_id={receiver_id}", **options)
     for page in (caller, receiver):
         page.wait_state("connected")
     return caller, receiver
@@ -28,15 +28,21 @@ def start_call(server, pages, caller_id: str, receiver_id: str) -> tuple[PageDri
 
 def test_call_connects_and_video_plays_both_ways(server, pages, tmp_path):
     alice, bob = pair_ids()
-    caller, receiver = start_call(server, pages, alice, bob)
+    # Tall enough for every control, the invite and the quality panel in the README's picture.
+    caller, receiver = start_call(server, pages, alice, bob, viewport=(1280, 790))
     for page, peer in ((caller, bob), (receiver, alice)):
         video = page.wait_remote_playing()
         assert video["width"] > 0 and video["height"] > 0
         assert page.status_text == f"In a call with {peer}"
+    receiver.send_chat(f"Hello {alice}, I can see you")
+    caller.wait_chat(f"Hello {alice}, I can see you")
     caller.send_chat(f"Hello {bob}, can you see me?")
     receiver.wait_chat(f"Hello {bob}, can you see me?")
-    # UPDATE_SCREENSHOT=1 refreshes the README's picture of a live call.
-    receiver.page.screenshot(path=SHOT if os.environ.get("UPDATE_SCREENSHOT") else str(tmp_path / "call.png"))
+    # UPDATE_SCREENSHOT=1 refreshes the README's picture of a live call: the caller's page, with
+    # its invite, and a quality panel with some seconds of bitrate behind it.
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        caller.wait_for("() => window.webrtcApp.quality.history.length >= 12", timeout_ms=30000)
+    caller.page.screenshot(path=SHOT if os.environ.get("UPDATE_SCREENSHOT") else str(tmp_path / "call.png"))
 
 
 def test_chat_goes_both_ways_and_html_stays_text(server, pages):
