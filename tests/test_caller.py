@@ -25,6 +25,10 @@ class TestCallerApp(BasicTestCase):
             title=title,
             ice_url=self.app.reverse_url("ice_url"),
             ice_pass=self.app.config.get_ice_pass(),
+            # The caller page invites its peer to the receiver page of the pair.
+            invite_url=self.make_relative_url(self.app.reverse_url("reciever_page"), id=peer_id, peer_id=my_id)
+            if ws_route == "caller_ws"
+            else "",
         )
 
     @testing.gen_test

@@ -28,9 +28,9 @@ class IceTestCase(BasicTestCase):
 
     async def page_token(self) -> str:
         response = await self.http_client.fetch(self.get_url("/call?id=ME&peer_id=PEER1"))
-        marker = b'"icePass": '
-        start = response.body.index(marker) + len(marker)
-        return json.loads(response.body[start:].split(b"}", 1)[0])
+        # The page's config: the one JSON object between the element's tags.
+        start = response.body.index(b'id="page-config">') + len(b'id="page-config">')
+        return json.loads(response.body[start : response.body.index(b"</script>", start)])["icePass"]
 
 
 class TestIceEndpoint(IceTestCase):

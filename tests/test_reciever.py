@@ -56,6 +56,7 @@ class TestRecieverApp(BasicTestCase):
             title="Receiver",
             ice_url=self.app.reverse_url("ice_url"),
             ice_pass=self.app.config.get_ice_pass(),
+            invite_url="",  # only the caller page invites
         )
         self.assertEqual(response.body, expected)
 
