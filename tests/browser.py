@@ -59,6 +59,10 @@ REFUSE_CAMERA_JS = """{
         ? Promise.reject(new DOMException('Permission denied', 'NotAllowedError')) : open(constraints);
 }"""
 
+# The quality panel: {rtt: {text, value}, loss: ..., bitrate, video, codec, path}.
+QUALITY_JS = """() => Object.fromEntries([...document.querySelectorAll('.quality dd')].map(
+    d => [d.id.slice(2), {text: d.textContent, value: d.dataset.value || ''}]))"""
+
 # The remote video's picture, drawn 32x24 on a canvas: mean colour (r, g, b), saturation (max -
 # min channel, 0 for grey), the red of its top-right corner (2x2 of those pixels) and its size.
 REMOTE_PICTURE_JS = """() => { const v = document.getElementById('remote-video');
@@ -205,9 +209,15 @@ class CallPage:
 
     def quality(self) -> dict[str, dict[str, str]]:
         """The quality panel as a person reads it (text) with the value behind each line."""
-        return self.js(
-            """() => Object.fromEntries([...document.querySelectorAll('.quality dd')].map(
-                d => [d.id.slice(2), {text: d.textContent, value: d.dataset.value || ''}]))"""
+        return self.js(QUALITY_JS)
+
+    def wait_quality(self, *fields: str, timeout_ms: int = TIMEOUT_MS) -> dict[str, dict[str, str]]:
+        """The quality panel, once all of ``fields`` (e.g. "rtt", "path") show a value: read in
+        the same turn, since a new connection empties the panel."""
+        return self.wait_for(
+            f"fields => {{ const q = ({QUALITY_JS})(); return fields.every(f => q[f].value !== '') && q; }}",
+            list(fields),
+            timeout_ms,
         )
 
     def describe(self) -> dict[str, Any]:
