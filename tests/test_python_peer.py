@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from browser import REFUSE_CAMERA_JS
 from conftest import require
 from peer_thread import PeerThread
 
@@ -50,5 +51,21 @@ def test_python_peer_and_chromium_page_see_each_other_and_chat(server, pages, bo
         assert bot.call(bot.peer.send_chat("hello human"))
         page.wait_chat("hello human")
         assert page.js("() => window.webrtcApp.state.call.channel.readyState") == "open"
+    finally:
+        bot.stop()
+
+
+def test_a_page_without_a_camera_calls_the_python_peer(server, pages):
+    # The page offers a video sender without a track (ready for a camera later): aiortc answers it.
+    page = pages(f"{server.http}/call?id=human-nocam&peer_id=bot-nocam", init_script=REFUSE_CAMERA_JS)
+    page.wait_state("camera-refused", "not-online")
+    bot = PeerThread(server.ws, "bot-nocam", "human-nocam", route="/wsrecieve")
+    try:
+        page.wait_state("connected")
+        assert page.sender_label("video") is None and page.sender_label("audio")
+        video = page.wait_remote_playing()
+        assert (video["width"], video["height"]) == (320, 240)  # the bot's colour bars
+        page.send_chat("sound only")
+        page.wait_chat("echo: sound only")
     finally:
         bot.stop()
