@@ -207,6 +207,17 @@ class CallPage:
             "kind => { const s = window.webrtcApp.state.call.senders[kind]; return s && s.track ? s.track.label : null; }", kind
         )
 
+    def wait_sender(self, kind: str, label: str | None, timeout_ms: int = TIMEOUT_MS) -> None:
+        """Wait until the call sends ``label``'s track as ``kind`` (None: nothing). A sender's
+        ``track`` changes when replaceTrack()'s promise resolves on the page's main thread,
+        which on a busy machine can be after its first frames reached the far side."""
+        self.wait_for(
+            """([kind, label]) => { const s = window.webrtcApp.state.call.senders[kind];
+                return ((s && s.track) ? s.track.label : null) === label; }""",
+            [kind, label],
+            timeout_ms,
+        )
+
     def quality(self) -> dict[str, dict[str, str]]:
         """The quality panel as a person reads it (text) with the value behind each line."""
         return self.js(QUALITY_JS)

@@ -83,7 +83,7 @@ def same_call(page: PageDriver) -> bool:
 def test_switching_camera_keeps_the_call_changes_the_picture_and_is_remembered(server, pages):
     alice, bob = pair_ids("camera")
     caller, receiver = start_call(server, pages, alice, bob)
-    assert caller.sender_label("video") == "fake_device_0"
+    caller.wait_sender("video", "fake_device_0")
     receiver.wait_remote_colour(FIRST_CAMERA)
     for page in (caller, receiver):
         remember_call(page)
@@ -94,14 +94,14 @@ def test_switching_camera_keeps_the_call_changes_the_picture_and_is_remembered(s
     ]
     caller.select("#camera", option_value(caller, "#camera", "fake_device_2"))
     receiver.wait_remote_colour(SECOND_CAMERA)
-    assert caller.sender_label("video") == "fake_device_2"
+    caller.wait_sender("video", "fake_device_2")
     # replaceTrack: no new offer, no new connection, on either side.
     assert same_call(caller) and same_call(receiver)
     assert caller.js("() => document.getElementById('local-video').srcObject.getVideoTracks()[0].label") == "fake_device_2"
     # The next visit opens the same camera.
     caller.page.reload()
     caller.wait_state("connected")
-    assert caller.sender_label("video") == "fake_device_2"
+    caller.wait_sender("video", "fake_device_2")
     assert caller.js("() => document.querySelector('#camera').selectedOptions[0].textContent") == "fake_device_2"
     receiver.wait_remote_colour(SECOND_CAMERA)
 
@@ -126,7 +126,7 @@ def test_microphone_and_speaker_pickers_switch_during_the_call(server, pages):
     receiver.wait_for("id => document.getElementById('remote-video').sinkId === id", speaker)
     caller.page.reload()
     caller.wait_state("connected")
-    assert caller.sender_label("audio") == "Fake Audio Input 1"
+    caller.wait_sender("audio", "Fake Audio Input 1")
 
 
 def test_a_device_plugged_in_or_out_updates_the_lists(server, pages):
@@ -166,12 +166,14 @@ def test_screen_sharing_reaches_the_peer_and_switches_back(server, pages):
     # 1. Shared, then stopped with the button.
     caller.click("#share")
     receiver.wait_remote_colour(f"{MAGENTA} && width * 9 === height * 16")  # the tab: 1280x720, not 4:3
-    assert caller.sender_label("video").startswith("web-contents-media-stream://"), caller.sender_label("video")
+    caller.wait_for(
+        "() => (window.webrtcApp.state.call.senders.video.track?.label || '').startsWith('web-contents-media-stream://')"
+    )
     assert caller.js("() => document.getElementById('share').getAttribute('aria-pressed')") == "true"
     assert caller.js("() => document.getElementById('share').textContent") == "Stop sharing"
     caller.click("#share")
     receiver.wait_remote_colour(f"{FIRST_CAMERA} && width * 3 === height * 4")
-    assert caller.sender_label("video") == "fake_device_0"
+    caller.wait_sender("video", "fake_device_0")
     assert caller.js("() => document.getElementById('share').textContent") == "Share screen"
 
     # 2. The browser ends the capture by itself: the shared tab is closed.
@@ -187,7 +189,7 @@ def test_screen_sharing_reaches_the_peer_and_switches_back(server, pages):
     receiver.wait_remote_colour(MAGENTA)
     caller.js("() => window.webrtcApp.media.screen.stop()")
     receiver.wait_remote_colour(FIRST_CAMERA)
-    assert caller.sender_label("video") == "fake_device_0"
+    caller.wait_sender("video", "fake_device_0")
     assert same_call(caller) and same_call(receiver)
 
 
@@ -259,8 +261,8 @@ def test_a_call_without_a_camera_goes_on_with_sound_and_chat(server, pages):
         page.wait_state("connected")
     text = "Camera unavailable (NotAllowedError): the call goes on with sound and chat."
     assert text in caller.chat_texts("system")
-    assert caller.sender_label("audio") == "Fake Default Audio Input"
-    assert caller.sender_label("video") is None
+    caller.wait_sender("audio", "Fake Default Audio Input")
+    caller.wait_sender("video", None)
     receiver.wait_inbound_rising("audio")  # the caller's microphone reaches bob
     caller.wait_inbound_rising("audio")
     caller.wait_remote_playing()  # and alice sees bob
@@ -275,7 +277,7 @@ def test_a_call_without_a_camera_goes_on_with_sound_and_chat(server, pages):
     caller.click("#camera-off")
     receiver.wait_frames_flowing()
     receiver.wait_remote_colour(FIRST_CAMERA)
-    assert caller.sender_label("video") == "fake_device_0"
+    caller.wait_sender("video", "fake_device_0")
     assert same_call(caller) and same_call(receiver)
 
 
@@ -286,7 +288,7 @@ def test_stop_video_goes_on_with_sound_and_start_video_brings_it_back(server, pa
         remember_call(page)
     caller.click("#camera-off")
     assert caller.js("() => document.getElementById('camera-off').getAttribute('aria-pressed')") == "true"
-    assert caller.sender_label("video") is None
+    caller.wait_sender("video", None)
     assert caller.js("() => document.getElementById('local-video').srcObject") is None
     # No more video reaches bob; sound does.
     receiver.wait_for(
@@ -298,7 +300,7 @@ def test_stop_video_goes_on_with_sound_and_start_video_brings_it_back(server, pa
     assert same_call(caller) and same_call(receiver)
     caller.click("#camera-off")
     receiver.wait_frames_flowing()
-    assert caller.sender_label("video") == "fake_device_0"
+    caller.wait_sender("video", "fake_device_0")
     assert caller.js("() => document.getElementById('camera-off').textContent") == "Stop video"
     assert same_call(caller) and same_call(receiver)
 
