@@ -59,7 +59,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-seconds", type=float, help="idle: hold window for the CPU figure (default 40 = two ping periods)")
     parser.add_argument("--open-concurrency", type=int, default=50, help="idle: handshakes in flight (default 50)")
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), help="comma-separated subset of relay,calls,idle ('none': profile only)"
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)} ('none': profile only)",
+    )
+    parser.add_argument(
+        "--calls-loadgens",
+        type=int,
+        default=1,
+        help="calls: load generator processes side by side, the calls split (default 1: on one CPU two are slower)",
+    )
+    parser.add_argument(
+        "--relay-loadgens", type=int, default=1, help="relay: load generator processes, the pairs split (default 1)"
+    )
+    parser.add_argument(
+        "--loadgen-cpus",
+        help="CPUs the load generators of a group are pinned to in turn, e.g. 1,2,3 on a bigger machine "
+        "(default: the load generator's CPU, 1)",
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of webrtc_app,peerjs")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
@@ -107,6 +123,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "two nodes through Redis)",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.workloads.split(",")) - {*WORKLOADS, "cluster", "none", ""}
+    if unknown:
+        parser.error(f"--workloads: unknown {','.join(sorted(unknown))} (choose from {','.join(WORKLOADS)})")
+    if args.calls_loadgens < 1 or args.relay_loadgens < 1:
+        parser.error("--calls-loadgens and --relay-loadgens: 1 or more")
     if args.workloads == "cluster":
         args.cluster = True
     elif "cluster" in args.workloads.split(","):

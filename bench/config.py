@@ -78,6 +78,10 @@ class Config:
     cluster_variants: tuple[str, ...] = ()
     cluster_profile_relay: dict[str, Any] = field(default_factory=dict)
     cluster_light: dict[str, Any] = field(default_factory=dict)
+    # Several load generators side by side (loadgens.py)
+    calls_loadgens: int = 1
+    relay_loadgens: int = 1
+    loadgen_cpus: tuple[int | None, ...] = ()  # empty: loadgen_cpu
 
     @property
     def idle_steps(self) -> list[int]:
@@ -163,4 +167,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cluster_profile_relay={**relay},
         # Light load: a few pairs, one message in flight each, so a round trip is not queueing.
         cluster_light={**relay, "pairs": 5, "messages": 200 if quick else 1000, "warmup": 20 if quick else 50, "window": 1},
+        calls_loadgens=args.calls_loadgens,
+        relay_loadgens=args.relay_loadgens,
+        loadgen_cpus=tuple(int(c) for c in args.loadgen_cpus.split(",")) if args.loadgen_cpus and pin else (),
     )

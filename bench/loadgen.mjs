@@ -8,6 +8,10 @@
 // run's counters and first error, pools, percentiles), and one module per workload:
 // relay.mjs, calls.mjs, idle.mjs.
 //
+// Several load generators can share one workload (the driver splits it between them and
+// sums the results): each then gets its own --tag and --local-address (127.0.0.2, ...), and
+// with --raw 1 its measured event carries every sample so the percentiles can be merged.
+//
 // Across nodes (webrtc_app's Redis backplane): `--workload relay --url2 ws://127.0.0.1:PORT2`
 // connects the callers to --url and the callees to --url2, so every message and every
 // acknowledgement goes from one node to the other through Redis. Before the warm-up it then

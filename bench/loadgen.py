@@ -19,9 +19,10 @@ from processes import terminate
 
 
 class LoadGen:
-    """One run of bench/loadgen.mjs against ``server``: ``workload`` with ``args`` as its --options."""
+    """One run of bench/loadgen.mjs against ``server``: ``workload`` with ``args`` as its --options,
+    pinned to ``cpu`` (default: cfg.loadgen_cpu)."""
 
-    def __init__(self, cfg: Config, server: Server, workload: str, args: dict[str, Any], name: str) -> None:
+    def __init__(self, cfg: Config, server: Server, workload: str, args: dict[str, Any], name: str, cpu: int | None = -1) -> None:
         self.log_path = os.path.join(cfg.log_dir, f"{name}.loadgen.log")
         proto = "webrtc" if server.kind == "webrtc_app" else "peerjs"
         cmd = [cfg.node, os.path.join(BENCH_DIR, "loadgen.mjs"), "--proto", proto, "--url", server.ws_url, "--workload", workload]
@@ -31,7 +32,7 @@ class LoadGen:
         self.stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in finish() or kill()
         self.proc = cfg.children.spawn(
             cmd,
-            cfg.loadgen_cpu,
+            cfg.loadgen_cpu if cpu == -1 else cpu,  # -1: the load generator's CPU
             cwd=BENCH_DIR,
             env=env,
             stdin=subprocess.PIPE,

@@ -46,6 +46,13 @@ def figures_for(cfg: Config) -> list[Figure]:
         Figure("calls", "loadgen_cpu_pct", "load generator CPU (% of one core)", "{:.0f}", ""),
         Figure("calls", "other_cpu_pct", "other processes' CPU (% of one core)", "{:.0f}", ""),
     ]
+    # Several load generators side by side (loadgens.py): each one's CPU too.
+    for workload, count in (("relay", cfg.relay_loadgens), ("calls", cfg.calls_loadgens)):
+        at = max(n for n, f in enumerate(figures) if f.workload == workload and f.key == "loadgen_cpu_pct") + 1
+        figures[at:at] = [
+            Figure(workload, f"loadgen_cpu_pct_{n}", f"load generator {n} of {count} CPU (% of one core)", "{:.0f}", "")
+            for n in range(1, count + 1 if count > 1 else 1)
+        ]
     previous = 0
     for step in steps:
         figures += [
@@ -158,7 +165,7 @@ def report(
         f"Sizes: relay {cfg.relay['pairs']} pairs × {cfg.relay['messages']:,} data messages of {cfg.relay['size']} bytes "
         f"(+{cfg.relay['warmup']} warm-up each), window {cfg.relay['window']}; calls {cfg.calls['calls']:,} "
         f"({cfg.calls['concurrency']} at a time, {2 + 2 * cfg.calls['candidates']} messages each, "
-        f"+{cfg.calls['warmup-calls']} warm-up); "
+        f"+{cfg.calls['warmup-calls']} warm-up, {cfg.calls_loadgens} load generator(s)); "
         f"idle {cfg.idle['steps']} sockets ({cfg.idle['open-concurrency']} handshakes at a time), held {cfg.idle_seconds:g} s.",
         "",
         f"Other processes on the machine (this machine is shared): at most {other_cpu:.0f}% of one core during a kept "

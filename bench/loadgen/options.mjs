@@ -6,8 +6,15 @@ export const DEFAULTS = {
   url: '', // ws://127.0.0.1:PORT (no path)
   url2: '', // relay only: the callees connect here (another node of a cluster) instead of --url
   workload: 'relay', // relay | calls | idle
-  tag: 'x', // prefix of every id, so rounds never collide
+  tag: 'x', // prefix of every id, so rounds (and the processes of one run) never collide
   timeout: 300, // seconds: the whole run, waits included
+  // The source address of every client socket ('' for the system's choice). Several load
+  // generators use one each (127.0.0.2, 127.0.0.3, ...): one address has only about 28,000
+  // ephemeral ports, and one process only as many sockets as its descriptors allow.
+  'local-address': '',
+  // 1: the measured event carries every sample (round trips, set-up times), so that the
+  // driver can merge the percentiles of several load generators
+  raw: 0,
   // relay
   pairs: 50,
   messages: 1000, // measured data messages per caller
