@@ -1,4 +1,4 @@
-"""Benchmark webrtc_app against the PeerJS server: relay, call set-up and idle sockets.
+"""Benchmark webrtc_app against the PeerJS server: relay, call set-up, idle sockets, capacity.
 
     python bench/run.py            # the full suite (~10 minutes), writes docs/benchmarks.md
     python bench/run.py --quick    # a smoke check (~1-2 minutes), writes only bench/out/
@@ -31,7 +31,7 @@ import time
 from typing import Any
 
 from bench import BENCH_DIR, BenchError, log
-from bench.config import CLUSTER_VARIANTS, SERVERS, WORKLOADS, build_config
+from bench.config import CLUSTER_VARIANTS, DEFAULT_WORKLOADS, SERVERS, WORKLOADS, build_config
 from bench.environment import (
     export_revision,
     install_node_packages,
@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--open-concurrency", type=int, default=50, help="idle: handshakes in flight (default 50)")
     parser.add_argument(
         "--workloads",
-        default=",".join(WORKLOADS),
-        help=f"comma-separated subset of {','.join(WORKLOADS)} ('none': profile only)",
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)} (default {','.join(DEFAULT_WORKLOADS)}; 'none': profile only)",
     )
     parser.add_argument(
         "--calls-loadgens",
@@ -76,6 +76,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--loadgen-cpus",
         help="CPUs the load generators of a group are pinned to in turn, e.g. 1,2,3 on a bigger machine "
         "(default: the load generator's CPU, 1)",
+    )
+    overload = parser.add_argument_group("overload (capacity, measured once per run)")
+    overload.add_argument(
+        "--capacity-sockets", type=int, help="capacity: sockets held (default: as many as webrtc_app's descriptors allow)"
+    )
+    overload.add_argument("--capacity-seconds", type=float, help="capacity: hold window (default 60 s: three heartbeat rounds)")
+    overload.add_argument(
+        "--capacity-overflow", type=int, help="capacity: sockets opened beyond the limit after the hold (default 200)"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of webrtc_app,peerjs")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")

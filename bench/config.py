@@ -15,7 +15,11 @@ from bench.children import Children
 
 SERVERS = ("webrtc_app", "peerjs")
 LABELS = {"webrtc_app": "webrtc_app", "peerjs": "PeerJS"}
-WORKLOADS = ("relay", "calls", "idle")
+WORKLOADS = ("relay", "calls", "idle", "capacity")
+#: Measured in every round, webrtc_app then PeerJS; the others (overload.py) once per run.
+ROUND_WORKLOADS = ("relay", "calls", "idle")
+#: What a run measures without --workloads.
+DEFAULT_WORKLOADS = ("relay", "calls", "idle", "capacity")
 
 #: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
 CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
@@ -78,10 +82,11 @@ class Config:
     cluster_variants: tuple[str, ...] = ()
     cluster_profile_relay: dict[str, Any] = field(default_factory=dict)
     cluster_light: dict[str, Any] = field(default_factory=dict)
-    # Several load generators side by side (loadgens.py)
+    # Several load generators side by side (loadgens.py), and the overload workloads (overload.py)
     calls_loadgens: int = 1
     relay_loadgens: int = 1
     loadgen_cpus: tuple[int | None, ...] = ()  # empty: loadgen_cpu
+    capacity: dict[str, Any] = field(default_factory=dict)
 
     @property
     def idle_steps(self) -> list[int]:
@@ -170,4 +175,18 @@ def build_config(args: argparse.Namespace) -> Config:
         calls_loadgens=args.calls_loadgens,
         relay_loadgens=args.relay_loadgens,
         loadgen_cpus=tuple(int(c) for c in args.loadgen_cpus.split(",")) if args.loadgen_cpus and pin else (),
+        capacity=capacity_options(args, quick),
     )
+
+
+def capacity_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """The capacity workload (overload.py): sockets 0 = as many as webrtc_app's descriptors allow."""
+    return {
+        "sockets": args.capacity_sockets if args.capacity_sockets is not None else (1000 if quick else 0),
+        # Several heartbeat rounds (WS_PING_INTERVAL 20 s: a 60 s hold sees about 3).
+        "seconds": args.capacity_seconds if args.capacity_seconds is not None else (5 if quick else 60),
+        "overflow": args.capacity_overflow if args.capacity_overflow is not None else (50 if quick else 200),
+        "open-concurrency": args.open_concurrency,
+        # Sockets per load generator at most: its descriptors, and its source address's ports.
+        "per-loadgen": 7000,
+    }
