@@ -1,4 +1,4 @@
-"""Benchmark webrtc_app against the PeerJS server: relay, call set-up, idle sockets, capacity.
+"""Benchmark webrtc_app against the PeerJS server: relay, call set-up, idle sockets, capacity, reconnect storm.
 
     python bench/run.py            # the full suite (~10 minutes), writes docs/benchmarks.md
     python bench/run.py --quick    # a smoke check (~1-2 minutes), writes only bench/out/
@@ -77,13 +77,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPUs the load generators of a group are pinned to in turn, e.g. 1,2,3 on a bigger machine "
         "(default: the load generator's CPU, 1)",
     )
-    overload = parser.add_argument_group("overload (capacity, measured once per run)")
+    overload = parser.add_argument_group("overload (capacity and storm, measured once per run)")
     overload.add_argument(
         "--capacity-sockets", type=int, help="capacity: sockets held (default: as many as webrtc_app's descriptors allow)"
     )
     overload.add_argument("--capacity-seconds", type=float, help="capacity: hold window (default 60 s: three heartbeat rounds)")
     overload.add_argument(
         "--capacity-overflow", type=int, help="capacity: sockets opened beyond the limit after the hold (default 200)"
+    )
+    overload.add_argument("--storm-sockets", type=int, help="storm: sockets connected when the server restarts (default 20000)")
+    overload.add_argument(
+        "--storm-timeout", type=float, default=120, help="storm: longest wait for every socket to come back (s)"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of webrtc_app,peerjs")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")

@@ -15,11 +15,11 @@ from bench.children import Children
 
 SERVERS = ("webrtc_app", "peerjs")
 LABELS = {"webrtc_app": "webrtc_app", "peerjs": "PeerJS"}
-WORKLOADS = ("relay", "calls", "idle", "capacity")
+WORKLOADS = ("relay", "calls", "idle", "capacity", "storm")
 #: Measured in every round, webrtc_app then PeerJS; the others (overload.py) once per run.
 ROUND_WORKLOADS = ("relay", "calls", "idle")
-#: What a run measures without --workloads.
-DEFAULT_WORKLOADS = ("relay", "calls", "idle", "capacity")
+#: What a run measures without --workloads (all: the whole run stays under about 15 minutes).
+DEFAULT_WORKLOADS = WORKLOADS
 
 #: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
 CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
@@ -87,6 +87,7 @@ class Config:
     relay_loadgens: int = 1
     loadgen_cpus: tuple[int | None, ...] = ()  # empty: loadgen_cpu
     capacity: dict[str, Any] = field(default_factory=dict)
+    storm: dict[str, Any] = field(default_factory=dict)
 
     @property
     def idle_steps(self) -> list[int]:
@@ -176,6 +177,7 @@ def build_config(args: argparse.Namespace) -> Config:
         relay_loadgens=args.relay_loadgens,
         loadgen_cpus=tuple(int(c) for c in args.loadgen_cpus.split(",")) if args.loadgen_cpus and pin else (),
         capacity=capacity_options(args, quick),
+        storm=storm_options(args, quick),
     )
 
 
@@ -188,5 +190,15 @@ def capacity_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
         "overflow": args.capacity_overflow if args.capacity_overflow is not None else (50 if quick else 200),
         "open-concurrency": args.open_concurrency,
         # Sockets per load generator at most: its descriptors, and its source address's ports.
+        "per-loadgen": 7000,
+    }
+
+
+def storm_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """The reconnect storm (overload.py)."""
+    return {
+        "sockets": args.storm_sockets or (300 if quick else 20000),
+        "timeout": args.storm_timeout,
+        "open-concurrency": args.open_concurrency,
         "per-loadgen": 7000,
     }

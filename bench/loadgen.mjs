@@ -1,12 +1,13 @@
 // Load generator for the signaling benchmarks (docs/benchmarks.md): one Node.js process
 // speaking either webrtc_app's protocol or PeerJS's, driving one workload.
 //
-//   node bench/loadgen.mjs --proto webrtc|peerjs --url ws://127.0.0.1:PORT --workload relay|calls|idle|capacity [options]
+//   node bench/loadgen.mjs --proto webrtc|peerjs --url ws://127.0.0.1:PORT --workload relay|calls|idle|capacity|storm [options]
 //
 // Its parts are in bench/loadgen/: options.mjs (every option and its default), driver.mjs
 // (the link with bench/run.py), client.mjs (a socket in either protocol), common.mjs (the
 // run's counters and first error, pools, percentiles), and one module per workload:
-// relay.mjs, calls.mjs, idle.mjs and capacity.mjs.
+// relay.mjs, calls.mjs, idle.mjs, capacity.mjs and storm.mjs (with backoff.mjs, the pages'
+// reconnection policy).
 //
 // Several load generators can share one workload (the driver splits it between them and
 // sums the results): each then gets its own --tag and --local-address (127.0.0.2, ...), and
@@ -39,6 +40,7 @@ import { say } from './loadgen/driver.mjs';
 import { idle } from './loadgen/idle.mjs';
 import { log, opts } from './loadgen/options.mjs';
 import { relay } from './loadgen/relay.mjs';
+import { stormWorkload } from './loadgen/storm.mjs';
 
 // Everything is bounded in time: the whole process, whatever it waits for.
 const killer = setTimeout(() => {
@@ -46,7 +48,7 @@ const killer = setTimeout(() => {
   process.exit(3);
 }, opts.timeout * 1000);
 
-const workloads = { relay, calls, idle, capacity };
+const workloads = { relay, calls, idle, capacity, storm: stormWorkload };
 
 try {
   await workloads[opts.workload]();

@@ -6,7 +6,7 @@ and sums what they did. All are pinned to the load generator's CPU, as one would
 turn to the CPUs of ``--loadgen-cpus`` (on a machine with more cores than this one's two).
 
 The calls and relay workloads run this way with ``--calls-loadgens``/``--relay-loadgens``
-above 1; capacity (overload.py) always does."""
+above 1; capacity and storm (overload.py) always do."""
 
 from __future__ import annotations
 

@@ -1,9 +1,13 @@
-"""The overload workloads (docs/benchmarks.md, "capacity"), measured once per run:
+"""The overload workloads (docs/benchmarks.md, "capacity" and "storm"), measured once per run:
 
 * capacity: one server process holding as many idle sockets as its descriptors allow, opened
   by several load generators from several source addresses; memory per socket, the
   heartbeat's CPU over several rounds, the event loop's lag while holding, how the sockets
-  beyond the limit are refused, and a linear projection to 100,000 sockets.
+  beyond the limit are refused, and a linear projection to 100,000 sockets;
+* storm (webrtc_app only): thousands of sockets connected, the server restarted (SIGTERM, then
+  a new process on the same port), every client reconnecting with the pages' backoff policy;
+  how long until all are back, what the failed tries were, the new process's worst stall and
+  its CPU.
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ from typing import Any
 
 from bench import BenchError, log
 from bench.config import LABELS, Config
-from bench.loadgens import LoadGens, group_sample, group_usage, split
-from bench.sampling import cpu_ticks, wait_for_quiet
+from bench.loadgens import GroupSample, LoadGens, group_sample, group_usage, split
+from bench.sampling import HZ, cpu_ticks, machine_busy_ticks, rss_kib, wait_for_quiet
 from bench.servers import Server, start_server, stop_server
 
 #: webrtc_app's RESERVED_DESCRIPTORS default (settings.py): its socket limit is the open-file
 #: limit less these. PeerJS is given the same number of sockets.
 RESERVED_DESCRIPTORS = 100
+#: Extra seconds granted over the load generators' own bound before the driver gives up on them.
+GRACE = 30
 #: How often the event loop's lag is read while holding (webrtc_event_loop_lag_seconds is the worst of 10 s).
 LAG_POLL = 9.0
 #: The sockets the projection is made for.
@@ -285,11 +291,169 @@ def projection(figures: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------- storm
+
+
+def measure_storm(cfg: Config, tag: str) -> dict[str, Any]:
+    """The reconnect storm against webrtc_app: the figures of docs/benchmarks.md, "storm"."""
+    wait_for_quiet(cfg)
+    server = start_server(cfg, "webrtc_app", tag)
+    finished = False
+    try:
+        figures = _storm(cfg, server, tag)
+        finished = True
+        return figures
+    except BenchError as exc:
+        raise BenchError(f"storm ({tag}): {exc}\nend of the server's log:\n{server.log_tail()}") from None
+    finally:
+        if finished:
+            stop_server(server)
+        else:
+            server.process.stop(timeout=10)
+
+
+def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
+    opts = cfg.storm
+    limit = int(scrape(server)["webrtc_socket_limit"])
+    sockets = opts["sockets"]
+    if sockets > limit:
+        cfg.warn(
+            f"storm: {sockets:,} sockets asked, webrtc_app holds at most {limit:,} (its descriptors less its reserve): "
+            f"storming with {limit:,}"
+        )
+        sockets = limit
+    count = loadgen_count(sockets, opts["per-loadgen"])
+    per_open = max(1, math.ceil(opts["open-concurrency"] / count))
+    shares = [{"sockets": n, "open-concurrency": per_open, "storm-timeout": opts["timeout"]} for n in split(sockets, count)]
+    log(f"storm: {sockets:,} sockets from {count} load generators, then a restart")
+    group = LoadGens(cfg, server, "storm", shares, tag)
+    try:
+        group.expect("ready", cfg.event_timeout)
+        group.go()
+        group.expect("opened", cfg.event_timeout)
+        held = scrape(server)["webrtc_open_sockets"]
+        if held != sockets:
+            raise BenchError(f"webrtc_app says {held:g} sockets open before the restart, the load generators opened {sockets}")
+        group.go()  # they now wait for every socket to be dropped and back
+        probe = LagProbe(cfg, opts["timeout"] + 2 * GRACE)
+        shutdown_cpu, t_term, t_exit = _terminate(server)
+        status = server.process.stop(timeout=10)  # reaps it
+        if status not in (0, -signal.SIGTERM):
+            raise BenchError(f"webrtc_app exited with status {status} on SIGTERM:\n{server.log_tail()}")
+        if "Traceback" in server.log_tail(200):
+            raise BenchError(f"webrtc_app logged an error while shutting down:\n{server.log_tail()}")
+        old_log = server.log_path
+        server.process.log_path = old_log.replace(".log", "-restarted.log")
+        t_spawn = time.time()
+        server.process.start(cfg.start_timeout)
+        t_ready = time.time()
+        ready = GroupSample(time.monotonic(), cpu_ticks(server.pid), [cpu_ticks(p) for p in group.pids], machine_busy_ticks(), 0)
+        # Its worst stall so far: its start-up, and the first of the storm (the sockets queue
+        # up in its backlog as soon as it listens, before it answers /healthz).
+        lag_at_ready = scrape(server)["webrtc_event_loop_lag_max_seconds"]
+        backs = group.expect("back", opts["timeout"] + GRACE)
+        at_back = GroupSample(
+            time.monotonic(), cpu_ticks(server.pid), [cpu_ticks(p) for p in group.pids], machine_busy_ticks(), rss_kib(server.pid)
+        )
+        probe_lag = probe.stop()
+        time.sleep(cfg.settle_seconds)
+        metrics = scrape(server)
+        group.go()
+        results = group.expect("held", cfg.event_timeout)
+        group.go()
+        group.finish(cfg.event_timeout)
+    except BaseException:
+        group.kill()
+        raise
+    storm = group_usage(ready, at_back)
+    failures: dict[str, int] = {}
+    drops: dict[str, int] = {}
+    timeline: dict[str, dict[int, int]] = {}
+    for result in results:
+        for kind, n in result["failures"].items():
+            failures[kind] = failures.get(kind, 0) + n
+        for code, n in result["drops"].items():
+            drops[code] = drops.get(code, 0) + n
+        for kind, bins in result["timeline"].items():
+            merged = timeline.setdefault(kind, {})
+            for bin_, n in bins.items():
+                merged[int(bin_)] = merged.get(int(bin_), 0) + n
+    ready_bin = math.floor(t_ready * 10)
+    refused = timeline.get("refused", {})
+    opens = timeline.get("open", {})
+    per_second: dict[int, int] = {}
+    for bin_, n in opens.items():
+        per_second[bin_ // 10] = per_second.get(bin_ // 10, 0) + n
+    complete = all(b["complete"] for b in backs)
+    last_open = max(b["last_open_at_ms"] for b in backs) / 1000
+    other = {k: n for k, n in failures.items() if k not in ("refused", "close 1013", "http 503")}
+    return {
+        "sockets": sockets,
+        "socket_limit": limit,
+        "loadgens": count,
+        "loadgen_cpus": sorted({cfg.loadgen_cpus[n % len(cfg.loadgen_cpus)] for n in range(count)})
+        if cfg.loadgen_cpus
+        else [cfg.loadgen_cpu],
+        "complete": complete,
+        "open_after": sum(r["open"] for r in results),
+        "open_sockets_metric": metrics.get("webrtc_open_sockets", float("nan")),
+        "shutdown_s": t_exit - t_term,
+        "shutdown_cpu_s": shutdown_cpu,
+        "start_s": t_ready - t_spawn,
+        "down_s": t_ready - t_term,
+        "back_s": last_open - t_term if complete else float("nan"),
+        "back_after_ready_s": last_open - t_ready if complete else float("nan"),
+        "drops": drops,
+        "failures": failures,
+        "refused": failures.get("refused", 0),
+        # In a 100 ms bin after the one it answered in (the clocks are read in two processes).
+        "refused_after_ready": sum(n for bin_, n in refused.items() if bin_ > ready_bin),
+        "server_full": failures.get("close 1013", 0),
+        "unavailable": failures.get("http 503", 0),
+        "other_failures": sum(other.values()),
+        "other_kinds": other,
+        "max_attempt": max(b["max_attempt"] for b in backs),
+        "reconnects_peak_per_s": max(per_second.values(), default=0),
+        "lag_max_ms": 1000 * metrics.get("webrtc_event_loop_lag_max_seconds", float("nan")),
+        "lag_at_ready_ms": 1000 * lag_at_ready,
+        "probe_lag_ms": probe_lag,
+        "rejected": labelled(metrics, "webrtc_sockets_rejected_total"),
+        "turned_away": metrics.get("webrtc_connections_turned_away_total", 0.0),
+        "startup_cpu_s": ready.server_cpu / HZ,
+        "storm_cpu_pct": storm["server_cpu_pct"],
+        "storm_cpu_s": storm["server_cpu_s"],
+        "cpu_us_per_reconnect": 1e6 * storm["server_cpu_s"] / max(1, sockets),
+        "storm_seconds": storm["wall_s"],
+        "loadgen_cpu_pct": storm["loadgen_cpu_pct"],
+        "loadgen_cpu_us_per_reconnect": 1e6 * storm["loadgen_cpu_pct"] * storm["wall_s"] / 100 / max(1, sockets),
+        "other_cpu_pct": storm["other_cpu_pct"],
+        "rss_mib_after": at_back.rss / 1024,
+        "timeline_opens_per_s": {str(k - math.floor(t_term)): v for k, v in sorted(per_second.items())},
+    }
+
+
+def _terminate(server: Server, timeout: float = 30) -> tuple[float, float, float]:
+    """SIGTERM, then watch (bounded) until it exits: answers its CPU seconds from the signal to the
+    last reading before it exited (every 20 ms), and the times (epoch) of the signal and of the exit."""
+    pid = server.pid
+    before = last = cpu_ticks(pid)
+    t_term = time.time()
+    server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while server.proc.poll() is None and time.monotonic() < deadline:
+        try:
+            last = cpu_ticks(pid)
+        except (OSError, IndexError, ValueError):
+            pass  # it is exiting
+        time.sleep(0.02)
+    return (last - before) / HZ, t_term, time.time()
+
+
 # ---------------------------------------------------------------- the run's part
 
 
 def run_overload(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Capacity (each server, once), as cfg.workloads asks."""
+    """Capacity (each server, once) and the storm (webrtc_app, once), as cfg.workloads asks."""
     found: dict[str, dict[str, Any]] = {}
     if "capacity" in cfg.workloads:
         for kind in (k for k in ("webrtc_app", "peerjs") if k in cfg.servers):
@@ -298,4 +462,10 @@ def run_overload(cfg: Config) -> dict[str, dict[str, Any]]:
                 f"capacity {LABELS[kind]}: {figures['sockets']:,} sockets, {figures['rss_kib_per_socket_held']:.1f} KiB each, "
                 f"{figures['hold_cpu_pct']:.2f}% of a core holding, overflow {figures['overflow_outcomes']}"
             )
+    if "storm" in cfg.workloads and "webrtc_app" in cfg.servers:
+        storm = found["storm"] = measure_storm(cfg, "storm")
+        log(
+            f"storm: {storm['sockets']:,} sockets, back {storm['back_s']:.1f} s after SIGTERM, failed tries "
+            f"{storm['failures']}, worst stall {storm['lag_max_ms']:.0f} ms"
+        )
     return found

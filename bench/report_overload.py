@@ -1,6 +1,6 @@
-"""The overload results as markdown (docs/benchmarks.md, "capacity" and "Targets"): capacity
-side by side for both servers with the projection to 100,000 sockets, and the issue's
-targets, each met or not, from the rounds and from these."""
+"""The overload results as markdown (docs/benchmarks.md, "capacity", "storm" and "Targets"):
+capacity side by side for both servers with the projection to 100,000 sockets, the storm,
+and the issue's targets, each met or not, from the rounds and from these."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from bench.config import LABELS, Config
 from bench.overload import PROJECTED_SOCKETS, open_files_limit
 from bench.report import LOADGEN_LIMIT, Results, median
 
-#: overload[kind] = the figures of its one capacity run.
+#: overload[kind] = the figures of its one capacity run; overload["storm"] = the storm's.
 Overload = dict[str, dict[str, Any]]
 
+#: Storm targets: all back within this long after SIGTERM (s), no stall longer (ms).
+STORM_BACK_S = 30
+STORM_STALL_MS = 250
 #: Calls target: webrtc_app's calls/s at least this many times PeerJS's.
 CALLS_RATIO = 1.2
 #: Heartbeat target: % of a core per 10,000 idle sockets.
@@ -114,6 +117,57 @@ PROJECTION_CAVEATS = (
     "(--processes with the Redis backplane)."
 )
 
+STORM_ROWS = (
+    ("sockets", "sockets connected before the restart", "{:,.0f}"),
+    ("loadgens", "load generators (one source address each)", "{:.0f}"),
+    ("shutdown_s", "SIGTERM to the old process's exit (s)", "{:.2f}"),
+    ("shutdown_cpu_s", "old process's CPU from SIGTERM to its exit (s)", "{:.2f}"),
+    ("start_s", "new process: start to answering /healthz (s)", "{:.2f}"),
+    ("down_s", "SIGTERM to the new process answering (s)", "{:.2f}"),
+    ("back_s", "SIGTERM to the last socket back (s)", "{:.1f}"),
+    ("back_after_ready_s", "new process answering to the last socket back (s)", "{:.1f}"),
+    ("refused", "tries refused (ECONNREFUSED), all", "{:,.0f}"),
+    ("refused_after_ready", "… of which after the new process answered", "{:,.0f}"),
+    ("server_full", "tries closed with 1013 SERVER-FULL", "{:,.0f}"),
+    ("unavailable", "tries answered 503 (out of descriptors)", "{:,.0f}"),
+    ("other_failures", "other failed tries", "{:,.0f}"),
+    ("max_attempt", "most tries one socket needed", "{:.0f}"),
+    ("reconnects_peak_per_s", "reconnections in the busiest second", "{:,.0f}"),
+    ("lag_max_ms", "new process's worst event-loop stall (ms, webrtc_event_loop_lag_max_seconds)", "{:.0f}"),
+    ("lag_at_ready_ms", "… the worst already when it first answered /healthz (ms)", "{:.0f}"),
+    (
+        "probe_lag_ms",
+        "a bare asyncio loop on the server's CPU, restart to all back: its worst lag (ms; the machine's share)",
+        "{:.0f}",
+    ),
+    ("startup_cpu_s", "new process's CPU until it answered (s; start-up)", "{:.2f}"),
+    ("storm_cpu_pct", "new process's CPU from answering to all back (% of one core)", "{:.0f}"),
+    ("cpu_us_per_reconnect", "… per socket back (µs)", "{:.0f}"),
+    ("loadgen_cpu_pct", "load generators' CPU over the same time (% of one core)", "{:.0f}"),
+    ("loadgen_cpu_us_per_reconnect", "… per socket back (µs)", "{:.0f}"),
+    ("other_cpu_pct", "other processes' CPU over the same time (% of one core)", "{:.0f}"),
+    ("rss_mib_after", "new process's RSS with all back (MiB)", "{:,.0f}"),
+)
+
+
+def storm_table(storm: dict[str, Any]) -> str:
+    lines = ["| figure | webrtc_app |", "| --- | ---: |"]
+    for key, label, fmt in STORM_ROWS:
+        lines.append(f"| {label} | {_fmt(storm.get(key), fmt)} |")
+    lines.append(f"| how the sockets were dropped (close code) | {_kinds(storm.get('drops', {}))} |")
+    lines.append(f"| other failed tries by kind | {_kinds(storm.get('other_kinds', {}))} |")
+    if storm.get("loadgen_cpu_pct", 0) >= LOADGEN_LIMIT * len(set(storm.get("loadgen_cpus", [None]))):
+        lines.append(
+            f"| † the load generators used {storm['loadgen_cpu_pct']:.0f}% of their core(s): the storm's pace was partly "
+            "theirs (a late client's request meets the server's 10 s header timeout: \"reset\") | † |"
+        )
+    if not storm.get("complete"):
+        lines.append(
+            f"| **not all back**: open when the load generators gave up | {storm.get('open_after', 0):,} "
+            f"of {storm['sockets']:,} |"
+        )
+    return "\n".join(lines)
+
 
 def _median(results: Results, kind: str, workload: str, key: str) -> float | None:
     return median([run[key] for run in results.get(kind, {}).get(workload, []) if key in run])
@@ -196,13 +250,39 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
                     "yes" if per10k < HEARTBEAT_PCT_PER_10K else "**no**",
                 )
             )
+    storm = overload.get("storm")
+    if storm:
+        back = storm["back_s"]
+        rows.append(
+            (
+                f"storm: all {storm['sockets']:,} back within {STORM_BACK_S} s of the restart",
+                f"{back:.1f} s" if storm["complete"] else f"{storm['open_after']:,} back after {cfg.storm['timeout']:g} s",
+                "yes" if storm["complete"] and back <= STORM_BACK_S else "**no**",
+            )
+        )
+        wrong = storm["refused_after_ready"] + storm["server_full"] + storm["unavailable"] + storm["other_failures"]
+        rows.append(
+            (
+                "storm: nothing refused that would not be at steady state",
+                f"{wrong:,} (refused after the restart {storm['refused_after_ready']:,}, 1013 {storm['server_full']:,}, "
+                f"503 {storm['unavailable']:,}, other {storm['other_failures']:,})",
+                "yes" if wrong == 0 else "**no**",
+            )
+        )
+        rows.append(
+            (
+                f"storm: no event-loop stall over {STORM_STALL_MS} ms",
+                f"{storm['lag_max_ms']:.0f} ms (a bare asyncio loop on the same CPU meanwhile: {storm['probe_lag_ms']:.0f} ms)",
+                "yes" if storm["lag_max_ms"] <= STORM_STALL_MS else "**no**",
+            )
+        )
     lines = ["| target | result (webrtc_app vs PeerJS) | met |", "| --- | --- | --- |"]
     lines += [f"| {target} | {result} | {verdict} |" for target, result, verdict in rows]
     return "\n".join(lines)
 
 
 def overload_report(cfg: Config, results: Results, overload: Overload) -> str:
-    """The capacity section and the targets, for the end of the results block."""
+    """The capacity and storm sections and the targets, for the end of the results block."""
     lines: list[str] = []
     capacity = {k: v for k, v in overload.items() if k in ("webrtc_app", "peerjs")}
     if capacity:
@@ -217,5 +297,14 @@ def overload_report(cfg: Config, results: Results, overload: Overload) -> str:
         for kind, figures in capacity.items():
             lines += [projection_text(figures, LABELS[kind]), ""]
         lines += [PROJECTION_CAVEATS, ""]
+    storm = overload.get("storm")
+    if storm:
+        lines += [
+            f"**Reconnect storm** (webrtc_app; {storm['sockets']:,} sockets, the server restarted with SIGTERM and started "
+            "again on the same port, every client reconnecting with the pages' backoff):",
+            "",
+            storm_table(storm),
+            "",
+        ]
     lines += ["**Targets**:", "", targets_table(cfg, results, overload)]
     return "\n".join(lines)

@@ -92,7 +92,7 @@ def run_suite(
                 log(f"round {n} {workload:5} {LABELS[kind]:10}: {shown}")
                 if figures["other_cpu_pct"] > cfg.max_other_cpu:
                     log(f"WARNING: other processes used {figures['other_cpu_pct']:.0f}% of a core during this measurement")
-    overload = run_overload(cfg)  # capacity: once
+    overload = run_overload(cfg)  # capacity and storm: once each
     profile = None if args.no_profile or "webrtc_app" not in cfg.servers else run_profile(cfg)
     check_tree(cfg, tree_before)
     elapsed = time.monotonic() - started
