@@ -207,6 +207,16 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
         compare(
             "calls: server CPU per call ≤ PeerJS (informative)", a, b, "ms", "{:.2f}", None if a is None or b is None else a <= b
         )
+        if a and b:
+            # What each server's core would allow if the load generator were not the limit: a
+            # derived figure, for when it is (on 2 cores it is).
+            rows.append(
+                (
+                    f"calls/s one core allows ≥ {CALLS_RATIO}× PeerJS (derived: 1,000 / server CPU ms per call)",
+                    f"{1000 / a:,.0f} vs {1000 / b:,.0f} ({b / a:.2f}×)",
+                    "yes (derived)" if b / a >= CALLS_RATIO else "**no** (derived)",
+                )
+            )
     if "idle" in cfg.workloads:
         last = steps[-1]
         a = _median(results, "webrtc_app", "idle", f"rss_kib_per_socket_{last}")
