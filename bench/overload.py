@@ -29,6 +29,8 @@ from bench.loadgens import GroupSample, LoadGens, group_sample, group_usage, spl
 from bench.sampling import HZ, cpu_ticks, machine_busy_ticks, rss_kib, wait_for_quiet
 from bench.servers import Server, start_server, stop_server
 
+from processes import StartError
+
 #: webrtc_app's RESERVED_DESCRIPTORS default (settings.py): its socket limit is the open-file
 #: limit less these. PeerJS is given the same number of sockets.
 RESERVED_DESCRIPTORS = 100
@@ -345,7 +347,10 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         old_log = server.log_path
         server.process.log_path = old_log.replace(".log", "-restarted.log")
         t_spawn = time.time()
-        server.process.start(cfg.start_timeout)
+        try:
+            server.process.start(cfg.start_timeout)
+        except StartError as exc:
+            raise BenchError(f"webrtc_app did not start again: {exc}") from None
         t_ready = time.time()
         ready = GroupSample(time.monotonic(), cpu_ticks(server.pid), [cpu_ticks(p) for p in group.pids], machine_busy_ticks(), 0)
         # Its worst stall so far: its start-up, and the first of the storm (the sockets queue

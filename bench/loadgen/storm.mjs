@@ -37,6 +37,7 @@ const storm = {
   maxAttempt: 0,
   lastOpenAt: 0, // epoch ms
   firstDropAt: 0,
+  back: 0, // sockets dropped and open again now (so "all back" costs no scan of every socket)
 };
 
 function mark(kind, at = epochMs()) {
@@ -86,6 +87,7 @@ class StormSocket {
         return;
       }
       if (this.dropped) {
+        storm.back++;
         storm.reconnects++;
         const at = epochMs();
         storm.lastOpenAt = Math.max(storm.lastOpenAt, at);
@@ -105,6 +107,7 @@ class StormSocket {
       const wasOpen = this.isOpen;
       const openFor = wasOpen ? performance.now() - this.openedAt : 0;
       this.openedAt = 0;
+      if (wasOpen && this.dropped) storm.back--;
       if (this.stopping) return;
       if (this.firstOpen) {
         this.firstOpen.reject(new Failure(`socket could not open (${failure || `close ${code}`})`));
@@ -161,7 +164,7 @@ let backResolve = null;
 let confirming = false;
 
 function allBack() {
-  return sockets.every((s) => s.dropped && s.isOpen);
+  return storm.back === sockets.length;
 }
 
 function onReconnected() {
