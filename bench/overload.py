@@ -389,6 +389,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
     per_second: dict[int, int] = {}
     for bin_, n in opens.items():
         per_second[bin_ // 10] = per_second.get(bin_ // 10, 0) + n
+    drop_bins = sorted(timeline.get("drop", {}))
     complete = all(b["complete"] for b in backs)
     last_open = max(b["last_open_at_ms"] for b in backs) / 1000
     other = {k: n for k, n in failures.items() if k not in ("refused", "close 1013", "http 503")}
@@ -403,6 +404,9 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "open_after": sum(r["open"] for r in results),
         "open_sockets_metric": metrics.get("webrtc_open_sockets", float("nan")),
         "shutdown_s": t_exit - t_term,
+        # When the clients saw their socket closed (100 ms bins), from SIGTERM.
+        "first_drop_s": drop_bins[0] / 10 - t_term if drop_bins else float("nan"),
+        "last_drop_s": (drop_bins[-1] + 1) / 10 - t_term if drop_bins else float("nan"),
         "shutdown_cpu_s": shutdown_cpu,
         "start_s": t_ready - t_spawn,
         "down_s": t_ready - t_term,

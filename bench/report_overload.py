@@ -122,6 +122,8 @@ STORM_ROWS = (
     ("loadgens", "load generators (one source address each)", "{:.0f}"),
     ("shutdown_s", "SIGTERM to the old process's exit (s)", "{:.2f}"),
     ("shutdown_cpu_s", "old process's CPU from SIGTERM to its exit (s)", "{:.2f}"),
+    ("first_drop_s", "SIGTERM to the first client seeing its socket closed (s)", "{:.1f}"),
+    ("last_drop_s", "SIGTERM to the last client seeing its socket closed (s)", "{:.1f}"),
     ("start_s", "new process: start to answering /healthz (s)", "{:.2f}"),
     ("down_s", "SIGTERM to the new process answering (s)", "{:.2f}"),
     ("back_s", "SIGTERM to the last socket back (s)", "{:.1f}"),

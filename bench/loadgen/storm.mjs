@@ -30,7 +30,7 @@ const storm = {
   phase: 'opening', // opening | holding | storm | after
   drops: {}, // close code of each socket's first drop
   failures: {}, // failed tries by kind
-  timeline: {}, // kind -> {100 ms bin since the epoch: count}; kinds: open, and every failure kind
+  timeline: {}, // kind -> {100 ms bin since the epoch: count}; kinds: drop, open, and every failure kind
   reconnects: 0, // sockets that opened again after their drop
   closedAfterBack: 0,
   notices: 0,
@@ -122,7 +122,9 @@ class StormSocket {
       if (wasOpen && !this.dropped) {
         this.dropped = true;
         count(storm.drops, String(code));
-        if (!storm.firstDropAt) storm.firstDropAt = epochMs();
+        const at = epochMs();
+        if (!storm.firstDropAt) storm.firstDropAt = at;
+        mark('drop', at);
       } else {
         // A failed try: never opened, or closed right after opening (1013).
         const kind = failure || `close ${code}`;
