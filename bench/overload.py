@@ -170,7 +170,13 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
     count = loadgen_count(sockets, opts["per-loadgen"])
     per_open = max(1, math.ceil(opts["open-concurrency"] / count))
     shares = [
-        {"sockets": n, "open-concurrency": per_open, "overflow": opts["overflow"] if i == 0 else 0}
+        {
+            "sockets": n,
+            "open-concurrency": per_open,
+            "overflow": opts["overflow"] if i == 0 else 0,
+            # Its own bound on the whole run (default 300 s) must outlast the hold.
+            "timeout": int(opts["seconds"]) + 300,
+        }
         for i, n in enumerate(split(sockets, count))
     ]
     log(f"capacity {server.kind}: {sockets:,} sockets from {count} load generators")
@@ -326,7 +332,10 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         sockets = limit
     count = loadgen_count(sockets, opts["per-loadgen"])
     per_open = max(1, math.ceil(opts["open-concurrency"] / count))
-    shares = [{"sockets": n, "open-concurrency": per_open, "storm-timeout": opts["timeout"]} for n in split(sockets, count)]
+    shares = [
+        {"sockets": n, "open-concurrency": per_open, "storm-timeout": opts["timeout"], "timeout": int(opts["timeout"]) + 300}
+        for n in split(sockets, count)
+    ]
     log(f"storm: {sockets:,} sockets from {count} load generators, then a restart")
     group = LoadGens(cfg, server, "storm", shares, tag)
     try:
