@@ -69,6 +69,17 @@ def kernel_memory_kib() -> float:
     return (int(slab.group(1)) if slab else 0) + (int(pages.group(1)) if pages else 0) * os.sysconf("SC_PAGE_SIZE") / 1024
 
 
+def listen_drops() -> int:
+    """Connections the kernel dropped because a listening socket's accept queue was full
+    (TcpExt ListenDrops of /proc/net/netstat, machine-wide): the client retries its SYN after
+    1 s, then 3 s, 7 s, ... so each one is seconds of delay."""
+    with open("/proc/net/netstat", encoding="ascii") as netstat:
+        lines = [line.split() for line in netstat if line.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return 0
+    return int(dict(zip(lines[0], lines[1], strict=False)).get("ListenDrops", 0))
+
+
 def open_files_limit() -> int:
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return soft
@@ -184,10 +195,12 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
     try:
         group.expect("ready", cfg.event_timeout)
         kernel0 = kernel_memory_kib()
+        drops0 = listen_drops()
         base = group_sample(server.pid, group.pids)
         group.go()
         opened = group.expect("opened", cfg.event_timeout)
         done_opening = group_sample(server.pid, group.pids)
+        drops_opening = listen_drops() - drops0
         time.sleep(cfg.settle_seconds)
         settled = group_sample(server.pid, group.pids)
         kernel1 = kernel_memory_kib()
@@ -221,6 +234,7 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
             "open_per_s": sockets / max(e["seconds"] for e in opened),
             "cpu_us_per_open": 1e6 * opening["server_cpu_s"] / sockets,
             "loadgen_cpu_pct_open": opening["loadgen_cpu_pct"],
+            "listen_drops_open": drops_opening,
             "rss_base_mib": base.rss / 1024,
             "rss_mib": settled.rss / 1024,
             "rss_kib_per_socket": (settled.rss - base.rss) / sockets,
@@ -347,6 +361,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
             raise BenchError(f"webrtc_app says {held:g} sockets open before the restart, the load generators opened {sockets}")
         group.go()  # they now wait for every socket to be dropped and back
         probe = LagProbe(cfg, opts["timeout"] + 2 * GRACE)
+        drops0 = listen_drops()
         shutdown_cpu, t_term, t_exit = _terminate(server)
         status = server.process.stop(timeout=10)  # reaps it
         if status not in (0, -signal.SIGTERM):
@@ -370,6 +385,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
             time.monotonic(), cpu_ticks(server.pid), [cpu_ticks(p) for p in group.pids], machine_busy_ticks(), rss_kib(server.pid)
         )
         probe_lag = probe.stop()
+        accept_drops = listen_drops() - drops0
         time.sleep(cfg.settle_seconds)
         metrics = scrape(server)
         group.go()
@@ -432,6 +448,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "other_kinds": other,
         "max_attempt": max(b["max_attempt"] for b in backs),
         "reconnects_peak_per_s": max(per_second.values(), default=0),
+        "listen_drops": accept_drops,
         "lag_max_ms": 1000 * metrics.get("webrtc_event_loop_lag_max_seconds", float("nan")),
         "lag_at_ready_ms": 1000 * lag_at_ready,
         "probe_lag_ms": probe_lag,

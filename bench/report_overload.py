@@ -40,6 +40,7 @@ CAPACITY_ROWS = (
     ("open_per_s", "sockets opened/s", "{:,.0f}", "higher"),
     ("cpu_us_per_open", "server CPU µs per socket opened", "{:.0f}", "lower"),
     ("loadgen_cpu_pct_open", "load generators' CPU while opening (% of one core)", "{:.0f}", ""),
+    ("listen_drops_open", "connections dropped on a full accept queue while opening (kernel, machine-wide)", "{:,.0f}", ""),
     ("rss_kib_per_socket", "RSS KiB per socket, all open", "{:.1f}", "lower"),
     ("rss_kib_per_socket_held", "RSS KiB per socket, after the hold", "{:.1f}", "lower"),
     ("rss_mib", "server RSS MiB, all open", "{:,.0f}", "lower"),
@@ -135,6 +136,7 @@ STORM_ROWS = (
     ("other_failures", "other failed tries", "{:,.0f}"),
     ("max_attempt", "most tries one socket needed", "{:.0f}"),
     ("reconnects_peak_per_s", "reconnections in the busiest second", "{:,.0f}"),
+    ("listen_drops", "connections dropped on a full accept queue, SIGTERM to all back (kernel, machine-wide)", "{:,.0f}"),
     ("lag_max_ms", "new process's worst event-loop stall (ms, webrtc_event_loop_lag_max_seconds)", "{:.0f}"),
     ("lag_at_ready_ms", "… the worst already when it first answered /healthz (ms)", "{:.0f}"),
     (
