@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from bench.config import SERVERS, Config
+from bench.config import ROUND_WORKLOADS, SERVERS, Config
 from bench.environment import version_of
 from bench.profiling import py_spy_path
 
@@ -148,6 +148,14 @@ def rounds_table(cfg: Config, results: Results) -> str:
     return "\n".join(lines)
 
 
+def rounds_text(cfg: Config) -> str:
+    """How the measurements were repeated: rounds for relay, calls and idle, once for the others."""
+    rounds = [w for w in cfg.workloads if w in ROUND_WORKLOADS]
+    once = [w for w in cfg.workloads if w not in ROUND_WORKLOADS]
+    parts = [f"{cfg.rounds} rounds of {', '.join(rounds)}, A B A B; medians"] if rounds else []
+    return "; ".join(parts + ([f"{' and '.join(once)} once"] if once else [])) or "nothing measured"
+
+
 def report(
     cfg: Config, command: str, results: Results, facts: dict[str, str], other_cpu: float, redone: int, elapsed: float
 ) -> str:
@@ -158,7 +166,7 @@ def report(
         else "no CPU pinning"
     )
     lines = [
-        f"Command: `{command}` ({cfg.rounds} rounds, A B A B; medians; {elapsed / 60:.1f} minutes)",
+        f"Command: `{command}` ({rounds_text(cfg)}; {elapsed / 60:.1f} minutes)",
         "",
         "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {pin}.",
         "",
