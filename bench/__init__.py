@@ -11,11 +11,14 @@ One concern per module, in the order a run goes through them:
     sampling.py       CPU time and memory from /proc, and waiting for a quiet machine
     servers.py        the servers under test: webrtc_app and the PeerJS server
     loadgen.py        the driver's side of the load generator (loadgen.mjs, loadgen/*.mjs)
+    loadgens.py       several load generators side by side on one workload, their results summed
     workloads.py      relay, calls and idle against one server: one measurement each
+    overload.py       capacity (every socket the descriptors allow) and the reconnect storm, once each
     cluster.py        the relay across nodes joined by a redis-server (``--cluster``)
     scaling.py        the relay on one server of N worker processes sharing a port (``--scaling``)
     profiling.py      py-spy on webrtc_app, and its samples aggregated
     report.py         the results and profile tables (markdown)
+    report_overload.py the capacity, storm and targets tables (markdown)
     report_cluster.py the ``--cluster`` tables (markdown)
     suite.py          the rounds (A B A B ...), medians and where the results are written
     docs.py           the blocks of docs/benchmarks.md between the bench markers

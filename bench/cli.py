@@ -1,4 +1,4 @@
-"""Benchmark webrtc_app against the PeerJS server: relay, call set-up and idle sockets.
+"""Benchmark webrtc_app against the PeerJS server: relay, call set-up, idle sockets, capacity, reconnect storm.
 
     python bench/run.py            # the full suite (~10 minutes), writes docs/benchmarks.md
     python bench/run.py --quick    # a smoke check (~1-2 minutes), writes only bench/out/
@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from bench import BENCH_DIR, BenchError, log
-from bench.config import CLUSTER_VARIANTS, SCALING, SERVERS, WORKLOADS, build_config
+from bench.config import CLUSTER_VARIANTS, DEFAULT_WORKLOADS, SCALING, SERVERS, WORKLOADS, build_config
 from bench.environment import (
     export_revision,
     install_node_packages,
@@ -60,7 +60,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--idle-seconds", type=float, help="idle: hold window for the CPU figure (default 40 = two ping periods)")
     parser.add_argument("--open-concurrency", type=int, default=50, help="idle: handshakes in flight (default 50)")
     parser.add_argument(
-        "--workloads", default=",".join(WORKLOADS), help="comma-separated subset of relay,calls,idle ('none': profile only)"
+        "--workloads",
+        default=",".join(DEFAULT_WORKLOADS),
+        help=f"comma-separated subset of {','.join(WORKLOADS)} (default {','.join(DEFAULT_WORKLOADS)}; 'none': profile only)",
+    )
+    parser.add_argument(
+        "--calls-loadgens",
+        type=int,
+        default=1,
+        help="calls: load generator processes side by side, the calls split (default 1: on one CPU two are slower)",
+    )
+    parser.add_argument(
+        "--relay-loadgens", type=int, default=1, help="relay: load generator processes, the pairs split (default 1)"
+    )
+    parser.add_argument(
+        "--loadgen-cpus",
+        help="CPUs the load generators of a group are pinned to in turn, e.g. 1,2,3 on a bigger machine "
+        "(default: the load generator's CPU, 1)",
+    )
+    overload = parser.add_argument_group("overload (capacity and storm, measured once per run)")
+    overload.add_argument(
+        "--capacity-sockets", type=int, help="capacity: sockets held (default: as many as webrtc_app's descriptors allow)"
+    )
+    overload.add_argument("--capacity-seconds", type=float, help="capacity: hold window (default 60 s: three heartbeat rounds)")
+    overload.add_argument(
+        "--capacity-overflow", type=int, help="capacity: sockets opened beyond the limit after the hold (default 200)"
+    )
+    overload.add_argument("--storm-sockets", type=int, help="storm: sockets connected when the server restarts (default 20000)")
+    overload.add_argument(
+        "--storm-timeout", type=float, default=120, help="storm: longest wait for every socket to come back (s)"
     )
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of webrtc_app,peerjs")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
@@ -114,6 +142,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "list (default 1,2,4; 'none' skips it)",
     )
     args = parser.parse_args(argv)
+    unknown = set(args.workloads.split(",")) - {*WORKLOADS, "cluster", "none", ""}
+    if unknown:
+        parser.error(f"--workloads: unknown {','.join(sorted(unknown))} (choose from {','.join(WORKLOADS)})")
+    if args.calls_loadgens < 1 or args.relay_loadgens < 1:
+        parser.error("--calls-loadgens and --relay-loadgens: 1 or more")
     if args.workloads == "cluster":
         args.cluster = True
     elif "cluster" in args.workloads.split(","):

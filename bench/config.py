@@ -15,7 +15,11 @@ from bench.children import Children
 
 SERVERS = ("webrtc_app", "peerjs")
 LABELS = {"webrtc_app": "webrtc_app", "peerjs": "PeerJS"}
-WORKLOADS = ("relay", "calls", "idle")
+WORKLOADS = ("relay", "calls", "idle", "capacity", "storm")
+#: Measured in every round, webrtc_app then PeerJS; the others (overload.py) once per run.
+ROUND_WORKLOADS = ("relay", "calls", "idle")
+#: What a run measures without --workloads (all: the whole run stays under about 15 minutes).
+DEFAULT_WORKLOADS = WORKLOADS
 
 #: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
 CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
@@ -97,6 +101,12 @@ class Config:
     # every process of that variant may run on (all of them: the workers are not pinned).
     scaling: tuple[int, ...] = ()
     scaling_cpus: tuple[int, ...] | None = None
+    # Several load generators side by side (loadgens.py), and the overload workloads (overload.py)
+    calls_loadgens: int = 1
+    relay_loadgens: int = 1
+    loadgen_cpus: tuple[int | None, ...] = ()  # empty: loadgen_cpu
+    capacity: dict[str, Any] = field(default_factory=dict)
+    storm: dict[str, Any] = field(default_factory=dict)
 
     @property
     def idle_steps(self) -> list[int]:
@@ -187,6 +197,11 @@ def build_config(args: argparse.Namespace) -> Config:
         # The driver pins itself to the load generator's CPU and its children inherit that:
         # the scaling variant's processes are given every CPU explicitly.
         scaling_cpus=tuple(sorted(cpus)) if pin else None,
+        calls_loadgens=args.calls_loadgens,
+        relay_loadgens=args.relay_loadgens,
+        loadgen_cpus=tuple(int(c) for c in args.loadgen_cpus.split(",")) if args.loadgen_cpus and pin else (),
+        capacity=capacity_options(args, quick),
+        storm=storm_options(args, quick),
     )
 
 
@@ -201,3 +216,26 @@ def parse_scaling(text: str) -> tuple[int, ...]:
     if not counts or any(n < 1 for n in counts) or len(set(counts)) != len(counts):
         raise BenchError(f"--scaling: distinct process counts of 1 or more, or none; got {text!r}")
     return tuple(sorted(counts))
+
+
+def capacity_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """The capacity workload (overload.py): sockets 0 = as many as webrtc_app's descriptors allow."""
+    return {
+        "sockets": args.capacity_sockets if args.capacity_sockets is not None else (1000 if quick else 0),
+        # Several heartbeat rounds (WS_PING_INTERVAL 20 s: a 60 s hold sees about 3).
+        "seconds": args.capacity_seconds if args.capacity_seconds is not None else (5 if quick else 60),
+        "overflow": args.capacity_overflow if args.capacity_overflow is not None else (50 if quick else 200),
+        "open-concurrency": args.open_concurrency,
+        # Sockets per load generator at most: its descriptors, and its source address's ports.
+        "per-loadgen": 7000,
+    }
+
+
+def storm_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
+    """The reconnect storm (overload.py)."""
+    return {
+        "sockets": args.storm_sockets or (300 if quick else 20000),
+        "timeout": args.storm_timeout,
+        "open-concurrency": args.open_concurrency,
+        "per-loadgen": 7000,
+    }

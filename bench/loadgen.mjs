@@ -1,12 +1,17 @@
 // Load generator for the signaling benchmarks (docs/benchmarks.md): one Node.js process
-// speaking either webrtc_app's protocol or PeerJS's, driving one of three workloads.
+// speaking either webrtc_app's protocol or PeerJS's, driving one workload.
 //
-//   node bench/loadgen.mjs --proto webrtc|peerjs --url ws://127.0.0.1:PORT --workload relay|calls|idle [options]
+//   node bench/loadgen.mjs --proto webrtc|peerjs --url ws://127.0.0.1:PORT --workload relay|calls|idle|capacity|storm [options]
 //
 // Its parts are in bench/loadgen/: options.mjs (every option and its default), driver.mjs
 // (the link with bench/run.py), client.mjs (a socket in either protocol), common.mjs (the
 // run's counters and first error, pools, percentiles), and one module per workload:
-// relay.mjs, calls.mjs, idle.mjs.
+// relay.mjs, calls.mjs, idle.mjs, capacity.mjs and storm.mjs (with backoff.mjs, the pages'
+// reconnection policy).
+//
+// Several load generators can share one workload (the driver splits it between them and
+// sums the results): each then gets its own --tag and --local-address (127.0.0.2, ...), and
+// with --raw 1 its measured event carries every sample so the percentiles can be merged.
 //
 // Across nodes (webrtc_app's Redis backplane): `--workload relay --url2 ws://127.0.0.1:PORT2`
 // connects the callers to --url and the callees to --url2, so every message and every
@@ -30,11 +35,13 @@
 // webrtc_app counts in webrtc_messages_relayed_total. Heartbeats and pings are not counted.
 
 import { calls } from './loadgen/calls.mjs';
+import { capacity } from './loadgen/capacity.mjs';
 import { check, counts } from './loadgen/common.mjs';
 import { say } from './loadgen/driver.mjs';
 import { idle } from './loadgen/idle.mjs';
 import { log, opts } from './loadgen/options.mjs';
 import { relay } from './loadgen/relay.mjs';
+import { stormWorkload } from './loadgen/storm.mjs';
 
 // Everything is bounded in time: the whole process, whatever it waits for.
 const killer = setTimeout(() => {
@@ -42,7 +49,7 @@ const killer = setTimeout(() => {
   process.exit(3);
 }, opts.timeout * 1000);
 
-const workloads = { relay, calls, idle };
+const workloads = { relay, calls, idle, capacity, storm: stormWorkload };
 
 try {
   await workloads[opts.workload]();

@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from bench import BENCH_DIR, BenchError
+from bench.children import Cpus
 from bench.config import Config
 from bench.servers import Server
 
@@ -19,12 +20,12 @@ from processes import terminate
 
 
 class LoadGen:
-    """One run of bench/loadgen.mjs against ``server``: ``workload`` with ``args`` as its --options."""
+    """One run of bench/loadgen.mjs against ``server``: ``workload`` with ``args`` as its --options,
+    pinned to ``cpu`` (default: cfg.loadgen_cpu)."""
 
-    def __init__(
-        self, cfg: Config, server: Server, workload: str, args: dict[str, Any], name: str, cpus: tuple[int, ...] | None = None
-    ) -> None:
-        """It runs on the load generator's CPU, or on ``cpus`` when given."""
+    def __init__(self, cfg: Config, server: Server, workload: str, args: dict[str, Any], name: str, cpu: Cpus | int = -1) -> None:
+        """It runs on the load generator's CPU (-1), or on ``cpu`` (a CPU, a tuple of CPUs, or
+        None for any)."""
         self.args = args
         self.log_path = os.path.join(cfg.log_dir, f"{name}.loadgen.log")
         proto = "webrtc" if server.kind == "webrtc_app" else "peerjs"
@@ -35,7 +36,7 @@ class LoadGen:
         self.stderr = open(self.log_path, "wb")  # noqa: SIM115 - closed in finish() or kill()
         self.proc = cfg.children.spawn(
             cmd,
-            cpus or cfg.loadgen_cpu,
+            cfg.loadgen_cpu if cpu == -1 else cpu,  # -1: the load generator's CPU
             cwd=BENCH_DIR,
             env=env,
             stdin=subprocess.PIPE,

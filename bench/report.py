@@ -7,7 +7,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from bench.config import SERVERS, Config
+from bench.config import ROUND_WORKLOADS, SERVERS, Config
 from bench.environment import version_of
 from bench.profiling import py_spy_path
 
@@ -46,6 +46,13 @@ def figures_for(cfg: Config) -> list[Figure]:
         Figure("calls", "loadgen_cpu_pct", "load generator CPU (% of one core)", "{:.0f}", ""),
         Figure("calls", "other_cpu_pct", "other processes' CPU (% of one core)", "{:.0f}", ""),
     ]
+    # Several load generators side by side (loadgens.py): each one's CPU too.
+    for workload, count in (("relay", cfg.relay_loadgens), ("calls", cfg.calls_loadgens)):
+        at = max(n for n, f in enumerate(figures) if f.workload == workload and f.key == "loadgen_cpu_pct") + 1
+        figures[at:at] = [
+            Figure(workload, f"loadgen_cpu_pct_{n}", f"load generator {n} of {count} CPU (% of one core)", "{:.0f}", "")
+            for n in range(1, count + 1 if count > 1 else 1)
+        ]
     previous = 0
     for step in steps:
         figures += [
@@ -141,6 +148,14 @@ def rounds_table(cfg: Config, results: Results) -> str:
     return "\n".join(lines)
 
 
+def rounds_text(cfg: Config) -> str:
+    """How the measurements were repeated: rounds for relay, calls and idle, once for the others."""
+    rounds = [w for w in cfg.workloads if w in ROUND_WORKLOADS]
+    once = [w for w in cfg.workloads if w not in ROUND_WORKLOADS]
+    parts = [f"{cfg.rounds} rounds of {', '.join(rounds)}, A B A B; medians"] if rounds else []
+    return "; ".join(parts + ([f"{' and '.join(once)} once"] if once else [])) or "nothing measured"
+
+
 def report(
     cfg: Config, command: str, results: Results, facts: dict[str, str], other_cpu: float, redone: int, elapsed: float
 ) -> str:
@@ -151,14 +166,14 @@ def report(
         else "no CPU pinning"
     )
     lines = [
-        f"Command: `{command}` ({cfg.rounds} rounds, A B A B; medians; {elapsed / 60:.1f} minutes)",
+        f"Command: `{command}` ({rounds_text(cfg)}; {elapsed / 60:.1f} minutes)",
         "",
         "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {pin}.",
         "",
         f"Sizes: relay {cfg.relay['pairs']} pairs × {cfg.relay['messages']:,} data messages of {cfg.relay['size']} bytes "
         f"(+{cfg.relay['warmup']} warm-up each), window {cfg.relay['window']}; calls {cfg.calls['calls']:,} "
         f"({cfg.calls['concurrency']} at a time, {2 + 2 * cfg.calls['candidates']} messages each, "
-        f"+{cfg.calls['warmup-calls']} warm-up); "
+        f"+{cfg.calls['warmup-calls']} warm-up, {cfg.calls_loadgens} load generator(s)); "
         f"idle {cfg.idle['steps']} sockets ({cfg.idle['open-concurrency']} handshakes at a time), held {cfg.idle_seconds:g} s.",
         "",
         f"Other processes on the machine (this machine is shared): at most {other_cpu:.0f}% of one core during a kept "

@@ -71,9 +71,10 @@ class PeerJSServer(HelperProcess):
     """bench/peerjs_server.mjs: the PeerJS server as an application embeds it. It picks a free
     port and prints it; ready when that port accepts connections."""
 
-    def __init__(self, node: str, npm_dir: str, *, log_path: str, spawn: Spawn) -> None:
+    def __init__(self, node: str, npm_dir: str, *, log_path: str, spawn: Spawn, limit: int = 100_000) -> None:
         super().__init__(binary=node, log_path=log_path, spawn=spawn)
         self.npm_dir = npm_dir
+        self.limit = limit
 
     @property
     def name(self) -> str:
@@ -85,7 +86,7 @@ class PeerJSServer(HelperProcess):
     def command(self) -> list[str]:
         assert self.binary
         script = os.path.join(BENCH_DIR, "peerjs_server.mjs")
-        return [self.binary, script, "--host", "127.0.0.1", "--port", "0", "--concurrent_limit", "100000"]
+        return [self.binary, script, "--host", "127.0.0.1", "--port", "0", "--concurrent_limit", str(self.limit)]
 
     def popen_options(self) -> dict[str, Any]:
         env = {**os.environ, "BENCH_PEER_MODULES": os.path.join(self.npm_dir, "peer", "node_modules")}
@@ -114,14 +115,16 @@ def start_webrtc(
     redis_url: str | None = None,
     args: tuple[str, ...] = (),
     log_level: str = "warning",
+    limit: int | None = None,
 ) -> Server:
     """webrtc_app pinned to ``cpu``; a node of the Redis backplane at ``redis_url`` when given;
-    ``args`` are more of its options (``--processes N``)."""
+    ``args`` are more of its options (``--processes N``); holding at most ``limit`` sockets
+    when given (WEBRTC_MAX_SOCKETS)."""
     # At --log-level warning it prints no "listening" line: ServerProcess picks the port and waits for /healthz.
     process = ServerProcess(
         *(["--redis", redis_url] if redis_url else []),
         *args,
-        env=WEBRTC_ENV,
+        env={**WEBRTC_ENV, "WEBRTC_MAX_SOCKETS": str(limit)} if limit else WEBRTC_ENV,
         python=cfg.python,
         cwd=cfg.server_dir,
         log_level=log_level,
@@ -141,17 +144,21 @@ def start_webrtc(
     return server
 
 
-def start_peerjs(cfg: Config, name: str) -> Server:
-    """The PeerJS server pinned to the server's CPU."""
+def start_peerjs(cfg: Config, name: str, limit: int | None = None) -> Server:
+    """The PeerJS server pinned to the server's CPU; holding at most ``limit`` sockets when given (concurrent_limit)."""
     log_path = os.path.join(cfg.log_dir, f"{name}.log")
-    process = PeerJSServer(cfg.node, cfg.npm_dir, log_path=log_path, spawn=cfg.children.on_cpu(cfg.server_cpu))
+    spawn = cfg.children.on_cpu(cfg.server_cpu)
+    process = PeerJSServer(cfg.node, cfg.npm_dir, log_path=log_path, spawn=spawn, limit=limit or 100_000)
     _start(process, cfg)
     return Server("peerjs", process)
 
 
-def start_server(cfg: Config, kind: str, name: str) -> Server:
-    """A fresh server of ``kind`` ("webrtc_app" or "peerjs") on the server's CPU; its log is ``name``.log."""
-    return start_webrtc(cfg, name, cfg.server_cpu) if kind == "webrtc_app" else start_peerjs(cfg, name)
+def start_server(cfg: Config, kind: str, name: str, limit: int | None = None) -> Server:
+    """A fresh server of ``kind`` ("webrtc_app" or "peerjs") on the server's CPU; its log is ``name``.log.
+    ``limit``: the most sockets it holds (default: more than its descriptors allow)."""
+    if kind == "webrtc_app":
+        return start_webrtc(cfg, name, cfg.server_cpu, limit=limit)
+    return start_peerjs(cfg, name, limit)
 
 
 def stop_server(server: Server) -> None:

@@ -15,12 +15,24 @@ from typing import Any
 
 from bench import PROJECT_DIR, log
 from bench.cluster import measure_cluster
-from bench.config import CLUSTER_LABELS, CLUSTER_VARIANTS, LABELS, SERVERS, WORKLOADS, Config, scaling_key, scaling_label
+from bench.config import (
+    CLUSTER_LABELS,
+    CLUSTER_VARIANTS,
+    DEFAULT_WORKLOADS,
+    LABELS,
+    ROUND_WORKLOADS,
+    SERVERS,
+    Config,
+    scaling_key,
+    scaling_label,
+)
 from bench.docs import DOCS_FILE, write_cluster_docs, write_docs
 from bench.environment import tree_state, version_of
+from bench.overload import run_overload
 from bench.profiling import run_cluster_profile, run_profile
 from bench.report import Results, profile_report, report
 from bench.report_cluster import ClusterResults, cluster_layout_text, cluster_report
+from bench.report_overload import overload_report
 from bench.sampling import wait_for_quiet
 from bench.scaling import measure_scaling
 from bench.workloads import measure
@@ -72,7 +84,7 @@ def run_suite(
     other_cpu = 0.0
     redone = 0
     for n in range(1, cfg.rounds + 1):
-        for workload in cfg.workloads:
+        for workload in (w for w in cfg.workloads if w in ROUND_WORKLOADS):
             for kind in (k for k in SERVERS if k in cfg.servers):
                 figures, again = measure_undisturbed(
                     cfg,
@@ -91,21 +103,32 @@ def run_suite(
                 log(f"round {n} {workload:5} {LABELS[kind]:10}: {shown}")
                 if figures["other_cpu_pct"] > cfg.max_other_cpu:
                     log(f"WARNING: other processes used {figures['other_cpu_pct']:.0f}% of a core during this measurement")
+    overload = run_overload(cfg)  # capacity and storm: once each
+    other_cpu = max([other_cpu, *(figures.get("other_cpu_pct", 0.0) for figures in overload.values())])
     profile = None if args.no_profile or "webrtc_app" not in cfg.servers else run_profile(cfg)
     check_tree(cfg, tree_before)
     elapsed = time.monotonic() - started
-    results_md = report(cfg, command, results, facts, other_cpu, redone, elapsed)
+    results_md = (
+        report(cfg, command, results, facts, other_cpu, redone, elapsed) + "\n\n" + overload_report(cfg, results, overload)
+    )
     profile_md = profile_report(cfg, profile, facts) if profile else None
     write_json(
         os.path.join(cfg.out_dir, f"results-{stamp}.json"),
-        {"command": command, "facts": facts, "results": results, "profile": profile, "warnings": cfg.warnings},
+        {
+            "command": command,
+            "facts": facts,
+            "results": results,
+            "overload": overload,
+            "profile": profile,
+            "warnings": cfg.warnings,
+        },
     )
     with open(os.path.join(cfg.out_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(results_md + "\n\n" + (profile_md or "") + "\n")
     print(results_md)
     if profile_md:
         print("\n" + profile_md)
-    full = not cfg.quick and set(cfg.servers) == set(SERVERS) and set(cfg.workloads) == set(WORKLOADS)
+    full = not cfg.quick and set(cfg.servers) == set(SERVERS) and set(cfg.workloads) >= set(DEFAULT_WORKLOADS)
     if not args.no_docs and (full or args.write_docs):
         write_docs(results_md, profile_md)
         log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)}")

@@ -170,14 +170,23 @@ def run_idle(
 
 
 def measure(cfg: Config, kind: str, workload: str, tag: str) -> dict[str, float]:
-    """One workload against a freshly started server, stopped afterwards."""
+    """One workload against a freshly started server, stopped afterwards; relay and calls with
+    several load generators side by side when cfg says so (loadgens.py)."""
+    from bench.loadgens import run_calls_split, run_relay_split  # it builds on this module
+
     server = start_server(cfg, kind, tag)
     finished = False
     try:
         if workload == "relay":
-            figures = run_relay(cfg, server, tag, cfg.relay)
+            if cfg.relay_loadgens > 1:
+                figures = run_relay_split(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
+            else:
+                figures = run_relay(cfg, server, tag, cfg.relay)
         elif workload == "calls":
-            figures = run_calls(cfg, server, tag)
+            if cfg.calls_loadgens > 1:
+                figures = run_calls_split(cfg, server, tag, cfg.calls_loadgens)
+            else:
+                figures = run_calls(cfg, server, tag)
         else:
             figures = run_idle(cfg, server, tag)
         finished = True

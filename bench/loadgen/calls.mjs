@@ -5,7 +5,7 @@
 import { performance } from 'node:perf_hooks';
 
 import { Client, decode, padded } from './client.mjs';
-import { check, Failure, orFail, pool, summary } from './common.mjs';
+import { check, epochMs, Failure, orFail, pool, rawSamples, summary } from './common.mjs';
 import { event } from './driver.mjs';
 import { opts } from './options.mjs';
 
@@ -58,9 +58,11 @@ export async function calls() {
   relayed = 0;
   await event('ready', {});
   const setups = [];
+  const startedAt = epochMs();
   const started = performance.now();
   await orFail(pool(opts.calls, opts.concurrency, (n) => oneCall(n, setups)));
   const seconds = (performance.now() - started) / 1000;
+  const endedAt = epochMs();
   check();
   if (setups.length !== opts.calls || relayed !== opts.calls * messagesPerCall) {
     throw new Failure(`${setups.length} calls with ${relayed} messages, expected ${opts.calls} with ${opts.calls * messagesPerCall}`);
@@ -74,5 +76,8 @@ export async function calls() {
     seconds,
     calls_per_s: opts.calls / seconds,
     setup_ms: summary(setups),
+    started_at_ms: startedAt, // since the epoch: the driver sums several load generators' calls over their common span
+    ended_at_ms: endedAt,
+    ...(opts.raw ? { setup_samples_ms: rawSamples(setups) } : {}),
   });
 }

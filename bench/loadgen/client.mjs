@@ -24,7 +24,10 @@ const CLIENT_OPTIONS = {
   handshakeTimeout: 30000,
   skipUTF8Validation: true,
   generateMask: (mask) => mask.fill(0),
+  ...(opts['local-address'] ? { localAddress: opts['local-address'] } : {}),
 };
+
+export { WebSocket, CLIENT_OPTIONS };
 
 /**
  * One client socket. `connect()` resolves once the server registered it (webrtc_app: the

@@ -1,6 +1,8 @@
 // What the workloads share: the run's counters, its first error (which fails every wait at
 // once), a pool of concurrent tasks, and percentiles.
 
+import { performance } from 'node:perf_hooks';
+
 /** A failure of the server under test (a lost, duplicated or misrouted message, a closed socket). */
 export class Failure extends Error {}
 
@@ -49,6 +51,12 @@ export async function pool(count, concurrency, task) {
   };
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
 }
+
+/** Milliseconds since the epoch, to the µs: comparable across processes (and with the driver's clock). */
+export const epochMs = () => performance.timeOrigin + performance.now();
+
+/** `values` (ms) rounded to the µs, for the driver to merge with other load generators' (--raw 1). */
+export const rawSamples = (values) => Array.from(values, (x) => Math.round(x * 1000) / 1000);
 
 function percentile(sorted, p) {
   if (!sorted.length) return null;

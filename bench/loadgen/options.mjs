@@ -5,9 +5,16 @@ export const DEFAULTS = {
   proto: 'webrtc', // webrtc | peerjs
   url: '', // ws://127.0.0.1:PORT (no path)
   url2: '', // relay only: the callees connect here (another node of a cluster) instead of --url
-  workload: 'relay', // relay | calls | idle
-  tag: 'x', // prefix of every id, so rounds never collide
+  workload: 'relay', // relay | calls | idle | capacity | storm
+  tag: 'x', // prefix of every id, so rounds (and the processes of one run) never collide
   timeout: 300, // seconds: the whole run, waits included
+  // The source address of every client socket ('' for the system's choice). Several load
+  // generators use one each (127.0.0.2, 127.0.0.3, ...): one address has only about 28,000
+  // ephemeral ports, and one process only as many sockets as its descriptors allow.
+  'local-address': '',
+  // 1: the measured event carries every sample (round trips, set-up times), so that the
+  // driver can merge the percentiles of several load generators
+  raw: 0,
   // relay
   pairs: 50,
   messages: 1000, // measured data messages per caller
@@ -24,7 +31,14 @@ export const DEFAULTS = {
   'candidate-size': 200,
   // idle
   steps: '4000,10000', // hold this many sockets, step by step
-  'open-concurrency': 50, // handshakes in flight while opening
+  'open-concurrency': 50, // handshakes in flight while opening (capacity and storm too)
+  // capacity and storm: the sockets this process opens and holds
+  sockets: 1000,
+  // capacity: after the hold, sockets opened beyond what the server holds, to see how each is refused
+  overflow: 0,
+  'overflow-wait-ms': 10000, // an overflow socket with no verdict after this long is "hung"
+  // storm: the longest wait for every socket to come back after the restart (s)
+  'storm-timeout': 120,
   // 1: the frames a socket sends in one turn of the event loop go out in one write (relay
   // only: it keeps the load generator's syscalls below the server's; see docs/benchmarks.md)
   cork: -1, // -1: on for relay, off otherwise
@@ -47,7 +61,10 @@ export function parseArgs(argv) {
     if (typeof DEFAULTS[name] === 'number' && !Number.isFinite(opts[name])) die(`${arg}: not a number: ${value}`);
   }
   if (!['webrtc', 'peerjs'].includes(opts.proto)) die(`--proto must be webrtc or peerjs`);
-  if (!['relay', 'calls', 'idle'].includes(opts.workload)) die(`--workload must be relay, calls or idle`);
+  if (!['relay', 'calls', 'idle', 'capacity', 'storm'].includes(opts.workload)) {
+    die('--workload must be relay, calls, idle, capacity or storm');
+  }
+  if (opts.workload === 'storm' && opts.proto !== 'webrtc') die('--workload storm is for --proto webrtc only');
   if (!opts.url.startsWith('ws://')) die('--url ws://HOST:PORT is required');
   if (opts.url2) {
     if (!opts.url2.startsWith('ws://')) die('--url2 must be ws://HOST:PORT');

@@ -10,7 +10,7 @@
 import { performance } from 'node:perf_hooks';
 
 import { Client, dataPayload, decode } from './client.mjs';
-import { check, counts, Failure, orFail, pool, recordError, summary } from './common.mjs';
+import { check, counts, epochMs, Failure, orFail, pool, rawSamples, recordError, summary } from './common.mjs';
 import { event } from './driver.mjs';
 import { opts } from './options.mjs';
 
@@ -76,9 +76,11 @@ export async function relay() {
   frames.data = frames.acks = 0;
   await event('ready', { sockets: counts.opened });
   const rtts = [];
+  const startedAt = epochMs();
   const started = performance.now();
   await orFail(phase(opts.messages, rtts));
   const seconds = (performance.now() - started) / 1000;
+  const endedAt = epochMs();
   check();
   const expected = P * opts.messages;
   if (frames.data !== expected || frames.acks !== expected) {
@@ -95,6 +97,9 @@ export async function relay() {
     relayed_per_s: relayed / seconds,
     data_per_s: frames.data / seconds,
     rtt_ms: summary(rtts),
+    started_at_ms: startedAt,
+    ended_at_ms: endedAt,
+    ...(opts.raw ? { rtt_samples_ms: rawSamples(rtts) } : {}),
   });
   await Promise.all(pairs.flatMap(({ caller, callee }) => [caller.close(), callee.close()]));
 }
