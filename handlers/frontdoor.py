@@ -48,7 +48,7 @@ OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 MAX_PAUSE = 1.0
 #: Request heads read in one event-loop iteration (each leads to a handshake, about 150 us):
 #: past it, the others wait for the next iteration, and the messages queued meanwhile go first.
-HEADS_PER_ITERATION = 200
+HEADS_PER_ITERATION = 300
 
 
 def check_tornado() -> None:

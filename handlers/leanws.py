@@ -115,7 +115,7 @@ class HeadReader:
         loop = door.loop
         sock.setblocking(False)
         loop.add_reader(sock.fileno(), self._readable)
-        self.timer = loop.call_later(timeout, self._drop)
+        self.timer = loop.call_later(timeout, self._expire)
 
     # httptools' callbacks
     def on_url(self, url: bytes) -> None:
@@ -130,37 +130,45 @@ class HeadReader:
             self.method = self.parser.get_method()
 
     def _readable(self) -> None:
-        if not self.door.take_turn():
-            # This loop iteration has handled its share of handshakes: read this one in a
-            # later one, so that a reconnect storm cannot stall the messages in between.
-            self.door.loop.remove_reader(self.sock.fileno())
-            self.door.loop.call_soon(self._rearm)
-            return
+        # This loop iteration may have handled its share of handshakes: then this one waits
+        # (its data stays in the socket, which is ready again at the next iteration), so that
+        # a reconnect storm cannot stall the messages in between.
+        if self.door.take_turn():
+            self._read()
+
+    def _expire(self) -> None:
+        """HEADER_TIMEOUT: a client whose head is complete but waited for its turn is served
+        now; one whose head is still incomplete is slow (or gone), and is dropped."""
+        if not self._read():
+            self._drop()
+
+    def _read(self) -> bool:
+        """Read what the client sent; answers True once the connection is handed on or dropped."""
         try:
             data = self.sock.recv(READ_CHUNK)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
-            return self._drop()
-        if not data:
-            return self._drop()
+            self._drop()
+            return True
+        if not data or self.parser is None:
+            self._drop()  # the client left
+            return True
         self.buffer += data
-        if self.parser is None:
-            return  # handed over already
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             pass  # the head of an upgrade request is complete
         except httptools.HttpParserError:
-            return self._hand_over(None)  # Tornado answers 400
+            self._hand_over(None)  # Tornado answers 400
+            return True
         if self.complete:
             self._hand_over(self.door.lean_socket(self))
         elif len(self.buffer) > MAX_HEAD:
             self._hand_over(None)
-
-    def _rearm(self) -> None:
-        if self.sock.fileno() >= 0:  # not dropped meanwhile (its descriptor may be reused)
-            self.door.loop.add_reader(self.sock.fileno(), self._readable)
+        else:
+            return False
+        return True
 
     def _stop(self) -> None:
         self.door.loop.remove_reader(self.sock.fileno())
