@@ -8,6 +8,7 @@ Chromium page and a Firefox page side by side.
 
 from __future__ import annotations
 
+import collections
 import time
 from typing import Any
 
@@ -118,8 +119,19 @@ class CallPage:
         return self.js("() => document.getElementById('status').textContent")
 
     def wait_state(self, *states: str, timeout_ms: int = TIMEOUT_MS) -> str:
-        self.wait_for("states => states.includes(document.getElementById('status').dataset.state)", list(states), timeout_ms)
+        try:
+            self.wait_for("states => states.includes(document.getElementById('status').dataset.state)", list(states), timeout_ms)
+        except Exception as exc:  # the browser's timeout, whichever driver: say where the page is instead
+            try:
+                where: Any = self.describe()
+            except Exception as inner:  # the page itself is gone
+                where = f"(page not readable: {inner})"
+            raise AssertionError(f"{self.browser_name} page never reached {states}: {where}; console: {self.console_tail()}") from exc
         return self.state
+
+    def console_tail(self) -> list[str]:
+        """The page's last console messages, where the driver collects them."""
+        return []
 
     def remote_video(self) -> dict[str, float]:
         return self.js(
@@ -239,6 +251,9 @@ class CallPage:
                         renewals: s.renewals, signaling: window.webrtcApp.signaling.isOpen,
                         call: c && {connection: c.pc.connectionState, ice: c.pc.iceConnectionState,
                                     signalingState: c.pc.signalingState, recoveries: c.recoveries,
+                                    local: c.pc.localDescription && c.pc.localDescription.type,
+                                    remote: c.pc.remoteDescription && c.pc.remoteDescription.type,
+                                    transceivers: c.pc.getTransceivers().map(t => `${t.mid}:${t.direction}:${t.sender.track ? t.sender.track.kind : '-'}`),
                                     iceRestarts: c.iceRestarts, stalled: c.stalled, givenUp: c.givenUp}}; }"""
         )
 
@@ -314,7 +329,12 @@ class PageDriver(CallPage):
         self.page.set_default_timeout(TIMEOUT_MS)
         self.errors: list[str] = []
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+        self.console: collections.deque[str] = collections.deque(maxlen=20)
+        self.page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
         self.page.goto(url)
+
+    def console_tail(self) -> list[str]:
+        return list(self.console)
 
     def js(self, expression: str, arg: Any = None) -> Any:
         return self.page.evaluate(expression, arg)
