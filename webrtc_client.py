@@ -266,6 +266,12 @@ class PythonPeer:
         await self._close_call()
         if self.ws is not None:
             await self.ws.close()
+        # What the call left running (a track's reader, a chat reply) ends with the peer, not
+        # later on a closed loop.
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _send(self, message: dict[str, Any]) -> bool:
         if self.ws is None:
