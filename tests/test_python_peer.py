@@ -69,3 +69,31 @@ def test_a_page_without_a_camera_calls_the_python_peer(server, pages):
         page.wait_chat("echo: sound only")
     finally:
         bot.stop()
+
+
+# The page's first connection finds no candidate, as Chromium's sometimes does when offers cross
+# and it rolls its own back (its answer then waits at "new" for ever): made relay-only with no
+# relay here, so it surely finds none.
+GATHER_NOTHING_FIRST_JS = """{
+    const Native = window.RTCPeerConnection;
+    window.connectionsMade = 0;
+    window.RTCPeerConnection = function (config) {
+        window.connectionsMade += 1;
+        return new Native(window.connectionsMade === 1 ? {...config, iceServers: [], iceTransportPolicy: 'relay'} : config);
+    };
+    window.RTCPeerConnection.prototype = Native.prototype;
+}"""
+
+
+def test_a_first_connection_that_finds_no_candidate_is_replaced_by_itself(server, pages):
+    page = pages(f"{server.http}/call?id=human-gather&peer_id=bot-gather", init_script=GATHER_NOTHING_FIRST_JS)
+    page.wait_state("waiting", "not-online")
+    bot = PeerThread(server.ws, "bot-gather", "human-gather", route="/wsrecieve")
+    try:
+        page.wait_state("connected")
+        assert page.js("() => window.connectionsMade") == 2
+        video = page.wait_remote_playing()
+        assert (video["width"], video["height"]) == (320, 240)
+        bot.wait(lambda: bot.peer.frames_received >= 10, "the page's video at the bot")
+    finally:
+        bot.stop()

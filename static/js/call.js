@@ -11,6 +11,7 @@ export const RECOVERY = Object.freeze({
   restartTimeoutMs: 5000, // a restart not healthy by then is tried again...
   maxRestarts: 2, // ...this many times in all; then the call gives up ("gave-up": main.js replaces it)
   connectTimeoutMs: 30000, // a call that never connected is given up after this (from its first answer)
+  gatherTimeoutMs: 4000, // offer and answer set, yet no local candidate and ICE still "new": a new connection
 });
 
 // TURN answers that mean "your credentials are wrong or expired" (RFC 8489/8656).
@@ -44,6 +45,8 @@ export class Call extends EventTarget {
     this.stalled = false; // connected, but no media arrives
     this.media = { packets: 0, at: 0, flowing: false }; // what the stall watchdog saw last
     this.gatheredRelay = false; // did a TURN server give us a relay candidate?
+    this.describedAt = 0; // performance.now() when our last offer or answer was set
+    this.candidateAt = 0; // ... and when we last found a local candidate
     this.turnRefused = false;
     this.timers = {};
     this.closed = false;
@@ -66,6 +69,7 @@ export class Call extends EventTarget {
     });
     pc.addEventListener("icecandidate", ({ candidate }) => {
       if (!candidate) return;
+      this.candidateAt = performance.now();
       if (candidate.type === "relay") this.gatheredRelay = true;
       this.signal({ type: "new-ice-candidate", candidate: candidate.toJSON() });
     });
@@ -121,6 +125,7 @@ export class Call extends EventTarget {
     try {
       this.makingOffer = true;
       await this.pc.setLocalDescription();
+      this.describedAt = performance.now();
       const { type, sdp } = this.pc.localDescription;
       this.signal({ type: "video-offer", sdp: { type, sdp: preferVideoCodec(sdp, this.preferences.codec) } });
     } catch (error) {
@@ -151,6 +156,7 @@ export class Call extends EventTarget {
       await pc.setRemoteDescription({ type: description.type, sdp });
       if (description.type === "offer") {
         await pc.setLocalDescription();
+        this.describedAt = performance.now();
         this.signal({ type: "video-answer", sdp: pc.localDescription.toJSON() });
       }
       this.startConnectTimer();
@@ -201,6 +207,10 @@ export class Call extends EventTarget {
   // old path still works costs little: media stays on it until the new one is chosen.
   async checkMedia() {
     if (this.closed) return;
+    if (this.gatheredNothing()) {
+      this.fail("no-candidates");
+      return;
+    }
     let packets = 0;
     try {
       (await this.pc.getStats()).forEach((report) => {
@@ -266,6 +276,23 @@ export class Call extends EventTarget {
     // Fires "negotiationneeded": offer() sends an offer with new ICE credentials.
     this.iceRestarts += 1;
     this.pc.restartIce();
+  }
+
+  // Offers crossed and the polite side rolled its own back: Chromium (156) then sometimes
+  // gathers no candidate for its answer, and the call would wait at "new" until the connect
+  // timeout. A browser with any network finds a host candidate within milliseconds, so a
+  // first connection with none after RECOVERY.gatherTimeoutMs is replaced (main.js renews it).
+  gatheredNothing() {
+    const pc = this.pc;
+    return (
+      !this.everConnected &&
+      !this.givenUp &&
+      this.describedAt > 0 &&
+      this.candidateAt < this.describedAt &&
+      pc.signalingState === "stable" &&
+      pc.iceConnectionState === "new" &&
+      performance.now() - this.describedAt >= RECOVERY.gatherTimeoutMs
+    );
   }
 
   startConnectTimer() {

@@ -168,8 +168,9 @@ function newCall(peerSession, { startedByUs = false } = {}) {
   call.addEventListener("failed", ({ detail }) => {
     if (call !== state.call) return;
     // ICE restarts were not enough (a browser may keep a broken path after its network came
-    // back): a new connection, as if Restart call had been pressed.
-    if ((call.everConnected || call.renewal) && state.renewals < MAX_RENEWALS) {
+    // back), or a first connection found no candidate: a new connection, as if Restart call
+    // had been pressed.
+    if ((call.everConnected || call.renewal || detail.reason === "no-candidates") && state.renewals < MAX_RENEWALS) {
       renewCall();
       return;
     }
@@ -200,6 +201,8 @@ function failureText(reason) {
       return `Cannot reach ${peer}: no direct connection is possible and the relay (TURN) server refused this page's credentials. Reload the page, then call again.`;
     case "turn-unreachable":
       return `Cannot reach ${peer}: no direct connection is possible and the relay (TURN) server cannot be reached from your network. Press Restart call to try again.`;
+    case "no-candidates":
+      return `Cannot reach ${peer}: this browser found no network address to offer. Check that it is online, then press Restart call.`;
     case "gave-up":
       return `The connection to ${peer} was lost and could not be restored. Press Restart call to try again.`;
     default:
