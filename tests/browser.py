@@ -126,7 +126,8 @@ class CallPage:
                 where: Any = self.describe()
             except Exception as inner:  # the page itself is gone
                 where = f"(page not readable: {inner})"
-            raise AssertionError(f"{self.browser_name} page never reached {states}: {where}; console: {self.console_tail()}") from exc
+            console = self.console_tail()
+            raise AssertionError(f"{self.browser_name} page never reached {states}: {where}; console: {console}") from exc
         return self.state
 
     def console_tail(self) -> list[str]:
@@ -253,7 +254,8 @@ class CallPage:
                                     signalingState: c.pc.signalingState, recoveries: c.recoveries,
                                     local: c.pc.localDescription && c.pc.localDescription.type,
                                     remote: c.pc.remoteDescription && c.pc.remoteDescription.type,
-                                    transceivers: c.pc.getTransceivers().map(t => `${t.mid}:${t.direction}:${t.sender.track ? t.sender.track.kind : '-'}`),
+                                    transceivers: c.pc.getTransceivers().map(
+                                        t => `${t.mid}:${t.direction}:${t.sender.track ? t.sender.track.kind : '-'}`),
                                     iceRestarts: c.iceRestarts, stalled: c.stalled, givenUp: c.givenUp}}; }"""
         )
 

@@ -280,8 +280,10 @@ export class Call extends EventTarget {
 
   // Offers crossed and the polite side rolled its own back: Chromium (156) then sometimes
   // gathers no candidate for its answer, and the call would wait at "new" until the connect
-  // timeout. A browser with any network finds a host candidate within milliseconds, so a
-  // first connection with none after RECOVERY.gatherTimeoutMs is replaced (main.js renews it).
+  // timeout. A first connection with no local candidate after RECOVERY.gatherTimeoutMs fails
+  // with "no-candidates", which main.js answers with a new connection (up to three times: a
+  // browser with no route but through a TURN server finds none either, and then the page
+  // says why as for any call that cannot connect).
   gatheredNothing() {
     const pc = this.pc;
     return (

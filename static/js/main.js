@@ -174,8 +174,10 @@ function newCall(peerSession, { startedByUs = false } = {}) {
       renewCall();
       return;
     }
-    setStatus("failed", failureText(detail.reason));
-    addChatLine("system", "", failureText(detail.reason));
+    // No candidate at all, even after new connections: say what the page can tell about why.
+    const text = failureText(detail.reason === "no-candidates" ? call.diagnose() : detail.reason);
+    setStatus("failed", text);
+    addChatLine("system", "", text);
   });
   call.addEventListener("turn-error", ({ detail }) => {
     if (call !== state.call) return;
@@ -201,8 +203,6 @@ function failureText(reason) {
       return `Cannot reach ${peer}: no direct connection is possible and the relay (TURN) server refused this page's credentials. Reload the page, then call again.`;
     case "turn-unreachable":
       return `Cannot reach ${peer}: no direct connection is possible and the relay (TURN) server cannot be reached from your network. Press Restart call to try again.`;
-    case "no-candidates":
-      return `Cannot reach ${peer}: this browser found no network address to offer. Check that it is online, then press Restart call.`;
     case "gave-up":
       return `The connection to ${peer} was lost and could not be restored. Press Restart call to try again.`;
     default:
