@@ -4,6 +4,7 @@ figures of each workload, medians and ratios, each round, and the py-spy profile
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -211,6 +212,19 @@ def py_spy_version(cfg: Config) -> str:
     return version_of([py_spy_path(cfg), "--version"]).split()[-1]
 
 
+def getpid_sentence(callers: list[tuple[str, int]], share: Callable[[int], str]) -> str:
+    """Who calls getpid in the native profile: asyncio's C get_running_loop() on Python 3.11."""
+    if not callers:
+        return (
+            "`getpid` (which Python 3.11's C `get_running_loop()` calls for every `Future()`, task and `call_soon`) "
+            "does not appear."
+        )
+    return (
+        "`getpid` is called by asyncio's C `get_running_loop()`, which Python 3.11 runs for every `Future()`, task "
+        "and `call_soon`, through (innermost Python frame): " + "; ".join(f"`{name}` {share(n)}" for name, n in callers[:5]) + "."
+    )
+
+
 def profile_report(cfg: Config, profile: dict[str, Any], facts: dict[str, str]) -> str:
     """The block between the bench:profile markers, from profiling.run_profile()."""
     relay, native, idle = profile["relay_python"], profile["relay_native"], profile["idle_idle"]
@@ -237,10 +251,8 @@ def profile_report(cfg: Config, profile: dict[str, Any], facts: dict[str, str]) 
         "",
         "Self time by where the innermost frame is: "
         + "; ".join(f"{name} {share(n)}" for name, n in groups["libraries"][:4])
-        + ". `getpid` is called by asyncio's C `get_running_loop()`, which Python 3.11 runs for every `Future()`, task "
-        "and `call_soon`, through (innermost Python frame): "
-        + "; ".join(f"`{name}` {share(n)}" for name, n in groups["getpid_callers"][:5])
-        + ".",
+        + ". "
+        + getpid_sentence(groups["getpid_callers"], share),
         "",
         f"**{cfg.idle_steps[-1]:,} idle sockets** held {cfg.idle_seconds:g} s with the heartbeat on "
         f"({idle['idle_cpu_pct']:.1f}% of a core while sampled), {profile['idle']['samples']:,} samples of the server "
