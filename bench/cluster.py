@@ -271,6 +271,10 @@ def across_figures(run: RelayRun) -> dict[str, float]:
         if role in run.pids:
             figures[f"us_{role}"] = 1e6 * run.work[f"{role}_cpu_s"] / relayed
             figures[f"{role}_cpu_pct"] = run.use[f"{role}_cpu_pct"]
+            # How the CPU went: the kernel's share (system calls, the network stack), and how
+            # many messages one wake-up of the node's event loop handled.
+            figures[f"{role}_sys_pct"] = 100 * run.work[f"{role}_sys_s"] / max(1e-9, run.work[f"{role}_cpu_s"])
+            figures[f"{role}_msgs_per_wakeup"] = relayed / max(1, run.work[f"{role}_wakeups"])
     figures.update(redis_figures(run))
     if "node2" in run.pids:
         figures.update({f"probe_{k}": run.probed[k] for k in ("attempts", "unavailable", "timeouts")})

@@ -21,6 +21,20 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
 
 
+def system_ticks(pid: int) -> int:
+    """stime of every thread of ``pid`` (the kernel's share of cpu_ticks), in clock ticks."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[12])
+
+
+def wakeups(pid: int) -> int:
+    """How often the main thread of ``pid`` went to sleep and was woken again (its voluntary
+    context switches, /proc/<pid>/status): an event loop's wake-ups."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        match = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status.read(), re.M)
+    return int(match.group(1)) if match else 0
+
+
 def rss_kib(pid: int) -> int:
     """The resident memory of ``pid`` in KiB (VmRSS of /proc/<pid>/status)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as status:
@@ -93,12 +107,19 @@ class Snapshot:
     ticks: dict[str, int]  # CPU ticks of each process by role
     machine: int
     cores: dict[int, int]
+    system: dict[str, int]  # ... of which in the kernel
+    wakeups: dict[str, int]  # voluntary context switches of each process's main thread
 
 
 def snapshot(pids: dict[str, int]) -> Snapshot:
     """CPU ticks of each process (by role), of the machine and of each CPU, now."""
     return Snapshot(
-        time.monotonic(), {role: cpu_ticks(pid) for role, pid in pids.items()}, machine_busy_ticks(), cpu_busy_by_core()
+        time.monotonic(),
+        {role: cpu_ticks(pid) for role, pid in pids.items()},
+        machine_busy_ticks(),
+        cpu_busy_by_core(),
+        {role: system_ticks(pid) for role, pid in pids.items()},
+        {role: wakeups(pid) for role, pid in pids.items()},
     )
 
 
@@ -111,6 +132,8 @@ def spent(a: Snapshot, b: Snapshot) -> dict[str, float]:
     for role, value in seconds.items():
         result[f"{role}_cpu_s"] = value
         result[f"{role}_cpu_pct"] = 100 * value / wall
+        result[f"{role}_sys_s"] = (b.system[role] - a.system[role]) / HZ
+        result[f"{role}_wakeups"] = b.wakeups[role] - a.wakeups[role]
     for core in a.cores:
         result[f"core{core}_pct"] = 100 * (b.cores[core] - a.cores[core]) / HZ / wall
     return result
