@@ -84,6 +84,30 @@ class MemoryRouter:
                     session.send(text)
         return delivered
 
+    def deliver_all(self, my_id: str, peer_id: str, texts: list[str]) -> int:
+        """``deliver`` for several messages in a row from another node's socket of ``my_id``:
+        the sockets are found once, and each gets the texts in order. Answers how many of
+        the peer's sockets got them."""
+        delivered = 0
+        peer = self._ids.get(peer_id)
+        if peer:
+            for key in (my_id, ""):
+                group = peer.get(key)
+                if group:
+                    targets = tuple(group)  # a send may lead to a leave
+                    for session in targets:
+                        for text in texts:
+                            session.send(text)
+                    delivered += len(targets)
+            self.delivered += delivered * len(texts)
+        mine = self._ids.get(my_id)
+        group = mine.get(peer_id) if mine else None
+        if group:
+            for session in tuple(group):
+                for text in texts:
+                    session.send(text)
+        return delivered
+
     def group(self, id: str, peer_id: str) -> tuple[Session, ...]:
         """The sockets of ``id`` whose peer_id is ``peer_id`` ("" for those with none)."""
         return tuple(self._ids.get(id, {}).get(peer_id, ()))

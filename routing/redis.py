@@ -509,21 +509,36 @@ class RedisRouter:
 
     def _on_batch(self, payload: bytes) -> None:
         sender, fields, texts = wire.decode(payload)
-        deliver = self.local.deliver
+        local = self.local
         i, offset, end = 0, 0, len(fields)
         while i < end:
             kind = fields[i]
             if kind == "m":
-                my_id, peer_id, reply = fields[i + 1], fields[i + 2], fields[i + 4]
+                my_id, peer_id, reply, seq = fields[i + 1], fields[i + 2], fields[i + 4], fields[i + 5]
                 length = int(fields[i + 6])
-                delivered = deliver(my_id, peer_id, texts[offset : offset + length])
+                text = texts[offset : offset + length]
                 offset += length
+                i += 7
+                if i < end and fields[i] == "+":
+                    # A run of messages from one socket: their sockets are found once.
+                    run = [text]
+                    while i < end and fields[i] == "+":
+                        length = int(fields[i + 1])
+                        run.append(texts[offset : offset + length])
+                        offset += length
+                        i += 2
+                    delivered = local.deliver_all(my_id, peer_id, run)
+                    count = len(run)
+                else:
+                    delivered = local.deliver(my_id, peer_id, text)
+                    count = 1
                 if reply != wire.NO_REPLY:
                     if reply == wire.REPLY_ALWAYS:
-                        self._batch(sender).result(fields[i + 5], delivered)
+                        self._batch(sender).result(seq, delivered)
                     elif not delivered:
-                        self._batch(sender).none_delivered(my_id, peer_id)
-                i += 7
+                        batch = self._batch(sender)
+                        for _ in range(count):  # the sender's node counts and notifies per message
+                            batch.none_delivered(my_id, peer_id)
                 continue
             if kind == "n":
                 self.stale += 1

@@ -16,6 +16,10 @@ Frames, each a kind and its fields:
   inbox's node delivers it by rules 1 and 2 (routing/__init__.py) to its own sockets. ``reply``
   says what the sender's node needs back: ``0`` nothing, ``1`` an ``n`` if none of B's
   sockets here got it, ``2`` an ``r`` with ``seq`` whatever happened.
+* ``+`` length: one more message of the frame before (an ``m`` or a ``+``): from the same
+  socket, asking the same reply (``0`` or ``1``; never ``2``, whose ``seq`` is per message).
+  A socket usually sends several messages in a row (a burst of ICE candidates, a window of
+  chat), so the receiving node finds their sockets once for the run, not once per message.
 * ``n`` A B: none of B's sockets here took A's message (rule 3 is the sender's node's call).
 * ``r`` seq count: how many of B's sockets here took message ``seq``.
 * ``u`` A B: deliver the PEER-UNAVAILABLE notice to A's sockets talking to B here.
@@ -36,15 +40,23 @@ NO_REPLY, REPLY_IF_NONE, REPLY_ALWAYS = "0", "1", "2"
 class Batch:
     """The frames one node has for another, in the order they were added."""
 
-    __slots__ = ("fields", "texts", "messages")
+    __slots__ = ("fields", "texts", "messages", "_run")
 
     def __init__(self) -> None:
         self.fields: list[str] = []
         self.texts: list[str] = []
         self.messages = 0
+        #: The session and reply of the last frame when it is a message that a ``+`` may
+        #: continue (a session's id and peer id never change, so the session says both).
+        self._run: tuple[str, str] | None = None
 
     def message(self, my_id: str, peer_id: str, session_id: str, reply: str, seq: str, text: str) -> None:
-        self.fields += ("m", my_id, peer_id, session_id, reply, seq, str(len(text)))
+        run = self._run
+        if run is not None and run[0] == session_id and run[1] == reply:
+            self.fields += ("+", str(len(text)))
+        else:
+            self.fields += ("m", my_id, peer_id, session_id, reply, seq, str(len(text)))
+            self._run = (session_id, reply) if reply != REPLY_ALWAYS else None
         self.texts.append(text)
         self.messages += 1
 
@@ -52,24 +64,31 @@ class Batch:
         """(reply, A, B, seq) of the messages whose sender waits for an answer: if the batch
         cannot reach its node, the sender's node answers them itself (rare: found then)."""
         fields, found, i, end = self.fields, [], 0, len(self.fields)
+        last: tuple[str, str, str, str] | None = None
         while i < end:
             kind = fields[i]
-            if kind == "m" and fields[i + 4] != NO_REPLY:
-                found.append((fields[i + 4], fields[i + 1], fields[i + 2], fields[i + 5]))
+            if kind == "m":
+                last = (fields[i + 4], fields[i + 1], fields[i + 2], fields[i + 5])
+            if kind in "m+" and last is not None and last[0] != NO_REPLY:
+                found.append(last)
             i += 1 + FIELDS[kind]
         return found
 
     def none_delivered(self, my_id: str, peer_id: str) -> None:
         self.fields += ("n", my_id, peer_id)
+        self._run = None
 
     def result(self, seq: str, count: int) -> None:
         self.fields += ("r", seq, str(count))
+        self._run = None
 
     def notice(self, my_id: str, peer_id: str) -> None:
         self.fields += ("u", my_id, peer_id)
+        self._run = None
 
     def ack(self, session_id: str) -> None:
         self.fields += ("a", session_id)
+        self._run = None
 
     def encode(self, sender: str) -> bytes:
         return f"{sender}\n{SEP.join(self.fields)}\n{''.join(self.texts)}".encode()
@@ -84,7 +103,7 @@ def decode(payload: bytes) -> tuple[str, list[str], str]:
 
 
 #: Fields each frame kind carries after its kind.
-FIELDS = {"m": 6, "n": 2, "r": 2, "u": 2, "a": 1}
+FIELDS = {"m": 6, "+": 1, "n": 2, "r": 2, "u": 2, "a": 1}
 
 
 def joined(node: str, my_id: str, session_id: str, peer_id: str) -> str:

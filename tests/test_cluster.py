@@ -210,6 +210,18 @@ class TestExactAcrossNodes(test_signaling.BasicTestCase):
         self.assertEqual((one.stale, one.undelivered), (1, 1))
 
     @test_signaling.testing.gen_test
+    async def test_each_message_of_a_run_to_a_stale_entry_gets_its_notice(self):
+        a = await self.connect("A", "B")
+        one, two = (app.router for app in self.apps)
+        self.inject("B", two.node, "ghost", "A")
+        await self.wait_for(lambda: one.directory.destinations("A", "B")[0])
+        for n in range(3):  # one loop iteration: one batch, one run of three messages
+            a.write_message(f"to nobody {n}")
+        for _ in range(3):
+            await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
+        self.assertEqual((one.stale, one.undelivered), (3, 3))
+
+    @test_signaling.testing.gen_test
     async def test_a_message_to_several_nodes_counts_every_answer(self):
         a = await self.connect("A", "B")
         one, two = (app.router for app in self.apps)
