@@ -275,10 +275,11 @@ class HelperProcess:
         self._pump.start()
 
     def _collect(self, stream: IO[str]) -> None:
-        for line in stream:
-            with self._more_output:
-                self.lines.append(line.rstrip("\n"))
-                self._more_output.notify_all()
+        with stream:  # closed at the end of the output, not left to the garbage collector
+            for line in stream:
+                with self._more_output:
+                    self.lines.append(line.rstrip("\n"))
+                    self._more_output.notify_all()
         with self._more_output:
             self._eof = True
             self._more_output.notify_all()
