@@ -252,7 +252,7 @@ AREA_PARTS = {
     "receive": (
         ("parser", ("read_response", "HiredisParser", "_AsyncRESP")),
         ("decode", ("decode (routing/wire.py",)),
-        ("deliver", ("MemoryRouter.deliver ",)),
+        ("deliver", ("MemoryRouter.deliver ", "MemoryRouter.deliver_all ")),
     ),
     "publish": (("pack", ("pack_command",)), ("encode", ("Batch.encode ",))),
     "websocket": (("relay", ("RedisRouter.relay ",)),),

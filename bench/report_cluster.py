@@ -269,9 +269,9 @@ def profile_areas_text(areas: dict[str, int]) -> str:
     return (
         f"receiving its inbox (`RedisRouter._read`: redis-py reading each SPUBLISH pushed to it, then "
         f"`RedisRouter._on_batch`) {pct('receive')}, of which the RESP reader {pct('receive_parser')}, decoding the "
-        f"batches {pct('receive_decode')} and delivering to its sockets (`MemoryRouter.deliver`, the frames written "
-        f"included) {pct('receive_deliver')}; publishing (`RedisRouter._publisher`/`_publish`, `Outlet.send`: one "
-        f"SPUBLISH per destination node and loop iteration) {pct('publish')}, of which packing the commands "
+        f"batches {pct('receive_decode')} and delivering to its sockets (`MemoryRouter.deliver` and `deliver_all`, "
+        f"the frames written included) {pct('receive_deliver')}; publishing (`RedisRouter._publisher`/`_publish`, "
+        f"`Outlet.send`: one SPUBLISH per destination node and loop iteration) {pct('publish')}, of which packing the commands "
         f"{pct('publish_pack')} and encoding the batches {pct('publish_encode')}; reading Redis's answers to them "
         f"(`Outlet._read`) {pct('answers')}; the WebSocket side (reading, parsing and sending frames) "
         f"{pct('websocket')}, of which routing each message (`RedisRouter.relay`: local fan-out and adding it to "
