@@ -6,8 +6,8 @@
 // Its parts are in bench/loadgen/: options.mjs (every option and its default), driver.mjs
 // (the link with bench/run.py), client.mjs (a socket in either protocol), common.mjs (the
 // run's counters and first error, pools, percentiles), and one module per workload:
-// relay.mjs, calls.mjs, idle.mjs, capacity.mjs and storm.mjs (with backoff.mjs, the pages'
-// reconnection policy).
+// relay.mjs, calls.mjs, idle.mjs, capacity.mjs and storm.mjs (with the pages' own
+// reconnection policy, static/js/backoff.js).
 //
 // Several load generators can share one workload (the driver splits it between them and
 // sums the results): each then gets its own --tag and --local-address (127.0.0.2, ...), and

@@ -1,8 +1,8 @@
 // The reconnect storm (docs/benchmarks.md, "storm"), webrtc_app only: this process opens
 // --sockets sockets and holds them; the driver then restarts the server (SIGTERM, which
 // closes every socket with 1001, and a new process on the same port), and every socket
-// reconnects by itself with the pages' policy (backoff.mjs, which mirrors
-// static/js/backoff.js, used as static/js/signaling.js uses it): after every close, a
+// reconnects by itself with the pages' own policy (static/js/backoff.js, imported as is and
+// used as static/js/signaling.js uses it): after every close, a
 // failed handshake included, it waits reconnectDelay(attempt) and tries again, attempt
 // growing by one each time and starting over once a socket has stayed open 10 s.
 //
@@ -18,7 +18,7 @@
 
 import { performance } from 'node:perf_hooks';
 
-import { RECONNECT, reconnectDelay } from './backoff.mjs';
+import { RECONNECT, reconnectDelay } from '../../static/js/backoff.js';
 import { classify } from './capacity.mjs';
 import { CLIENT_OPTIONS, WebSocket } from './client.mjs';
 import { check, epochMs, Failure, orFail, pool, recordError } from './common.mjs';
