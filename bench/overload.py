@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from bench import BenchError, log
@@ -152,16 +153,27 @@ def capacity_sockets(cfg: Config) -> tuple[int, int | None]:
 
 def measure_capacity(cfg: Config, kind: str, tag: str) -> dict[str, Any]:
     """Hold the capacity's sockets on a fresh server of ``kind``: the figures of docs/benchmarks.md, "capacity"."""
-    wait_for_quiet(cfg)
     sockets, limit = capacity_sockets(cfg)
+    return on_fresh_server(
+        cfg, kind, tag, limit, f"capacity against {LABELS[kind]} ({tag})", lambda server: _capacity(cfg, server, tag, sockets)
+    )
+
+
+def on_fresh_server(
+    cfg: Config, kind: str, tag: str, limit: int | None, what: str, measure: Callable[[Server], dict[str, Any]]
+) -> dict[str, Any]:
+    """``measure`` a fresh server of ``kind`` once the machine is quiet; stop it afterwards,
+    checking its exit and log, or just stop it if the measurement failed (whose error then
+    ends with the server's log)."""
+    wait_for_quiet(cfg)
     server = start_server(cfg, kind, tag, limit)
     finished = False
     try:
-        figures = _capacity(cfg, server, tag, sockets)
+        figures = measure(server)
         finished = True
         return figures
     except BenchError as exc:
-        raise BenchError(f"capacity against {LABELS[kind]} ({tag}): {exc}\nend of its log:\n{server.log_tail()}") from None
+        raise BenchError(f"{what}: {exc}\nend of the server's log:\n{server.log_tail()}") from None
     finally:
         if finished:
             stop_server(server)
@@ -318,20 +330,7 @@ def projection(figures: dict[str, Any]) -> dict[str, Any]:
 
 def measure_storm(cfg: Config, tag: str) -> dict[str, Any]:
     """The reconnect storm against webrtc_app: the figures of docs/benchmarks.md, "storm"."""
-    wait_for_quiet(cfg)
-    server = start_server(cfg, "webrtc_app", tag)
-    finished = False
-    try:
-        figures = _storm(cfg, server, tag)
-        finished = True
-        return figures
-    except BenchError as exc:
-        raise BenchError(f"storm ({tag}): {exc}\nend of the server's log:\n{server.log_tail()}") from None
-    finally:
-        if finished:
-            stop_server(server)
-        else:
-            server.process.stop(timeout=10)
+    return on_fresh_server(cfg, "webrtc_app", tag, None, f"storm ({tag})", lambda server: _storm(cfg, server, tag))
 
 
 def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
