@@ -14,17 +14,16 @@ from bench.config import Config
 HZ = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of every thread of ``pid``, in clock ticks (/proc/<pid>/stat)."""
+def user_system_ticks(pid: int) -> tuple[int, int]:
+    """utime and stime of every thread of ``pid``, in clock ticks (/proc/<pid>/stat)."""
     with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of proc(5)
+    return int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
 
 
-def system_ticks(pid: int) -> int:
-    """stime of every thread of ``pid`` (the kernel's share of cpu_ticks), in clock ticks."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[12])
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of every thread of ``pid``, in clock ticks."""
+    return sum(user_system_ticks(pid))
 
 
 def wakeups(pid: int) -> int:
@@ -113,12 +112,13 @@ class Snapshot:
 
 def snapshot(pids: dict[str, int]) -> Snapshot:
     """CPU ticks of each process (by role), of the machine and of each CPU, now."""
+    split = {role: user_system_ticks(pid) for role, pid in pids.items()}  # one read of each stat
     return Snapshot(
         time.monotonic(),
-        {role: cpu_ticks(pid) for role, pid in pids.items()},
+        {role: user + system for role, (user, system) in split.items()},
         machine_busy_ticks(),
         cpu_busy_by_core(),
-        {role: system_ticks(pid) for role, pid in pids.items()},
+        {role: system for role, (_, system) in split.items()},
         {role: wakeups(pid) for role, pid in pids.items()},
     )
 
