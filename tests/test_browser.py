@@ -105,12 +105,19 @@ def test_layout_fits_a_phone_and_a_laptop(server, pages):
     alice, bob = pair_ids()
     layout = (
         "() => { const box = id => document.querySelector(id).getBoundingClientRect();"
-        " return {stage: box('.stage'), chat: box('.chat'), overflow: document.documentElement.scrollWidth > innerWidth}; }"
+        " return {stage: box('.stage'), remote: box('#remote-video'), controls: box('.call-controls'), chat: box('.chat'),"
+        " toggle: box('#show-chat'), overflow: document.documentElement.scrollWidth > innerWidth}; }"
     )
-    phone = pages(f"{server.http}/call?id={alice}&peer_id={bob}", viewport=(390, 844)).js(layout)
+    phone_page = pages(f"{server.http}/call?id={alice}&peer_id={bob}", viewport=(390, 844))
+    phone = phone_page.js(layout)
     assert phone["overflow"] is False
-    assert phone["chat"]["top"] >= phone["stage"]["bottom"]  # one column: chat under the video
+    assert phone["controls"]["top"] >= phone["remote"]["bottom"]  # one column: the controls under the video
+    assert phone["chat"]["height"] == 0 and phone["toggle"]["height"] > 0  # the chat behind its toggle
+    phone_page.click("#show-chat")
+    phone = phone_page.js(layout)
+    assert phone["chat"]["top"] >= phone["controls"]["bottom"]  # then under the controls
     laptop = pages(f"{server.http}/recieve?id={bob}&peer_id={alice}").js(layout)
+    assert laptop["toggle"]["height"] == 0  # everything shown, no toggles
     assert laptop["overflow"] is False
     assert laptop["chat"]["left"] >= laptop["stage"]["right"]  # side by side
 

@@ -144,7 +144,7 @@ class TestPages(BasicTestCase):
             response = await self.page("caller_page", raise_error=False, **query)
             self.assertEqual(response.code, 400, query)
             self.assertIn(b"Cannot open this page", response.body)
-            self.assertIn(b'<form method="post"', response.body)
+            self.assertIn(b'<form id="start-form" method="get"', response.body)
 
     @testing.gen_test
     async def test_home_page_offers_the_form(self):

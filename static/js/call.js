@@ -22,7 +22,8 @@ const isTurnUrl = (url) => /^turns?:/i.test(url);
 // Events: "state" (detail: RTCPeerConnection.connectionState), "track" (detail: the remote
 // MediaStream), "chat" (detail: a chat message), "channel" (detail: "open" | "closed"),
 // "stalled" (no media for RECOVERY.stallMs), "recovering" (detail: {attempt}), "failed"
-// (detail: {reason}, see diagnose()),
+// (detail: {reason}, see diagnose()), "bye" (detail: the peer's hang-up, sent on the channel
+// as its page closes),
 // "turn-error" (detail: {code, url, text}: a TURN server refused our credentials).
 export class Call extends EventTarget {
   constructor({ myId, peerId, iceServers, localStream, polite, send, preferences, beforeRestart }) {
@@ -341,6 +342,7 @@ export class Call extends EventTarget {
       return;
     }
     if (message.type === "message") this.dispatchEvent(new CustomEvent("chat", { detail: message }));
+    else if (message.type === "hang-up") this.dispatchEvent(new CustomEvent("bye", { detail: message }));
   }
 
   // Chat: over the data channel when it is open, else through the signaling socket.

@@ -7,7 +7,7 @@ import { showInvite } from "./invite.js";
 import { LocalMedia } from "./media.js";
 import { QualityPanel } from "./quality.js";
 import { Signaling } from "./signaling.js";
-import { addChatLine, elements, offerOnlyCodecs, setCameraOff, setInCall, setMuted, setSharing, setStatus } from "./ui.js";
+import { addChatLine, elements, offerOnlyCodecs, setCameraOff, setInCall, setMuted, setSharing, setStatus, wirePanels } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 // A call whose ICE restarts did not bring media back is replaced by a new connection, this
@@ -26,6 +26,7 @@ const state = {
   renewals: 0, // new connections made in a row after the path broke
   cameraProblem: null, // why getUserMedia failed, shown until a call connects
   cameraOff: false,
+  elsewhere: false, // another tab of ours took the call: this one stays out until Restart call
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
 
@@ -189,6 +190,9 @@ function newCall(peerSession, { startedByUs = false } = {}) {
     if (detail === "open") addChatLine("system", "", `Connected to ${peerName()}`);
   });
   call.addEventListener("chat", ({ detail }) => showChat(detail));
+  call.addEventListener("bye", ({ detail }) => {
+    if (call === state.call) peerHungUp(detail.reason === "left");
+  });
   if (state.muted) applyMute();
   return call;
 }
@@ -252,7 +256,41 @@ function isCurrent(session) {
   return state.peerSession === session;
 }
 
+// Whether our current call is with the peer's page `session`, known from something that page
+// sent (an offer, an answer, its presence), without adopting it as isCurrent() does.
+function isCallWith(session) {
+  const call = state.call;
+  return Boolean(call && !call.closed && !call.givenUp && state.peerSession !== null && state.peerSession === session);
+}
+
+// What our own id sent to our peer from another tab (the server copies what one socket of an
+// id sends to the id's other sockets in the same conversation): that tab has the call now.
+function fromAnotherTab(message) {
+  return (
+    message.name === config.myId &&
+    message.target === state.peerId &&
+    typeof message.session === "string" &&
+    message.session !== pageSession &&
+    ["username", "video-offer", "video-answer"].includes(message.type)
+  );
+}
+
+// Another tab with our id took the call: this one steps aside, without a retry loop, and says
+// so. Restart call brings the call back here (the other tab then steps aside in turn).
+function yieldToAnotherTab() {
+  if (state.elsewhere) return;
+  state.elsewhere = true;
+  endCall();
+  signaling.stop();
+  setStatus("elsewhere", `Answered in another tab: the call with ${peerName()} goes on there. Press Restart call to bring it back here.`);
+}
+
 function onMessage(message) {
+  if (state.elsewhere) return;
+  if (fromAnotherTab(message)) {
+    yieldToAnotherTab();
+    return;
+  }
   if (message.target !== config.myId) return; // not our conversation
   if (!state.peerId && typeof message.name === "string" && message.name) {
     adoptPeer(message.name);
@@ -260,10 +298,12 @@ function onMessage(message) {
   if (message.name !== state.peerId) return;
   switch (message.type) {
     case "username":
-      // The peer's page arrived or reloaded: call it (our new connection offers by itself).
       // The same page reopening its socket while our call recovers: restart ICE again now.
-      if (!isCurrent(message.session)) newCall(message.session);
-      else state.call.peerReturned();
+      // Any other page (one that arrived or reloaded), or a call that has heard nothing from
+      // the peer yet (a retry made while it was away, whose offer went nowhere): call it now
+      // (our new connection offers by itself).
+      if (isCallWith(message.session)) state.call.peerReturned();
+      else newCall(message.session);
       break;
     case "start-call":
       // The peer restarts the call: its offer follows. If both sides restarted at once, the
@@ -280,8 +320,10 @@ function onMessage(message) {
       if (isCurrent(message.session)) state.call.handle(message);
       break;
     case "hang-up":
-      endCall();
-      setStatus("peer-left", `${peerName()} hung up.`);
+      // From a page of the peer's that our call is not with (a tab that gave the call up to
+      // another one, closing now): not our call's end.
+      if (state.call && state.peerSession !== null && message.session && message.session !== state.peerSession) break;
+      peerHungUp(message.reason === "left");
       break;
     case "message":
       showChat(message);
@@ -289,6 +331,24 @@ function onMessage(message) {
     default:
       break; // add-stream and future types: nothing to do
   }
+}
+
+function peerHungUp(left) {
+  endCall();
+  if (left) setStatus("peer-left", `${peerName()} left.`);
+  else setStatus("peer-left", `${peerName()} hung up.`);
+}
+
+// The tab closes, reloads or navigates away: say so at once, on the socket and on the data
+// channel, or the peer would wait for its call to time out before saying it is over. A page
+// that has given the call to another tab has nothing to say.
+function leavePage() {
+  if (state.elsewhere || !state.peerId) return;
+  const bye = { type: "hang-up", reason: "left", name: config.myId, target: state.peerId, date: Date.now(), session: pageSession };
+  if (state.call && state.call.channel.readyState === "open") state.call.channel.send(JSON.stringify(bye));
+  signaling.send(bye);
+  endCall();
+  signaling.stop();
 }
 
 function applyMute() {
@@ -326,6 +386,13 @@ function wireControls() {
   });
   elements.restart.addEventListener("click", () => {
     state.renewals = 0;
+    if (state.elsewhere) {
+      // Take the call back from the other tab: our presence makes the peer call this tab.
+      state.elsewhere = false;
+      setStatus("waiting", `Waiting for ${peerName()}…`);
+      signaling.resume();
+      return;
+    }
     restartCall();
   });
   elements.mute.addEventListener("click", () => {
@@ -394,13 +461,23 @@ function wireControls() {
   });
 }
 
+// The status once the socket is open: in a call, or waiting for the peer. A call that is
+// recovering keeps what its recovery says.
+function showOpenStatus() {
+  const call = state.call;
+  if (call && call.isRecovering) return;
+  if (call && call.pc.connectionState === "connected") {
+    setStatus("connected", `In a call with ${peerName()}`);
+    return;
+  }
+  const waiting = state.peerId ? `Waiting for ${peerName()}…` : "Waiting for a caller…";
+  if (state.cameraProblem) setStatus("camera-refused", `${waiting} ${state.cameraProblem}`);
+  else setStatus("waiting", waiting);
+}
+
 function wireSignaling() {
   signaling.addEventListener("open", () => {
-    if (!state.call || (state.call.pc.connectionState !== "connected" && !state.call.isRecovering)) {
-      const waiting = state.peerId ? `Waiting for ${peerName()}…` : "Waiting for a caller…";
-      if (state.cameraProblem) setStatus("camera-refused", `${waiting} ${state.cameraProblem}`);
-      else setStatus("waiting", waiting);
-    }
+    showOpenStatus();
     if (state.peerId) presence();
   });
   signaling.addEventListener("message", ({ detail }) => onMessage(detail));
@@ -429,7 +506,13 @@ function wireSignaling() {
 }
 
 async function start() {
+  addEventListener("pagehide", leavePage);
+  // Back from the browser's back/forward cache: the call was ended on the way out.
+  addEventListener("pageshow", (event) => {
+    if (event.persisted) location.reload();
+  });
   offerOnlyCodecs(sendableVideoCodecs());
+  wirePanels();
   wireControls();
   wireMedia();
   wireSignaling();

@@ -104,4 +104,11 @@ export class Signaling extends EventTarget {
     clearTimeout(this.retryTimer);
     if (this.socket) this.socket.close(1000);
   }
+
+  // Connect again after stop(), as a fresh start (no backoff carried over).
+  resume() {
+    this.stopped = false;
+    this.attempt = 0;
+    this.connect();
+  }
 }

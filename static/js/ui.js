@@ -17,7 +17,11 @@ export const elements = {
   resolution: $("resolution"),
   codec: $("codec"),
   bandwidth: $("bandwidth"),
+  chat: $("chat"),
   chatLog: $("chat-log"),
+  showChat: $("show-chat"),
+  showMore: $("show-more"),
+  chatUnread: $("chat-unread"),
   chatForm: $("chat-form"),
   chatInput: $("chat-input"),
   peerId: $("peer-id"),
@@ -48,8 +52,39 @@ export function addChatLine(who, name, text, date) {
   body.className = "text";
   body.textContent = text;
   item.append(body);
-  elements.chatLog.append(item);
-  item.scrollIntoView({ block: "end" });
+  const log = elements.chatLog;
+  // Scroll the log, never the page: on a phone the call stays where it is.
+  const atEnd = log.scrollHeight - log.scrollTop - log.clientHeight < 8;
+  log.append(item);
+  if (atEnd || who === "me") log.scrollTop = log.scrollHeight;
+  if (who === "peer" && !isShown(elements.chat)) {
+    unread += 1;
+    elements.chatUnread.textContent = String(unread);
+    elements.chatUnread.hidden = false;
+  }
+}
+
+let unread = 0; // peer lines that arrived while the chat was behind its toggle (a phone)
+
+function isShown(element) {
+  return element.getClientRects().length > 0;
+}
+
+// On a phone the chat and the "more" panels (devices, invite, call quality) open one at a time
+// below the call controls; on a laptop they are all shown and the toggles are hidden (CSS).
+export function wirePanels() {
+  const open = (name) => {
+    document.body.dataset.open = document.body.dataset.open === name ? "" : name;
+    elements.showChat.setAttribute("aria-expanded", String(document.body.dataset.open === "chat"));
+    elements.showMore.setAttribute("aria-expanded", String(document.body.dataset.open === "more"));
+    if (document.body.dataset.open === "chat") {
+      unread = 0;
+      elements.chatUnread.hidden = true;
+      elements.chatLog.scrollTop = elements.chatLog.scrollHeight;
+    }
+  };
+  elements.showChat.addEventListener("click", () => open("chat"));
+  elements.showMore.addEventListener("click", () => open("more"));
 }
 
 export function setMuted(muted) {
