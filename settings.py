@@ -67,6 +67,8 @@ HOST = ""
 PORT = 8888
 #: debug, info, warning or error.
 LOG_LEVEL = "info"
+#: "text" (lines for people) or "json" (one JSON object per line, for a log pipeline).
+LOG_FORMAT = "text"
 #: Trust X-Forwarded-For / X-Real-Ip and X-Forwarded-Proto / X-Scheme from a reverse proxy
 #: (client addresses in the logs, ws/wss). Only behind a proxy that sets them.
 XHEADERS = False

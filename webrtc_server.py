@@ -13,17 +13,20 @@ import contextlib
 import gc
 import logging
 import os
+import platform
 import re
+import shutil
 import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
 from types import SimpleNamespace
 from typing import Any, NoReturn, cast
 from urllib.parse import unquote_plus
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from tornado.httpserver import HTTPServer
 from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
@@ -37,11 +40,13 @@ from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN, SignalingHandle
 from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
 from routing import Router
 from routing.memory import MemoryRouter
+from services import logs
 from services.descriptors import open_files_limit, raise_open_files, reserve_for, socket_capacity
 from services.heartbeat import Heartbeat
 from services.loop_lag import LoopLag
 from services.metrics import Stats, make_registry
 from services.status_log import StatusLog
+from services.workers import WorkerGroup
 
 PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
 TEMPLATE_DIR = os.path.join(PROJECT_DIR, "templates")
@@ -53,6 +58,8 @@ GC_THRESHOLD = 20_000
 #: the kernel caps it at net.core.somaxconn). Thousands of pages reconnecting after a restart
 #: arrive within a second or two: a short queue drops their SYNs, and each waits a second.
 LISTEN_BACKLOG = 4096
+
+__version__ = "2.0.0"
 
 log = logging.getLogger("webrtc_app")
 access_log = logging.getLogger("tornado.access")
@@ -74,6 +81,8 @@ class WebRTCApplication(Application):
     open_files: int
     socket_limit: int
     front_door: FrontDoor | None = None
+    #: This worker's group under --processes N (one /metrics scrape reports them all), or None.
+    workers: WorkerGroup | None = None
     _timers: list[PeriodicCallback] | None = None
 
     def signaling_sockets(self) -> list[SignalingHandler]:
@@ -111,7 +120,9 @@ class WebRTCApplication(Application):
         if not access_log.isEnabledFor(level):
             return
         shown = redact_query(uri or "", self.config.LOG_REDACTED_ARGUMENTS)
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, shown, remote_ip, 1000.0 * seconds)
+        ms = 1000.0 * seconds
+        fields = {"status": status, "method": method, "uri": shown, "remote_ip": remote_ip, "ms": round(ms, 2)}
+        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, shown, remote_ip, ms, extra=fields)
 
 
 def redact_query(uri: str, names: list[str]) -> str:
@@ -218,10 +229,15 @@ def listening_line(sockets: list[socket.socket], host: str, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{shown_host}:{bound[1]}"
 
 
-async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str) -> None:
-    """Serve on already bound ``sockets`` until SIGTERM or SIGINT, then shut down cleanly."""
+async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str, workers: WorkerGroup | None = None) -> None:
+    """Serve on already bound ``sockets`` until SIGTERM or SIGINT, then shut down cleanly;
+    ``workers``: this worker's group, under --processes."""
     files = raise_open_files()
     app = make_app(config)
+    registry = app.metrics_registry
+    if workers is not None and registry is not None:
+        app.workers = workers
+        await workers.start(lambda: generate_latest(registry))
     log.info(
         "open files: soft limit %s (hard %d): up to %d signaling sockets (MAX_SOCKETS %d, %d descriptors kept in reserve)",
         f"raised from {files.before} to {files.soft}" if files.soft != files.before else str(files.soft),
@@ -233,9 +249,14 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
     tls = tls_context(config.CERTFILE, config.KEYFILE)
     await app.router.start()
     generated = settings.ICE_ACCESS_TOKEN_GENERATED and config.get_ice_pass is settings.get_ice_pass
+    agreed = False
     if generated:
+
+        def adopt(token: str) -> None:
+            config.ICE_ACCESS_TOKEN = settings.ICE_ACCESS_TOKEN = token
+
         # Nodes of one backplane hand out one token, so any node accepts a page from another.
-        config.ICE_ACCESS_TOKEN = settings.ICE_ACCESS_TOKEN = await app.router.share("ice-token", config.ICE_ACCESS_TOKEN)
+        agreed = await app.router.share("ice-token", config.ICE_ACCESS_TOKEN, adopt)
     server = FrontDoorHTTPServer(
         app,
         max_body_size=config.MAX_BODY_SIZE,
@@ -262,16 +283,21 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
         f", node {node}" if node else "",
     )
     if generated:
-        log.warning(
-            "ICE_ACCESS_TOKEN is not set: using a random token for this run%s",
-            ", shared by the nodes of this backplane" if app.router.node else "",
-        )
+        if not app.router.node:
+            shared = ""
+        elif agreed:
+            shared = ", shared by the nodes of this backplane"
+        else:
+            shared = ", this node's own until Redis answers (then the one the nodes share; set ICE_ACCESS_TOKEN to avoid this)"
+        log.warning("ICE_ACCESS_TOKEN is not set: using a random token for this run%s", shared)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     await shutdown(server, app, config.SHUTDOWN_TIMEOUT)
+    if app.workers is not None:
+        await app.workers.stop()
     log.info("stopped")
 
 
@@ -287,22 +313,37 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def version_line() -> str:
+    import tornado
+
+    return f"webrtc_app {__version__} (Python {platform.python_version()}, Tornado {tornado.version})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="webrtc_server.py",
         description="WebRTC signaling server with caller and receiver pages.",
-        epilog="Every option of settings.py can also be set with WEBRTC_<NAME> environment variables.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", metavar="command", required=True)
     start = commands.add_parser("start", help="run the server in the foreground (stop it with Ctrl-C or SIGTERM)")
     start.add_argument("port", nargs="?", type=_port, help=f"port to listen on (default {settings.PORT}; 0 picks a free one)")
     start.add_argument("--host", help="address to listen on (default: every interface)")
     start.add_argument("--log-level", choices=LOG_LEVELS, help=f"default {settings.LOG_LEVEL}")
+    start.add_argument("--log-format", choices=logs.LOG_FORMATS, help=f"lines, or JSON objects (default {settings.LOG_FORMAT})")
     start.add_argument("--xheaders", action="store_true", default=None, help="trust X-Forwarded-For/-Proto from a reverse proxy")
     start.add_argument("--certfile", help="serve https/wss with this PEM certificate chain")
     start.add_argument("--keyfile", help="the certificate's PEM private key")
     start.add_argument("--redis", metavar="URL", help="join other nodes through this Redis (redis://host:6379/0)")
     start.add_argument("--processes", type=_count, help="worker processes sharing the port (needs --redis)")
+    # The top-level --help shows what a newcomer needs first: how to start, with every option.
+    parser.epilog = (
+        "start the server:\n  "
+        + start.format_usage().removeprefix("usage: ").strip()
+        + "\n  (python webrtc_server.py start --help says what each option does)\n\n"
+        "Every option of settings.py can also be set with a WEBRTC_<NAME> environment variable."
+    )
     return parser
 
 
@@ -332,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
     level = args.log_level or str(config.LOG_LEVEL).lower()
     if level not in LOG_LEVELS:
         parser.exit(2, f"{parser.prog}: error: invalid LOG_LEVEL {level!r}: expected one of {', '.join(LOG_LEVELS)}\n")
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config.LOG_FORMAT = args.log_format or str(config.LOG_FORMAT).lower()
+    if config.LOG_FORMAT not in logs.LOG_FORMATS:
+        parser.exit(2, f"{parser.prog}: error: invalid LOG_FORMAT {config.LOG_FORMAT!r}: expected text or json\n")
+    config.LOG_LEVEL = level
+    logs.configure(level, config.LOG_FORMAT)
     host = config.HOST if args.host is None else args.host
     port = config.PORT if args.port is None else args.port
     try:
@@ -369,6 +414,8 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
     workers: dict[int, int] = {}  # pid -> worker number
     stopping = False
     parent = os.getpid()
+    # The workers' private sockets, through which one /metrics scrape reaches them all.
+    folder = tempfile.mkdtemp(prefix="webrtc_app-workers-")
 
     port = sockets[0].getsockname()[1]
 
@@ -377,12 +424,13 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
         if pid == 0:  # the worker: a fresh event loop, its own node on the backplane
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            logs.configure(config.LOG_LEVEL, config.LOG_FORMAT, worker=number)  # each line says which worker wrote it
             stop_with_parent(parent)
             try:
                 own = bind_sockets(port, address=host or None, reuse_port=True, backlog=LISTEN_BACKLOG)
                 for inherited in sockets:
                     inherited.close()
-                asyncio.run(serve(config, own, host))
+                asyncio.run(serve(config, own, host, WorkerGroup(folder, number, config.PROCESSES)))
                 code = 0
             except Exception:  # noqa: BLE001 - logged, and the parent restarts us
                 log.exception("worker %d failed", number)
@@ -418,6 +466,7 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
         log.warning("worker %d (pid %d) exited with status %d: restarting it", number, pid, os.waitstatus_to_exitcode(status))
         time.sleep(min(failures, 5))
         spawn(number)
+    shutil.rmtree(folder, ignore_errors=True)
     log.info("all workers stopped")
     return 0
 

@@ -7,10 +7,17 @@ import hmac
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from handlers import ApiError, JsonHandler
+from routing import page_of_ids
+
+#: Ids per page of ``GET /connections`` without an id, by default and at most.
+IDS_PER_PAGE, MAX_IDS_PER_PAGE = 100, 1000
 
 
 class ConnectionsHandler(JsonHandler):
     """``GET /connections?id=X``: ``[{"peer": ..., "session": ...}]`` for each socket of X.
+    ``GET /connections[?after=ID][&limit=N]``: who is online, a page of ids in order,
+    ``{"ids": [{"id": ..., "sockets": n}], "next": ID or null}`` (``next`` is the ``after`` of
+    the next page).
 
     It reveals who talks to whom, so it needs ``Authorization: Bearer <ADMIN_TOKEN>``;
     with no ADMIN_TOKEN configured the route does not exist (404).
@@ -23,10 +30,17 @@ class ConnectionsHandler(JsonHandler):
         scheme, _, credential = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode("utf-8"), admin_token.encode("utf-8")):
             raise ApiError(401, "an admin bearer token is required", {"WWW-Authenticate": 'Bearer realm="webrtc_app"'})
-        my_id = self.get_query_argument("id", "")
-        if not my_id:
-            raise ApiError(400, "missing id")
-        self.send_json(await self.application.router.connections(my_id))
+        router = self.application.router
+        my_id = self.get_query_argument("id", None)
+        if my_id is not None:
+            if not my_id:
+                raise ApiError(400, "empty id")
+            self.send_json(await router.connections(my_id))
+            return
+        text = self.get_query_argument("limit", str(IDS_PER_PAGE))
+        if not text.isdigit() or not 1 <= int(text) <= MAX_IDS_PER_PAGE:
+            raise ApiError(400, f"limit must be a number from 1 to {MAX_IDS_PER_PAGE}")
+        self.send_json(page_of_ids(await router.online_ids(), self.get_query_argument("after", ""), int(text)))
 
 
 class HealthHandler(JsonHandler):
@@ -38,10 +52,14 @@ class HealthHandler(JsonHandler):
 
 
 class MetricsHandler(JsonHandler):
-    """``GET /metrics``: counters in Prometheus' text format (counts only: no ids, no bodies)."""
+    """``GET /metrics``: counters in Prometheus' text format (counts only: no ids, no bodies);
+    under ``--processes N`` those of every worker, each series with a ``worker`` label."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         registry = self.application.metrics_registry
         assert registry is not None  # the route exists only with METRICS on
+        workers = self.application.workers
+        # Under --processes, every worker's series, labelled by worker (services/workers.py).
+        body = await workers.exposition() if workers is not None else generate_latest(registry)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
-        self.finish(generate_latest(registry))
+        self.finish(body)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 SERVER_NOTICE = "SERVER_NOTICE"
@@ -92,8 +92,14 @@ class Router(Protocol):
     async def connections(self, id: str) -> list[dict[str, str | None]]:
         """``[{"peer": peer_id or None, "session": session_id}]`` for every socket of ``id``."""
 
-    async def share(self, name: str, value: str) -> str:
-        """The value of ``name`` every node uses (the first node's): ``value`` on one process."""
+    async def online_ids(self) -> dict[str, int]:
+        """Every id with a socket, on every node, and how many sockets it holds."""
+
+    async def share(self, name: str, value: str, adopt: Callable[[str], None]) -> bool:
+        """Agree with the other nodes on the value of ``name`` (the first node's): ``adopt``
+        is called with it. Answers whether they agreed now (True on one process); if Redis
+        is unreachable, ``value`` stays this node's own until Redis answers, and ``adopt`` is
+        called then if the nodes had agreed on another value meanwhile."""
 
     async def start(self) -> None:
         """Prepare the router (connect to a backplane, ...)."""
@@ -120,3 +126,14 @@ def check_ids(my_id: str, peer_id: str, max_length: int, pattern: re.Pattern[str
         if pattern is not None and value and not pattern.fullmatch(value):
             return f"{name} has characters outside ID_PATTERN"
     return None
+
+
+def page_of_ids(counts: dict[str, int], after: str, limit: int) -> dict[str, object]:
+    """One page of the ids online, in order: ``{"ids": [{"id", "sockets"}], "next": cursor}``,
+    the ids after ``after``; ``next`` is the cursor of the following page (None at the end)."""
+    ids = sorted(id for id in counts if id > after)
+    page = ids[:limit]
+    return {
+        "ids": [{"id": id, "sockets": counts[id]} for id in page],
+        "next": page[-1] if len(ids) > limit else None,
+    }

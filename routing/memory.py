@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from routing import PEER_UNAVAILABLE_NOTICE, Session
 
 
@@ -130,6 +132,9 @@ class MemoryRouter:
     async def connections(self, id: str) -> list[dict[str, str | None]]:
         return [{"peer": s.peer_id or None, "session": s.session_id} for s in self.sessions(id)]
 
+    async def online_ids(self) -> dict[str, int]:
+        return {id: sum(len(group) for group in conversations.values()) for id, conversations in self._ids.items()}
+
     @property
     def ids_online(self) -> int:
         return len(self._ids)
@@ -138,8 +143,9 @@ class MemoryRouter:
     def open_sockets(self) -> int:
         return self._sockets
 
-    async def share(self, name: str, value: str) -> str:
-        return value
+    async def share(self, name: str, value: str, adopt: Callable[[str], None]) -> bool:
+        adopt(value)
+        return True
 
     async def start(self) -> None:
         pass

@@ -39,7 +39,7 @@ import itertools
 import logging
 import uuid
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from redis.asyncio.connection import Connection
@@ -205,6 +205,7 @@ class RedisRouter:
         self._generation = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._shared: dict[str, str] = {}
+        self._adopters: dict[str, Callable[[str], None]] = {}
 
     # --- names --------------------------------------------------------------------------
 
@@ -266,23 +267,35 @@ class RedisRouter:
         self.connected = False
         self._stopping = False
 
-    async def share(self, name: str, value: str) -> str:
+    async def share(self, name: str, value: str, adopt: Callable[[str], None]) -> bool:
         """The value of ``name`` that every node of this backplane uses: the first node's.
         (The generated ICE token, so that a page from one node is accepted by any other.)"""
         self._shared[name] = value
+        self._adopters[name] = adopt
+        adopt(value)
         client = self._topology.client
         if client is None or not self.connected:
-            log.warning("could not agree on %s with the other nodes (Redis is unreachable): using this node's own", name)
-            return value
+            return False
         try:
-            key = f"{self.prefix}shared:{name}"
-            await asyncio.wait_for(client.set(key, value, nx=True), COMMAND_TIMEOUT)
-            agreed = await asyncio.wait_for(client.get(key), COMMAND_TIMEOUT)
+            agreed = await asyncio.wait_for(self._agree(name, value), COMMAND_TIMEOUT)
         except (TimeoutError, RedisError, OSError) as error:
-            log.warning("could not agree on %s with the other nodes (%s): using this node's own", name, error)
-            return value
-        self._shared[name] = agreed or value
-        return self._shared[name]
+            log.debug("could not agree on %s with the other nodes: %s", name, error)
+            return False
+        self._settle(name, agreed)
+        return True
+
+    async def _agree(self, name: str, value: str) -> str:
+        """Store ``value`` unless the nodes have one already; answer the one they have."""
+        client = self._topology.client
+        key = f"{self.prefix}shared:{name}"
+        await client.set(key, value, nx=True)
+        return await client.get(key) or value
+
+    def _settle(self, name: str, agreed: str) -> None:
+        if agreed != self._shared.get(name):
+            self._shared[name] = agreed
+            self._adopters[name](agreed)
+            log.info("%s: now the value the nodes of this backplane share", name)
 
     # --- the Router interface -----------------------------------------------------------
 
@@ -432,6 +445,26 @@ class RedisRouter:
             if node in live:
                 result.append({"peer": peer or None, "session": session_id})
         return result
+
+    async def online_ids(self) -> dict[str, int]:
+        """Every id with a socket on a live node (this node's only if Redis is away)."""
+        client = self._topology.client
+        if client is None or not self.connected:
+            return await self.local.online_ids()
+        nodes = sorted(self.others | {self.node})
+        try:
+            pipe = client.pipeline(transaction=False)
+            for node in nodes:
+                pipe.smembers(self._node_sessions(node))
+            listed: list[set[str]] = await asyncio.wait_for(pipe.execute(), COMMAND_TIMEOUT)
+        except (TimeoutError, RedisError, OSError):
+            return await self.local.online_ids()
+        counts: dict[str, int] = {}
+        for members in listed:
+            for member in members:
+                id = member.partition(SEP)[0]
+                counts[id] = counts.get(id, 0) + 1
+        return counts
 
     # --- interests: the ids this node mirrors --------------------------------------------
 
@@ -824,8 +857,8 @@ class RedisRouter:
         await self._refresh_presence()
         for session in self.local.local_sessions():
             self._jobs.put_nowait(("register", session, 0, None))
-        for name, value in self._shared.items():
-            await client.set(f"{self.prefix}shared:{name}", value, nx=True)
+        for name, value in list(self._shared.items()):
+            self._settle(name, await self._agree(name, value))
         await self._discover()
         await client.spublish(self._control, f"hello{SEP}{self.node}")
 

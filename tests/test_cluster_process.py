@@ -229,3 +229,45 @@ def test_nodes_of_one_backplane_share_the_generated_ice_token(redis):
         assert ice_status(alone, token) == 403
         for server in (one, two, alone):
             assert token not in server.output()  # never logged
+
+
+def test_a_node_started_while_redis_is_unreachable_says_one_thing_and_takes_the_shared_token_later(redis):
+    with node(redis) as one:
+        token = ice_pass_of_a_page(one)
+        redis.stop()
+        with node(redis) as two:
+            two.wait_for_line("ICE_ACCESS_TOKEN is not set")
+            lines = [line for line in two.output().splitlines() if "ICE_ACCESS_TOKEN" in line or "agree" in line]
+            assert len(lines) == 1, lines  # one line, which does not claim what did not happen
+            assert "this node's own until Redis answers" in lines[0]
+            assert "shared by the nodes" not in lines[0]
+            assert ice_pass_of_a_page(two) != token
+            redis.start()
+            # Once Redis answers (empty: it restarted), the nodes agree on one token again,
+            # the one the first node to re-register stores; each takes it.
+            wait_until(lambda: ice_pass_of_a_page(two) == ice_pass_of_a_page(one), 20, "the nodes to agree on one token")
+            agreed = ice_pass_of_a_page(one)
+            assert ice_status(two, agreed) == 200 and ice_status(one, agreed) == 200
+
+
+def metric_lines(server: ServerProcess, name: str) -> list[str]:
+    with urllib.request.urlopen(f"{server.http}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return [line for line in lines if line.startswith((name + "{", name + " "))]
+
+
+def test_one_metrics_scrape_reports_every_worker_and_log_lines_say_which_worker(redis):
+    with node(redis, "--processes", "3") as server, ExitStack() as stack:
+        wait_until(lambda: len(set(re.findall(r"listening on \S+ \(pid (\d+)", server.output()))) == 3, 15, "3 workers")
+        for n in range(10):
+            join(stack, server, f"m{n}", f"n{n}")
+        for _ in range(6):  # whichever worker a scrape reaches, it reports them all
+            open_sockets = metric_lines(server, "webrtc_open_sockets")
+            workers = sorted(re.search(r'worker="(\d+)"', line).group(1) for line in open_sockets)  # type: ignore[union-attr]
+            assert workers == ["0", "1", "2"], open_sockets
+            assert sum(float(line.rsplit(" ", 1)[1]) for line in open_sockets) == 10
+            nodes = metric_lines(server, "webrtc_node_info")
+            assert len({re.search(r'node="(\w+)"', line).group(1) for line in nodes}) == 3, nodes  # type: ignore[union-attr]
+            assert len(metric_lines(server, "process_resident_memory_bytes")) == 3
+        for number in range(3):
+            assert re.search(rf"^\S+ \S+ INFO worker {number} webrtc_app: webrtc_app listening on", server.output(), re.M)

@@ -50,8 +50,33 @@ class TestConnections(BasicTestCase):
         self.assertEqual(sorted(sessions), sorted(s.session_id for s in self.all_sessions() if s.id == "ME"))
 
     @testing.gen_test
-    async def test_unknown_id_is_an_empty_list_and_missing_id_is_400(self):
+    async def test_unknown_id_is_an_empty_list_and_an_empty_id_is_400(self):
         self.assertEqual(json.loads((await self.get("?id=nobody")).body), [])
-        response = await self.get("")
+        response = await self.get("?id=")
         self.assertEqual(response.code, 400)
-        self.assertEqual(json.loads(response.body), {"error": "bad-request", "message": "missing id"})
+        self.assertEqual(json.loads(response.body), {"error": "bad-request", "message": "empty id"})
+
+    @testing.gen_test
+    async def test_without_an_id_it_lists_who_is_online_page_by_page(self):
+        self.assertEqual(json.loads((await self.get("")).body), {"ids": [], "next": None})
+        for n in range(7):
+            await self.connect(f"online{n}", "PEER1")
+        await self.connect("online3", "PEER2")  # a second socket of one id
+        seen: list[dict] = []
+        after = ""
+        for _ in range(10):
+            page = json.loads((await self.get(f"?limit=3&after={after}")).body)
+            self.assertLessEqual(len(page["ids"]), 3)
+            seen += page["ids"]
+            if page["next"] is None:
+                break
+            after = page["next"]
+        self.assertEqual([entry["id"] for entry in seen], [f"online{n}" for n in range(7)])
+        self.assertEqual({entry["id"]: entry["sockets"] for entry in seen}["online3"], 2)
+        everyone = json.loads((await self.get("")).body)
+        self.assertEqual(len(everyone["ids"]), 7)
+        for bad in ("0", "1001", "ten", "-1"):
+            response = await self.get(f"?limit={bad}")
+            self.assertEqual(response.code, 400)
+            self.assertEqual(json.loads(response.body)["message"], "limit must be a number from 1 to 1000")
+        self.assertEqual((await self.get("", token="wrong")).code, 401)

@@ -13,6 +13,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+import webrtc_server
 from routing import PEER_UNAVAILABLE_NOTICE
 
 from processes import ServerProcess, free_port, run_cli
@@ -103,10 +104,43 @@ def test_help_lists_the_command_and_options():
     result = run_cli("--help")
     assert result.returncode == 0
     assert "start" in result.stdout
+    # The top-level help shows start's options too (the README says it lists them).
+    for option in ("--host", "--log-level", "--log-format", "--redis", "--processes", "--version", "start --help"):
+        assert option in result.stdout, option
     start_help = run_cli("start", "--help")
     assert start_help.returncode == 0
     for option in ("port", "--host", "--log-level"):
         assert option in start_help.stdout
+
+
+def test_version_says_the_release_and_what_it_runs_on():
+    import platform
+
+    import tornado
+
+    result = run_cli("--version")
+    assert result.returncode == 0
+    expected = f"webrtc_app {webrtc_server.__version__} (Python {platform.python_version()}, Tornado {tornado.version})"
+    assert result.stdout.strip() == expected
+
+
+def test_json_log_format_writes_one_object_per_line_with_the_access_fields():
+    with ServerProcess("--log-format", "json", env={"WEBRTC_ICE_SERVERS": "[]"}) as server:
+        with connect(f"{server.ws}/wscall?id=json-alice&peer_id=json-bob&token=secret-looking") as ws:
+            ws.send("hello")
+            assert ws.recv(timeout=5) == PEER_UNAVAILABLE_NOTICE
+        lines = [line for line in server.output().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is a JSON object
+    assert all({"time", "level", "logger", "message", "pid"} <= set(entry) for entry in entries)
+    listening = next(entry for entry in entries if "listening on" in entry["message"])
+    assert listening["level"] == "info" and listening["logger"] == "webrtc_app"
+    access = next(entry for entry in entries if entry["logger"] == "tornado.access" and entry.get("status") == 101)
+    assert access["method"] == "GET" and access["remote_ip"] == "127.0.0.1" and isinstance(access["ms"], float)
+    assert access["uri"] == "/wscall?id=json-alice&peer_id=json-bob&token=***"
+    assert "secret-looking" not in "\n".join(lines)
+    assert run_cli("start", "0", env={"WEBRTC_LOG_FORMAT": "xml"}).stderr.strip() == (
+        "webrtc_server.py: error: invalid LOG_FORMAT 'xml': expected text or json"
+    )
 
 
 @pytest.mark.parametrize(
