@@ -6,8 +6,8 @@ browser or each other:
 
     python webrtc_client.py ws://127.0.0.1:8888 --id bot --peer alice
 
-It sends a test video track (moving colour bars), counts the frames it receives (or records
-them with --record FILE), and answers every chat line on the ``chat`` data channel with
+It sends a test video track (the eight colour bars, scrolling), counts the frames it receives
+(recording them too with --record FILE), and answers every chat line on the ``chat`` data channel with
 "echo: <text>" (but never an echo). Requirements: ``pip install -r peer-requirements.txt``.
 
 It reconnects the signaling socket with the pages' policy (jittered exponential backoff, longer
@@ -129,25 +129,60 @@ def allow_loopback_candidates() -> None:
     aioice.ice.get_host_addresses = with_loopback
 
 
+#: The eight bars of the classic test card at 75%: white, yellow, cyan, green, magenta, red,
+#: blue, black, as (Y, U, V) in BT.601's video range.
+BARS = (
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+    (16, 128, 128),
+)
+
+
 class ColourBars(VideoStreamTrack):
-    """A test pattern: vertical bars that scroll, 320x240 at 30 fps."""
+    """A test pattern: the eight colour bars, scrolling sideways, 320x240 at 30 fps."""
 
     def __init__(self, width: int = 320, height: int = 240) -> None:
         super().__init__()
         self.width, self.height = width, height
         self.count = 0
+        # One period of the bars across the picture, twice over, so that a scrolled row is a slice.
+        bar = max(2, width // len(BARS)) // 2 * 2
+        self._luma = bytes(BARS[(x // bar) % len(BARS)][0] for x in range(2 * width))
+        self._u = bytes(BARS[(2 * x // bar) % len(BARS)][1] for x in range(width))
+        self._v = bytes(BARS[(2 * x // bar) % len(BARS)][2] for x in range(width))
+        self._period = bar * len(BARS)
 
     async def recv(self) -> av.VideoFrame:
         pts, time_base = await self.next_timestamp()
         frame = av.VideoFrame(width=self.width, height=self.height, format="yuv420p")
-        shift = self.count * 4
-        row = bytes(((x + shift) // 40 * 37) % 256 for x in range(self.width))
-        frame.planes[0].update(row * self.height)
-        chroma = bytes([128]) * (self.width // 2 * self.height // 2)
-        frame.planes[1].update(chroma)
-        frame.planes[2].update(chroma)
+        shift = (self.count * 4) % self._period
+        half = shift // 2
+        frame.planes[0].update(self._luma[shift : shift + self.width] * self.height)
+        frame.planes[1].update(self._u[half : half + self.width // 2] * (self.height // 2))
+        frame.planes[2].update(self._v[half : half + self.width // 2] * (self.height // 2))
         frame.pts, frame.time_base = pts, time_base
         self.count += 1
+        return frame
+
+
+class CountingTrack(MediaStreamTrack):
+    """Hands on the frames of ``source`` (to a recorder), counting them as they pass."""
+
+    kind = "video"
+
+    def __init__(self, source: MediaStreamTrack, count: Callable[[], None]) -> None:
+        super().__init__()
+        self.source = source
+        self.count = count
+
+    async def recv(self) -> Any:
+        frame = await self.source.recv()
+        self.count()
         return frame
 
 
@@ -263,6 +298,8 @@ class PythonPeer:
 
     async def stop(self) -> None:
         self.stopped.set()
+        # Say goodbye, as a page does when its tab closes: the peer ends its call at once.
+        await self._send({"type": "hang-up", "reason": "left", "date": _now_ms()})
         await self._close_call()
         if self.ws is not None:
             await self.ws.close()
@@ -298,7 +335,9 @@ class PythonPeer:
         kind = message.get("type")
         session = message.get("session")
         if kind == "username":
-            if not self._is_current(session):
+            # A page our call has not heard from (a new one, or our retry's offer went nowhere
+            # while the peer was away): call it. The same page back on its socket: nothing to do.
+            if not (self._peer_session is not None and self._peer_session == session and self._is_current(session)):
                 await self._new_call(session)
                 await self._offer()
         elif kind == "start-call":
@@ -313,7 +352,10 @@ class PythonPeer:
         elif kind == "new-ice-candidate":
             await self._on_candidate(message.get("candidate") or {})
         elif kind == "hang-up":
-            await self._close_call()
+            # A page of the peer's that our call is not with (a tab that gave the call up) says nothing of ours.
+            if self._peer_session is None or session is None or session == self._peer_session:
+                await self._close_call()
+                log.info("%s %s", self.peer_id, "left" if message.get("reason") == "left" else "hung up")
         elif kind == "message":
             await self._on_chat(message)
 
@@ -415,13 +457,16 @@ class PythonPeer:
     async def _consume(self, track: MediaStreamTrack) -> None:
         if self.record:
             self.recorder = MediaRecorder(self.record)
-            self.recorder.addTrack(track)
+            self.recorder.addTrack(CountingTrack(track, self._count_frame))
             await self.recorder.start()
             return
         with contextlib.suppress(MediaStreamError):
             while True:
                 await track.recv()
-                self.frames_received += 1
+                self._count_frame()
+
+    def _count_frame(self) -> None:
+        self.frames_received += 1
 
     async def _close_call(self) -> None:
         pc, self.pc, self.channel = self.pc, None, None
@@ -447,6 +492,9 @@ class PythonPeer:
             message = json.loads(data)
             if isinstance(message, dict) and message.get("type") == "message":
                 await self._on_chat(message)
+            elif isinstance(message, dict) and message.get("type") == "hang-up":  # the page closes
+                await self._close_call()
+                log.info("%s left", self.peer_id)
 
     async def _on_chat(self, message: dict[str, Any]) -> None:
         text = message.get("text")
@@ -508,16 +556,24 @@ async def _main(args: argparse.Namespace) -> None:
         record=args.record,
     )
     runner = asyncio.ensure_future(peer.run())
+    last: tuple[Any, ...] | None = None
+    reported = 0.0
     try:
         while not runner.done():
-            await asyncio.wait([runner], timeout=args.report_every)
-            log.info(
-                "connected=%s frames received=%d chat lines=%d recoveries=%d",
-                peer.connected.is_set(),
-                peer.frames_received,
-                len(peer.chat_received),
-                peer.recoveries,
-            )
+            # A line at once, whenever the call's state changes, and every report_every seconds.
+            state = (peer.signaling_open.is_set(), peer.connected.is_set(), len(peer.chat_received), peer.recoveries)
+            now = time.monotonic()
+            if state != last or now - reported >= args.report_every:
+                log.info(
+                    "signaling=%s connected=%s frames received=%d chat lines=%d recoveries=%d",
+                    "open" if state[0] else "closed",
+                    state[1],
+                    peer.frames_received,
+                    state[2],
+                    state[3],
+                )
+                last, reported = state, now
+            await asyncio.wait([runner], timeout=0.25)
         runner.result()  # a refusal (SignalingRefused) ends the program with its message
     finally:
         await peer.stop()

@@ -38,6 +38,9 @@ class PeerThread:
             time.sleep(0.05)
 
     def stop(self) -> None:
+        if not self.thread.is_alive():
+            return  # stopped already
+
         async def finish() -> None:
             await self.peer.stop()
             await self.runner

@@ -97,3 +97,60 @@ def test_a_first_connection_that_finds_no_candidate_is_replaced_by_itself(server
         bot.wait(lambda: bot.peer.frames_received >= 10, "the page's video at the bot")
     finally:
         bot.stop()
+
+
+def test_the_bot_sends_colour_bars_and_ends_its_call_when_the_page_closes(server, pages):
+    page = pages(f"{server.http}/call?id=human-bars&peer_id=bot-bars")
+    bot = PeerThread(server.ws, "bot-bars", "human-bars", route="/wsrecieve")
+    try:
+        page.wait_state("connected")
+        # Colour, not grey: the bars' mean saturation (max - min channel) is about 140.
+        picture = page.wait_remote_colour("saturation > 80")
+        assert picture["width"] == 320
+        bot.wait(bot.peer.connected.is_set, "the bot's connection")
+        page.page.close()  # the tab closes: its goodbye ends the bot's call at once
+        bot.wait(lambda: not bot.peer.connected.is_set(), "the bot to see the page leave", timeout=2)
+    finally:
+        bot.stop()
+
+
+def test_the_command_line_bot_reports_at_once_and_counts_what_it_records(server, tmp_path):
+    import os
+    import re
+    import subprocess
+    import sys
+    import time
+
+    from processes import PROJECT_DIR, clean_environment
+
+    av = pytest.importorskip("av")
+    recording = tmp_path / "call.mp4"
+    command = [sys.executable, "webrtc_client.py", server.ws, "--id", "cli-bot", "--peer", "py-other", "--record", str(recording)]
+    started = time.monotonic()
+    cli = subprocess.Popen(command, cwd=PROJECT_DIR, env=clean_environment(), stderr=subprocess.PIPE, text=True)
+    other = PeerThread(server.ws, "py-other", "cli-bot", route="/wsrecieve", reply=None)
+    lines: list[str] = []
+    try:
+        assert cli.stderr is not None
+        first = cli.stderr.readline()
+        assert time.monotonic() - started < 4, first  # a status line at once, not after five seconds
+        lines.append(first)
+        while not re.search(r"connected=True frames received=([1-9]\d*)", lines[-1]):
+            assert time.monotonic() - started < 30, lines
+            lines.append(cli.stderr.readline())
+        other.wait(lambda: other.peer.frames_received >= 30, "the CLI bot's bars at the other peer")
+        other.stop()  # its goodbye: the CLI bot says the call ended
+        while "connected=False" not in lines[-1]:
+            assert time.monotonic() - started < 40, lines
+            lines.append(cli.stderr.readline())
+    finally:
+        cli.terminate()
+        cli.wait(15)
+        other.stop()
+    assert any("py-other left" in line for line in lines), lines
+    counted = int(re.findall(r"frames received=(\d+)", "".join(lines))[-1])
+    with av.open(str(recording)) as container:
+        recorded = sum(1 for _ in container.decode(video=0))
+    assert counted > 0 and recorded > 0
+    assert abs(counted - recorded) <= max(5, counted // 10), (counted, recorded)
+    assert os.path.getsize(recording) > 0
