@@ -36,3 +36,19 @@ def test_operations_shows_the_coturn_settings_the_network_tests_use():
     documented = {line.split("=", 1)[0] for block in re.findall(r"```\n(.+?)\n```", section, re.S) for line in block.splitlines()}
     used = {setting.split("=", 1)[0] for setting in COTURN_SETTINGS}
     assert used - {"no-tls", "no-dtls"} <= documented, used - documented  # the lab has no TLS; the docs show it
+
+
+def test_the_layout_table_names_files_that_exist():
+    table = read("README.md").split("## Layout\n", 1)[1]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    assert rows
+    for row in rows:
+        where, what = row.split("|")[1:3]
+        folders = [name.strip("`") for name in re.findall(r"`[^`]+`", where)]
+        for folder in folders:
+            assert os.path.exists(os.path.join(PROJECT_DIR, folder)), folder
+        for name in re.findall(r"`([\w/.-]+\.(?:py|js|mjs|txt|toml|json))`", what):
+            candidates = [os.path.join(PROJECT_DIR, name)] + [
+                os.path.join(PROJECT_DIR, folder, sub, name) for folder in folders for sub in ("", "js")
+            ]
+            assert any(os.path.exists(path) for path in candidates), (where, name)
