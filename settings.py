@@ -6,7 +6,7 @@ Edit the values below, or override any of them without touching this file:
   ``WEBRTC_ICE_ACCESS_TOKEN=s3cret``;
 * environment variable ``WEBRTC_<NAME>_FILE`` naming a file that holds the value (for secrets
   kept out of the environment; surrounding whitespace is stripped);
-* keyword arguments to ``webrtc_server.make_app(...)`` when embedding the server.
+* keyword arguments to ``handlers.app.make_app(...)`` when embedding the server.
 
 Lists and dicts are written as JSON in the environment (``ALLOWED_ORIGINS`` also accepts a
 comma-separated list); booleans accept 1/0, true/false, yes/no, on/off.
@@ -121,6 +121,17 @@ RATE_LIMIT = 50.0
 RATE_LIMIT_BURST = 200
 #: Largest websocket message accepted, in bytes; a bigger one closes the socket with 1009.
 MAX_MESSAGE_SIZE = 64 * 1024
+#: Bytes a socket may leave unread (a slow or stuck reader) before it is dropped, and the
+#: bytes all sockets of the process may leave unread together: past it, the sockets holding
+#: most are dropped first.
+MAX_UNSENT = 4 * 1024 * 1024
+MAX_UNSENT_TOTAL = 64 * 1024 * 1024
+#: Connections whose request head is still being read, each holding a descriptor until its
+#: head arrives. In all (and never more than half the socket limit): at the cap no connection
+#: is accepted until a head is done (they wait in the kernel's backlog). From one address (0:
+#: no cap; behind a proxy, XHEADERS, only the total counts): past it, 503 at once.
+MAX_PENDING_HEADS = 2000
+MAX_PENDING_HEADS_PER_ADDRESS = 500
 #: Largest HTTP request body accepted (pages' forms, ICE tokens), in bytes.
 MAX_BODY_SIZE = 64 * 1024
 #: A socket silent for WS_PING_INTERVAL seconds is pinged; one that stays silent (no pong,

@@ -14,7 +14,6 @@ import gc
 import logging
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -23,34 +22,24 @@ import sys
 import tempfile
 import time
 from types import SimpleNamespace
-from typing import Any, NoReturn, cast
-from urllib.parse import unquote_plus
+from typing import Any, NoReturn
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 from tornado.httpserver import HTTPServer
-from tornado.ioloop import PeriodicCallback
 from tornado.netutil import bind_sockets
-from tornado.web import Application, RequestHandler, URLSpec
 
 import settings
-from handlers.frontdoor import FrontDoor, FrontDoorHTTPServer
-from handlers.ice import IceServersHandler
-from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler
-from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN, SignalingHandler
-from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
-from routing import Router
-from routing.memory import MemoryRouter
+from handlers.app import PROJECT_DIR, STATIC_DIR, TEMPLATE_DIR, WebRTCApplication, make_app, make_router, redact_query
+from handlers.frontdoor import FrontDoorHTTPServer
+from handlers.leanws import MAX_HEAD
+from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN
 from services import logs
-from services.descriptors import open_files_limit, raise_open_files, reserve_for, socket_capacity
-from services.heartbeat import Heartbeat
-from services.loop_lag import LoopLag
-from services.metrics import Stats, make_registry
-from services.status_log import StatusLog
+from services.descriptors import raise_open_files, reserve_for
 from services.workers import WorkerGroup
 
-PROJECT_DIR = os.path.dirname(os.path.abspath(__file__))
-TEMPLATE_DIR = os.path.join(PROJECT_DIR, "templates")
-STATIC_DIR = os.path.join(PROJECT_DIR, "static")
+#: What embedders and the tests reach through the entry point (the code lives in handlers/app.py).
+__all__ = ["PROJECT_DIR", "STATIC_DIR", "TEMPLATE_DIR", "WebRTCApplication", "main", "make_app", "make_router", "redact_query"]
+
 LOG_LEVELS = ("debug", "info", "warning", "error")
 #: Allocations between two young-generation collections (CPython's default is 700).
 GC_THRESHOLD = 20_000
@@ -62,134 +51,6 @@ LISTEN_BACKLOG = 4096
 __version__ = "2.0.0"
 
 log = logging.getLogger("webrtc_app")
-access_log = logging.getLogger("tornado.access")
-
-
-class WebRTCApplication(Application):
-    """A Tornado application with its own options (``config``), registry (``router``),
-    counters (``stats``) and background services (heartbeat, status log)."""
-
-    config: SimpleNamespace
-    router: Router
-    stats: Stats
-    heartbeat: Heartbeat
-    id_pattern: re.Pattern[str] | None
-    metrics_registry: CollectorRegistry | None
-    loop_lag: LoopLag
-    #: The open-file limit the socket limit was computed from, and that limit: MAX_SOCKETS,
-    #: or fewer if the descriptors run out first (services/descriptors.py).
-    open_files: int
-    socket_limit: int
-    front_door: FrontDoor | None = None
-    #: This worker's group under --processes N (one /metrics scrape reports them all), or None.
-    workers: WorkerGroup | None = None
-    _timers: list[PeriodicCallback] | None = None
-
-    def signaling_sockets(self) -> list[SignalingHandler]:
-        """This process' open signaling sockets. The router holds them as ``routing.Session``
-        (it needs no more); every session an app's router holds is one of its handlers."""
-        return cast("list[SignalingHandler]", self.router.local_sessions())
-
-    def start_services(self) -> None:
-        """Start the periodic duties on the running loop (idempotent; the first socket does it too)."""
-        if self._timers is not None:
-            return
-        self._timers = []
-        if self.heartbeat.enabled:
-            self._timers.append(PeriodicCallback(self.heartbeat.beat, self.heartbeat.tick_seconds * 1000))
-        if self.config.STATUS_LOG_INTERVAL > 0:
-            self._timers.append(PeriodicCallback(StatusLog(self).write, self.config.STATUS_LOG_INTERVAL * 1000))
-        for timer in self._timers:
-            timer.start()
-        self.loop_lag.start()
-
-    def stop_services(self) -> None:
-        for timer in self._timers or ():
-            timer.stop()
-        self._timers = None
-        self.loop_lag.stop()
-
-    def log_request(self, handler: RequestHandler) -> None:
-        """Tornado's access log hook."""
-        request = handler.request
-        self.log_access(handler.get_status(), request.method, request.uri, request.remote_ip, request.request_time())
-
-    def log_access(self, status: int, method: str | None, uri: str | None, remote_ip: str | None, seconds: float) -> None:
-        """The access log (Tornado's format), with secret-looking query arguments (``?token=``) masked."""
-        level = logging.INFO if status < 400 else logging.WARNING if status < 500 else logging.ERROR
-        if not access_log.isEnabledFor(level):
-            return
-        shown = redact_query(uri or "", self.config.LOG_REDACTED_ARGUMENTS)
-        ms = 1000.0 * seconds
-        fields = {"status": status, "method": method, "uri": shown, "remote_ip": remote_ip, "ms": round(ms, 2)}
-        access_log.log(level, "%d %s %s (%s) %.2fms", status, method, shown, remote_ip, ms, extra=fields)
-
-
-def redact_query(uri: str, names: list[str]) -> str:
-    """``uri`` with the values of the query arguments called ``names`` replaced by ``***``."""
-    path, sep, query = uri.partition("?")
-    if not sep or not names:
-        return uri
-    lowered = {name.lower() for name in names}
-    parts = []
-    for part in query.split("&"):
-        key, eq, _ = part.partition("=")
-        parts.append(f"{key}=***" if eq and unquote_plus(key).lower() in lowered else part)
-    return f"{path}?{'&'.join(parts)}"
-
-
-def make_app(config: SimpleNamespace | None = None, router: Router | None = None, **options: Any) -> WebRTCApplication:
-    """Build the application.
-
-    ``config`` is a ``settings.resolve()`` snapshot; without one, ``options`` (any names
-    from settings.py, and the hooks ``get_ice_pass``/``has_ice_pass``/``has_socket_pass``)
-    override settings.py. ``router`` defaults to a fresh in-memory registry, or to the Redis
-    backplane when REDIS_URL is set (start it with ``await app.router.start()``).
-    """
-    config = config or settings.resolve(**options)
-    if not config.ICE_URL.startswith("/"):
-        raise ValueError(f"ICE_URL must be a path starting with '/', got {config.ICE_URL!r}")
-    routes = [
-        URLSpec(r"/", HomeHandler, name="home"),
-        URLSpec(r"/call", CallerPageHandler, name="caller_page"),
-        URLSpec(r"/recieve", ReceiverPageHandler, name="reciever_page"),
-        URLSpec(r"/receive", ReceiverPageHandler, name="receiver_page"),
-        URLSpec(r"/wscall", SignalingHandler, name="caller_ws"),
-        URLSpec(r"/wsrecieve", SignalingHandler, name="reciever_ws"),
-        URLSpec(r"/wsreceive", SignalingHandler, name="receiver_ws"),
-        URLSpec(re.escape(config.ICE_URL), IceServersHandler, name="ice_url"),
-        URLSpec(r"/connections", ConnectionsHandler, name="clients_url"),
-        URLSpec(r"/healthz", HealthHandler, name="health"),
-    ]
-    if config.METRICS:
-        routes.append(URLSpec(r"/metrics", MetricsHandler, name="metrics"))
-    app = WebRTCApplication(
-        routes,
-        template_path=TEMPLATE_DIR,
-        static_path=STATIC_DIR,
-        websocket_max_message_size=config.MAX_MESSAGE_SIZE,
-    )
-    app.settings["log_function"] = app.log_request
-    app.config = config
-    app.router = router or make_router(config)
-    app.stats = Stats()
-    app.id_pattern = re.compile(config.ID_PATTERN) if config.ID_PATTERN else None
-    app.open_files = open_files_limit()
-    app.socket_limit = socket_capacity(config.MAX_SOCKETS, app.open_files, config.RESERVED_DESCRIPTORS)
-    app.loop_lag = LoopLag()
-    # Our own heartbeat (one timer for all sockets) replaces Tornado's per-socket pings.
-    app.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, app.signaling_sockets)
-    app.metrics_registry = make_registry(app) if config.METRICS else None
-    return app
-
-
-def make_router(config: SimpleNamespace) -> Router:
-    """The in-memory registry, or the Redis backplane when REDIS_URL is set."""
-    if config.REDIS_URL:
-        from routing.redis import RedisRouter  # redis-py is only needed with a backplane
-
-        return RedisRouter(config.REDIS_URL, config.REDIS_PREFIX, config.NODE_TTL, config.MAX_SOCKETS_PER_ID)
-    return MemoryRouter()
 
 
 async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -> None:
@@ -266,6 +127,7 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
         # descriptor. This bounds the headers of a request and an idle keep-alive connection.
         idle_connection_timeout=config.HEADER_TIMEOUT,
         body_timeout=config.HEADER_TIMEOUT,
+        max_header_size=MAX_HEAD,  # as the lean path reads them (431 past it)
     )
     server.add_sockets(sockets)
     app.start_services()

@@ -1,49 +1,13 @@
-"""Tornado glue: the pages, the ICE endpoint, the signaling socket and the operators' endpoints.
+"""The web side of webrtc_app.
 
-Each handler is a thin adapter; the routing rules live in the ``routing`` package and every
-option in ``settings.py`` (reached through ``self.application.config``). Each handler base
-class declares ``application: WebRTCApplication``, so a type checker follows what they reach.
+* ``handlers.protocol``: the signaling socket's websocket protocol, sans I/O and free of
+  Tornado (frames, the connection's state machine, the handshake's checks);
+* the signaling socket: its rules (``signaling.py``) and the two transports that drive the
+  one protocol core, ``leanws.py`` (the raw socket, the handshake parsed by httptools) and
+  ``streamws.py`` (Tornado's IOStream, for TLS and reused connections);
+* ``frontdoor.py``: accepting connections, also out of descriptors;
+* the Tornado glue: ``app.py`` (the application and its factory), pages, the ICE endpoint
+  and the operators' endpoints, each a thin adapter.
+
+This package's own module imports nothing, so ``handlers.protocol`` stays free of Tornado.
 """
-
-from __future__ import annotations
-
-import json
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
-
-from tornado.web import HTTPError, RequestHandler
-
-if TYPE_CHECKING:  # the app imports the handlers, not the other way round
-    from webrtc_server import WebRTCApplication
-
-
-class ApiError(HTTPError):
-    """An HTTP error with a message for the JSON body and headers to send with it."""
-
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status_code, message.replace("%", "%%"))
-        self.message = message
-        self.headers = headers or {}
-
-
-class JsonHandler(RequestHandler):
-    """A handler whose answers, errors included, are JSON."""
-
-    application: WebRTCApplication
-
-    def send_json(self, value: Any, status: int = 200) -> None:
-        """Finish with ``value`` as JSON (lists too, which ``write`` refuses)."""
-        self.set_status(status)
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps(value))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        message = exc.message if isinstance(exc, ApiError) else self._reason
-        for name, value in getattr(exc, "headers", {}).items():
-            self.set_header(name, value)
-        try:
-            error = HTTPStatus(status_code).phrase.lower().replace(" ", "-")
-        except ValueError:
-            error = "error"
-        self.send_json({"error": error, "message": message}, status_code)

@@ -25,7 +25,7 @@ import inspect
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 import tornado
 from tornado.httpserver import HTTPServer
@@ -33,10 +33,8 @@ from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import BaseAsyncIOLoop
 from tornado.tcpserver import TCPServer
 
+from handlers.app import WebRTCApplication
 from handlers.leanws import HeadReader, LeanSocket, PrefixedIOStream, lean_socket
-
-if TYPE_CHECKING:
-    from webrtc_server import WebRTCApplication
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +47,9 @@ MAX_PAUSE = 1.0
 #: Request heads read in one event-loop iteration (each leads to a handshake, about 150 us):
 #: past it, the others wait for the next iteration, and the messages queued meanwhile go first.
 HEADS_PER_ITERATION = 300
+#: Seconds a connection may send nothing at all before, at the cap of heads being read, it is
+#: dropped to make room for a new one (a browser sends its head at once).
+IDLE_HEAD = 1.0
 
 
 def check_tornado() -> None:
@@ -79,22 +80,36 @@ def busy_response(retry_after: int) -> bytes:
 
 
 class FrontDoor:
-    """Accepts on ``sockets`` for ``server`` (whose app is a WebRTCApplication); ``refused``
-    counts the 503 answers."""
+    """Accepts on ``sockets`` for ``server``, whose application is a WebRTCApplication; its
+    refusals are counted in the application's Stats (``turned_away``)."""
 
     def __init__(self, server: HTTPServer, sockets: list[socket.socket]) -> None:
         self.server = server
         self.sockets = sockets
-        self.app = cast("WebRTCApplication", server.request_callback)
-        self.app.front_door = self  # its refusals show in /metrics
-        config = self.app.config
+        app = server.request_callback
+        assert isinstance(app, WebRTCApplication)
+        self.context = app.context
+        self.stats = app.stats
+        config = app.config
         self.busy = busy_response(config.RETRY_AFTER)
         self.header_timeout = config.HEADER_TIMEOUT
         self.xheaders = bool(server.xheaders)
         # Over TLS the bytes cannot be read before Tornado's SSL stream: Tornado serves all.
         self.lean = server.ssl_options is None
-        self.paths = frozenset(self.app.reverse_url(name).encode() for name in ("caller_ws", "reciever_ws", "receiver_ws"))
-        self.refused = 0
+        self.paths = frozenset(app.reverse_url(name).encode() for name in ("caller_ws", "reciever_ws", "receiver_ws"))
+        # Connections whose first head is still being read, in all and by address: each holds
+        # a descriptor, so an idle client must not be able to take them all cheaply. Behind a
+        # proxy (XHEADERS) every connection comes from the proxy: then only the total counts.
+        # At most half the socket limit (or one accept batch) in all: the rest of the
+        # descriptors stay for sockets. At the cap the door stops accepting, and connections
+        # wait in the kernel's backlog until heads complete; past the cap for one address, a
+        # connection from it is answered 503 at once.
+        self.max_heads = min(config.MAX_PENDING_HEADS, max(ACCEPT_BATCH, app.socket_limit // 2))
+        self.max_heads_per_address = 0 if self.xheaders else config.MAX_PENDING_HEADS_PER_ADDRESS
+        #: The heads being read, oldest first.
+        self.heads: dict[HeadReader, None] = {}
+        self.heads_by_address: dict[str, int] = {}
+        self._held_back = False  # not accepting: max_heads heads are being read
         self._turns = 0
         self._spare: int | None = None
         self._pause = 0.0
@@ -146,6 +161,9 @@ class FrontDoor:
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
+            if len(self.heads) >= self.max_heads and not self._drop_idle_heads():
+                self._hold_back()
+                return
             try:
                 connection, address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -162,14 +180,64 @@ class FrontDoor:
             self._handle(connection, address)
 
     def _handle(self, connection: socket.socket, address: Any) -> None:
-        if self.lean:
-            HeadReader(self, connection, address, self.header_timeout)
-        else:
+        if not self.lean:
             self.server._handle_connection(connection, address)
+            return
+        host = address[0] if isinstance(address, tuple) else ""
+        if self.max_heads_per_address and self.heads_by_address.get(host, 0) >= self.max_heads_per_address:
+            self.stats.turned_away += 1
+            self._answer_busy(connection)  # this address has too many heads unread: try again later
+            return
+        self.heads_by_address[host] = self.heads_by_address.get(host, 0) + 1
+        self.heads[HeadReader(self, connection, address, self.header_timeout)] = None
+
+    def _drop_idle_heads(self) -> bool:
+        """At the cap: drop the heads whose clients have sent nothing for IDLE_HEAD seconds or
+        more (slow or idle clients), oldest first, to make room; answer whether any went."""
+        now = self.loop.time()
+        idle = []
+        for head in self.heads:  # oldest first
+            if now - head.accepted < IDLE_HEAD:
+                break
+            if head.idle():
+                idle.append(head)
+        for head in idle:
+            self.stats.idle_heads_dropped += 1
+            head._drop()
+        return bool(idle)
+
+    def _hold_back(self) -> None:
+        """max_heads heads are being read: accept again once one is done, or once some may
+        have been idle long enough to be dropped."""
+        if not self._held_back:
+            self._held_back = True
+            self._unwatch()
+            self.loop.call_later(IDLE_HEAD, self._look_again)
+
+    def _look_again(self) -> None:
+        if self._held_back:
+            self._held_back = False
+            if self._spare is not None:
+                self._watch()  # _accept drops the idle heads, or holds back again
+
+    def head_done(self, head: HeadReader) -> None:
+        """A head has been read (or given up on): its place is free."""
+        self.heads.pop(head, None)
+        address = head.address
+        if self._held_back and len(self.heads) < self.max_heads:
+            self._held_back = False
+            if self._spare is not None:  # not paused for want of descriptors (_resume watches then)
+                self._watch()
+        host = address[0] if isinstance(address, tuple) else ""
+        left = self.heads_by_address.get(host, 1) - 1
+        if left > 0:
+            self.heads_by_address[host] = left
+        else:
+            self.heads_by_address.pop(host, None)
 
     def lean_socket(self, head: HeadReader) -> LeanSocket | None:
         """The lean transport for this request head, or None: Tornado serves it."""
-        return lean_socket(self.app, head, self.paths, self.xheaders)
+        return lean_socket(self.context, head, self.paths, self.xheaders)
 
     def to_tornado(self, connection: socket.socket, address: Any, prefix: bytes) -> None:
         """Tornado's HTTP server serves the connection, from the bytes already read on."""
@@ -180,8 +248,12 @@ class FrontDoor:
         server.handle_stream(stream, address)
 
     def _turn_away(self, sock: socket.socket) -> None:
-        """Out of descriptors: answer every waiting connection 503 with the spare one."""
-        while self._spare is not None:
+        """Out of descriptors: answer waiting connections 503 with the spare one, ACCEPT_BATCH
+        at most per call (the listening socket stays readable: the rest get their turn after
+        the other callbacks of this loop iteration)."""
+        for _ in range(ACCEPT_BATCH):
+            if self._spare is None:
+                break
             os.close(self._spare)
             self._spare = None
             try:
@@ -191,12 +263,14 @@ class FrontDoor:
             except OSError:
                 connection = None
             if connection is not None:
-                self.refused += 1
+                self.stats.turned_away += 1
                 self._answer_busy(connection)
             if not self._take_spare():
                 break  # someone else took the descriptor: pause below
             if connection is None:
                 return  # the backlog is empty
+        else:
+            return  # this call's share is done: the listening socket is still readable
         # Not even the spare could be had: stop watching for a moment rather than spin.
         self._unwatch()
         self._pause = min(MAX_PAUSE, self._pause * 2 or 0.01)
@@ -208,7 +282,8 @@ class FrontDoor:
             self._pause = min(MAX_PAUSE, self._pause * 2)
             self.loop.call_later(self._pause, self._resume)
             return
-        self._watch()
+        if not self._held_back:
+            self._watch()
 
     def _answer_busy(self, connection: socket.socket) -> None:
         with connection:

@@ -8,7 +8,7 @@ import hmac
 import time
 from typing import Any
 
-from handlers import ApiError, JsonHandler
+from handlers.api import ApiError, JsonHandler
 
 #: Lifetime of TURN REST credentials when an entry gives no ``ttl`` (seconds).
 DEFAULT_TURN_TTL = 86400

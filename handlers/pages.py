@@ -11,7 +11,7 @@ from tornado.web import RequestHandler
 from routing import check_ids
 
 if TYPE_CHECKING:
-    from webrtc_server import WebRTCApplication
+    from handlers.app import WebRTCApplication
 
 # The pages run only our own scripts and talk only to this server.
 CONTENT_SECURITY_POLICY = (

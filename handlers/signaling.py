@@ -1,34 +1,34 @@
-"""The signaling socket: ``/wscall?id=ME&peer_id=PEER`` (and its aliases).
+"""The signaling socket's rules: ``/wscall?id=ME&peer_id=PEER`` (and its aliases).
 
-:class:`SignalingSocket` holds the socket's rules (who may open one, what a message does,
-how it ends) and is what the router and the heartbeat see. Two transports carry it:
-
-* the lean one (handlers/leanws.py): the handshake parsed by httptools in front of Tornado,
-  then frames over the raw socket; plain TCP connections whose first request is a
-  well-formed upgrade to a signaling route take it;
-* Tornado's (:class:`SignalingHandler`, with handlers/fastws.py's frame path): connections
-  over TLS, a signaling request on a connection that served a page first, and every
-  handshake the lean path does not take (Tornado answers their errors).
+:class:`SignalingSocket` decides who may open a socket, what a message does and how a socket
+ends; it is what the router (a ``routing.Session``) and the heartbeat (a ``Pulse``) see. It
+depends on a :class:`SocketContext` built once per application, not on Tornado. The
+websocket protocol under it is handlers/protocol/ (one core), which the two transports
+drive: handlers/leanws.py over the raw socket, handlers/streamws.py over Tornado's IOStream
+(TLS, and a socket asked for on a connection that served a page first); handlers/transport.py
+is what they share.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import time
 import uuid
-from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from tornado.httputil import HTTPHeaders
-from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
-
-from handlers.fastws import FastWebSocketProtocol
-from routing import BAD_REQUEST, BAD_REQUEST_CODE, check_ids, server_notice
+from handlers.protocol.connection import Limits
+from handlers.protocol.handshake import Request
+from routing import BAD_REQUEST, BAD_REQUEST_CODE, Router, check_ids, server_notice
 from routing.limits import ALLOW, CLOSE, NOTICE, RateLimiter
 
 if TYPE_CHECKING:
-    from webrtc_server import WebRTCApplication
+    from services.heartbeat import Heartbeat
+    from services.metrics import Stats
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED = 1003, "BINARY-UNSUPPORTED"
 GOING_AWAY_CODE, SERVER_SHUTDOWN, PING_TIMEOUT = 1001, "SERVER-SHUTDOWN", "PING-TIMEOUT"
 POLICY_VIOLATION_CODE, RATE_LIMITED = 1008, "RATE-LIMITED"
+INTERNAL_ERROR_CODE, SERVER_ERROR = 1011, "SERVER-ERROR"
 TRY_AGAIN_LATER_CODE, SERVER_FULL = 1013, "SERVER-FULL"
 FORBIDDEN_CODE, FORBIDDEN = 4403, "FORBIDDEN"
 TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS = 4429, "TOO-MANY-SOCKETS"
@@ -43,31 +44,51 @@ TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS = 4429, "TOO-MANY-SOCKETS"
 RATE_LIMITED_NOTICE = server_notice(RATE_LIMITED)
 
 
-def origin_allowed(origin: str, host: str | None, allowed: list[str]) -> bool:
-    """An ``Origin`` in ALLOWED_ORIGINS ("*" for any), or else Tornado's rule: its host must
-    be the one the browser asked (the ``Host`` header)."""
-    if "*" in allowed or origin.lower() in (o.lower() for o in allowed):
-        return True
-    return urlsplit(origin).netloc.lower() == host
+@dataclass(eq=False)
+class SocketContext:
+    """What a signaling socket's rules depend on, built once per application."""
+
+    config: SimpleNamespace
+    router: Router[SignalingSocket]
+    stats: Stats
+    heartbeat: Heartbeat
+    #: The protocol's limits: message size, unsent bytes per socket and for the process.
+    limits: Limits
+    #: Most sockets this process holds (MAX_SOCKETS, or fewer if descriptors run out first).
+    socket_limit: int
+    id_pattern: re.Pattern[str] | None
+    #: The access log: (status, method, uri, remote ip, seconds).
+    log_access: Callable[[int, str, str, str | None, float], None]
+
+
+class MissingArgumentError(LookupError):
+    """A hook asked for a query argument without a default, and the socket has none."""
+
+
+_NO_DEFAULT: Any = object()
 
 
 class SignalingSocket:
-    """One signaling socket: a :class:`routing.Session` handed to the app's router, and a
-    :class:`services.heartbeat.Pulse`. The server never parses messages; it relays the text
-    as is.
+    """One signaling socket's rules. The server never parses messages; it relays the text as is.
 
-    A transport provides ``app``, ``close(code, reason)``, ``query_argument(name)``,
-    ``remote_ip``, ``write_text(text)``, ``send_ping()`` and ``connected``, and for
-    ``has_socket_pass`` hooks Tornado's ``get_query_argument``, ``get_cookie`` and ``request``
-    (with ``headers``, ``remote_ip``, ``uri``, ``path`` and ``query``); it calls :meth:`admit` once the
-    handshake is done (and reads no message before it returns), :meth:`received` for each
-    message, :meth:`heard_from` for each pong and :meth:`closed` when the connection ends.
+    A transport provides ``context`` and ``request`` (set by :meth:`_init_socket`),
+    ``send(text)`` (the router's ``Session.send``), ``close(code, reason)``, ``send_ping()``
+    and ``connected``; it calls :meth:`admit` once the handshake is answered (and reads no
+    message before it returns), :meth:`received` for each message, :meth:`heard_from` for
+    each ping or pong, :meth:`charge` for frames that carried no message (fragments) and
+    :meth:`closed` once the connection is over.
     """
 
-    #: The attributes it keeps (the lean transport makes them slots: no per-socket dict).
-    SOCKET_ATTRIBUTES = ("app", "id", "peer_id", "session_id", "heard", "ready", "_joined", "_limiter")
+    if not TYPE_CHECKING:  # (a type checker reads the annotations below as the attributes)
+        __slots__ = ()
 
-    app: WebRTCApplication
+    #: The attributes it keeps (its transports make them slots: no per-socket dict).
+    SOCKET_ATTRIBUTES = ("context", "request", "id", "peer_id", "session_id", "heard", "ready", "_joined", "_limiter")
+
+    context: SocketContext
+    #: The handshake, for the rules and the ``has_socket_pass`` hooks; None once admitted (an
+    #: idle socket is held for hours, and its headers were a tenth of its memory).
+    request: Request | None
     #: The socket's own id, and the id it talks to ("" for anyone).
     id: str
     peer_id: str
@@ -77,11 +98,12 @@ class SignalingSocket:
     heard: int
     #: True once every node can reach the socket (tests wait for it).
     ready: bool
-
     _joined: bool
     _limiter: RateLimiter | None
 
-    def _init_socket(self) -> None:
+    def _init_socket(self, context: SocketContext, request: Request) -> None:
+        self.context = context
+        self.request = request
         self.id = self.peer_id = self.session_id = ""
         self.heard = 0
         self.ready = self._joined = False
@@ -89,60 +111,72 @@ class SignalingSocket:
 
     # --- what a transport provides --------------------------------------------------------
 
-    if TYPE_CHECKING:  # Tornado's WebSocketHandler has it already: no stub may hide it
-
-        def close(self, code: int | None = None, reason: str | None = None) -> None: ...
-
-    def query_argument(self, name: str) -> str:
-        """The last value of a query argument, as Tornado's ``get_query_argument`` gives it
-        (control characters replaced, stripped), or ""."""
+    def send(self, text: str) -> None:
+        """Session.send: queue ``text``; a socket already closing drops it."""
         raise NotImplementedError
 
-    def write_text(self, text: str) -> None:
-        """Queue a text frame; a connection already closing drops it."""
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
         raise NotImplementedError
 
-    def send_ping(self) -> None:
+    def send_ping(self, payload: bytes = b"") -> None:
         raise NotImplementedError
 
     @property
     def connected(self) -> bool:
         raise NotImplementedError
 
+    # --- what has_socket_pass hooks read (Tornado's names) ---------------------------------
+
+    def get_query_argument(self, name: str, default: Any = _NO_DEFAULT, strip: bool = True) -> str | None:
+        value = self.request.argument(name, strip) if self.request is not None else None
+        if value is None:
+            if default is _NO_DEFAULT:
+                raise MissingArgumentError(name)
+            return default
+        return value
+
+    def get_cookie(self, name: str, default: str | None = None) -> str | None:
+        value = self.request.cookie(name) if self.request is not None else None
+        return default if value is None else value
+
     @property
     def remote_ip(self) -> str | None:
-        raise NotImplementedError
+        return self.request.remote_ip if self.request is not None else None
 
     # --- the rules ------------------------------------------------------------------------
 
     async def admit(self) -> None:
         """Check the ids, the limits and the policy, then join the router (or close)."""
-        app = self.app
-        config = app.config
-        router = app.router
-        app.start_services()
-        self.id = self.query_argument("id")
-        self.peer_id = self.query_argument("peer_id")
-        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, app.id_pattern)
+        context = self.context
+        config = context.config
+        self.id = self.get_query_argument("id", "") or ""
+        self.peer_id = self.get_query_argument("peer_id", "") or ""
+        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, context.id_pattern)
         if problem:
             return self.refuse(BAD_REQUEST_CODE, BAD_REQUEST, problem)
-        if router.open_sockets >= app.socket_limit:
-            return self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{app.socket_limit} sockets open")
-        if router.count(self.id) >= config.MAX_SOCKETS_PER_ID:
-            return self.refuse(TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {config.MAX_SOCKETS_PER_ID} sockets")
-        allowed = config.has_socket_pass(self)
-        if inspect.isawaitable(allowed):
-            allowed = await allowed
-        if not allowed:
-            return self.refuse(FORBIDDEN_CODE, FORBIDDEN, "has_socket_pass said no")
+        if not self._within_limits():
+            return
+        try:
+            allowed = config.has_socket_pass(self)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception:
+            log.exception("has_socket_pass failed")
+            return self.refuse(INTERNAL_ERROR_CODE, SERVER_ERROR, "has_socket_pass raised")
         if not self.connected:
             return  # the client left while the hook was thinking
+        if not allowed:
+            return self.refuse(FORBIDDEN_CODE, FORBIDDEN, "has_socket_pass said no")
+        # Again: other sockets may have joined while an asynchronous hook was thinking. From
+        # here to join() nothing awaits, so the limits hold.
+        if not self._within_limits():
+            return
         if config.RATE_LIMIT > 0:
             self._limiter = RateLimiter(config.RATE_LIMIT, config.RATE_LIMIT_BURST, time.monotonic())
         self.session_id = uuid.uuid4().hex
-        self.heard = app.heartbeat.tick
+        self.heard = context.heartbeat.tick
         self._joined = True
-        reachable = router.join(self)
+        reachable = context.router.join(self)
         # Across nodes: wait until other nodes can reach this socket; the transport holds
         # its messages until admit() returns, so none is relayed before.
         if reachable is not None and not await reachable:
@@ -152,8 +186,20 @@ class SignalingSocket:
         self.ready = True
         log.debug("open %r -> %r (session %s)", self.id, self.peer_id, self.session_id)
 
+    def _within_limits(self) -> bool:
+        context = self.context
+        router = context.router
+        if router.open_sockets >= context.socket_limit:
+            self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{context.socket_limit} sockets open")
+            return False
+        limit = context.config.MAX_SOCKETS_PER_ID
+        if router.count(self.id) >= limit:
+            self.refuse(TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {limit} sockets")
+            return False
+        return True
+
     def refuse(self, code: int, reason: str, why: str) -> None:
-        self.app.stats.rejected[reason.lower()] += 1
+        self.context.stats.rejected[reason.lower()] += 1
         log.info("signaling socket refused (%s) from %s", why, self.remote_ip)
         self.close(code, reason)
 
@@ -161,8 +207,8 @@ class SignalingSocket:
         """A message from the client: relayed as is, within the rate limit."""
         if not self._joined:
             return
-        app = self.app
-        self.heard = app.heartbeat.tick
+        context = self.context
+        self.heard = context.heartbeat.tick
         if isinstance(message, bytes):
             log.info("binary frame from %r refused", self.id)
             return self.end(UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED)
@@ -171,11 +217,27 @@ class SignalingSocket:
             if verdict is not ALLOW:
                 return self.limited(verdict)
         # len() is the UTF-8 size of ASCII text (isascii() is a flag check), the usual case.
-        app.stats.relayed_bytes += len(message) if message.isascii() else len(message.encode("utf-8"))
-        app.router.relay(self, message)
+        context.stats.relayed_bytes += len(message) if message.isascii() else len(message.encode("utf-8"))
+        context.router.relay(self, message)
+
+    def heard_from(self) -> None:
+        """A ping or a pong from the client: it is alive; a ping costs what a message does."""
+        self.heard = self.context.heartbeat.tick
+        if self._limiter is not None and self._joined:
+            verdict = self._limiter.check(time.monotonic())
+            if verdict is not ALLOW:
+                self.limited(verdict)
+
+    def charge(self, frames: int) -> None:
+        """Frames that carried no message of their own (fragments): each costs what a message
+        does, so that a flood of empty fragments meets the rate limit too."""
+        if self._limiter is not None and self._joined:
+            verdict = self._limiter.charge(time.monotonic(), frames)
+            if verdict is not ALLOW:
+                self.limited(verdict)
 
     def limited(self, verdict: str) -> None:
-        self.app.stats.rate_limited += 1
+        self.context.stats.rate_limited += 1
         if verdict is NOTICE:
             log.info("rate limit reached by %r (session %s)", self.id, self.session_id)
             self.send(RATE_LIMITED_NOTICE)
@@ -183,15 +245,7 @@ class SignalingSocket:
             log.info("closing %r (session %s): it kept sending over the rate limit", self.id, self.session_id)
             self.end(POLICY_VIOLATION_CODE, RATE_LIMITED)
 
-    def send(self, text: str) -> None:
-        """Session.send: queue ``text``; a socket already closing just drops it."""
-        self.write_text(text)
-
-    def heard_from(self) -> None:
-        """A pong (or anything) from the client: it is alive."""
-        self.heard = self.app.heartbeat.tick
-
-    def ping(self, data: str | bytes = b"") -> None:
+    def ping(self) -> None:
         """Pulse.ping; a socket already closing is skipped."""
         self.send_ping()
 
@@ -202,7 +256,7 @@ class SignalingSocket:
 
     def end(self, code: int, reason: str) -> None:
         """Close from the server's side, leaving the registry at once."""
-        self.app.stats.closed[reason.lower()] += 1
+        self.context.stats.closed[reason.lower()] += 1
         self._leave()
         self.close(code, reason)
 
@@ -213,82 +267,5 @@ class SignalingSocket:
     def _leave(self) -> None:
         if self._joined:
             self._joined = False
-            self.app.router.leave(self)
+            self.context.router.leave(self)
             log.debug("closed %r (session %s)", self.id, self.session_id)
-
-
-class SignalingHandler(SignalingSocket, WebSocketHandler):
-    """The signaling socket over Tornado's websocket protocol (with fastws.py's frame path)."""
-
-    application: WebRTCApplication
-    ws_connection: FastWebSocketProtocol | None
-
-    def initialize(self) -> None:
-        self._init_socket()
-        self.app = self.application
-
-    def check_origin(self, origin: str) -> bool:
-        if origin_allowed(origin, self.request.headers.get("Host"), self.application.config.ALLOWED_ORIGINS):
-            return True
-        self.application.stats.rejected["origin"] += 1
-        log.info("signaling socket refused: origin %r not allowed", urlsplit(origin).netloc or origin[:100])
-        return False
-
-    def get_compression_options(self) -> None:
-        # Signaling messages are small; compression would cost more CPU than it saves.
-        return None
-
-    def get_websocket_protocol(self) -> WebSocketProtocol | None:
-        """Tornado's protocol, with the leaner relay path of handlers/fastws.py."""
-        protocol = super().get_websocket_protocol()
-        if not isinstance(protocol, WebSocketProtocol13):
-            return None  # not a version-13 handshake: Tornado answers 426
-        return FastWebSocketProtocol(self, protocol.mask_outgoing, protocol.params)
-
-    async def open(self) -> None:
-        await self.admit()
-        if self.ready:
-            self._forget_request()
-
-    def _forget_request(self) -> None:
-        """Drop what only the handshake needed: an idle socket is held for hours, and its
-        parsed headers and arguments were a tenth of its memory (docs/benchmarks.md)."""
-        request = self.request
-        request.headers = HTTPHeaders()
-        request.arguments, request.query_arguments, request.body_arguments, request.files = {}, {}, {}, {}
-        self.path_args, self.path_kwargs = [], {}
-
-    def query_argument(self, name: str) -> str:
-        return self.get_query_argument(name, "") or ""
-
-    def on_message(self, message: str | bytes) -> None:
-        self.received(message)
-
-    def on_pong(self, data: bytes) -> None:
-        self.heard_from()
-
-    def on_close(self) -> None:
-        self.closed()
-
-    def write_text(self, text: str) -> None:
-        connection = self.ws_connection
-        if connection is None:
-            return
-        try:
-            connection.send_text(text)
-        except WebSocketClosedError:
-            pass
-
-    def send_ping(self) -> None:
-        try:
-            WebSocketHandler.ping(self, b"")
-        except WebSocketClosedError:
-            pass
-
-    @property
-    def connected(self) -> bool:
-        return self.ws_connection is not None and self.close_code is None
-
-    @property
-    def remote_ip(self) -> str | None:
-        return self.request.remote_ip

@@ -6,7 +6,7 @@ import hmac
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from handlers import ApiError, JsonHandler
+from handlers.api import ApiError, JsonHandler
 from routing import page_of_ids
 
 #: Ids per page of ``GET /connections`` without an id, by default and at most.

@@ -20,7 +20,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 SERVER_NOTICE = "SERVER_NOTICE"
 PEER_UNAVAILABLE = "PEER-UNAVAILABLE"
@@ -54,7 +55,24 @@ class Session(Protocol):
         and must not call back into the router."""
 
 
-class Router(Protocol):
+#: What a router holds: the sessions of one kind (the signaling sockets of an application).
+S = TypeVar("S", bound=Session)
+
+
+@dataclass
+class BackplaneFigures:
+    """A backplane's counters, for /metrics."""
+
+    connected: bool
+    #: Messages whose cross-node part was lost because Redis was unreachable or behind.
+    errors: int
+    #: Batches published to other nodes' inboxes.
+    batches: int
+    #: Messages a destination node found nobody for (the directory had not caught up).
+    stale: int
+
+
+class Router(Protocol[S]):
     """The registry of open sockets and the delivery rules."""
 
     #: This process' name on a backplane ("" for a router without one).
@@ -63,20 +81,23 @@ class Router(Protocol):
     relayed: int
     undelivered: int
 
-    def join(self, session: Session) -> Awaitable[bool] | None:
+    def join(self, session: S) -> Awaitable[bool] | None:
         """Register an open socket. May answer an awaitable that completes when the socket
         is reachable from every node (the handler awaits it before reading messages): True,
         or False if a cluster-wide limit refused it (the handler then closes it with 4429)."""
 
-    def leave(self, session: Session) -> None:
+    def leave(self, session: S) -> None:
         """Forget a closed socket (idempotent)."""
 
-    def relay(self, sender: Session, text: str) -> object:
+    def relay(self, sender: S, text: str) -> object:
         """Deliver ``text`` from ``sender`` by the rules above, in the order relay is called
         (what it answers is the router's own business: the handler ignores it)."""
 
-    def local_sessions(self) -> list[Session]:
+    def local_sessions(self) -> list[S]:
         """Every socket registered by this process."""
+
+    def backplane(self) -> BackplaneFigures | None:
+        """The backplane's counters (None without one)."""
 
     def count(self, id: str) -> int:
         """How many sockets ``id`` holds on this process."""

@@ -24,17 +24,23 @@ class RateLimiter:
         self.stamp = now
         self.dropped = 0
 
-    def check(self, now: float) -> str:
+    def check(self, now: float, cost: int = 1) -> str:
+        """The verdict for what costs ``cost`` tokens now (a message: 1)."""
         tokens = self.tokens + (now - self.stamp) * self.rate
         if tokens >= self.burst:
             tokens = self.burst
             self.dropped = 0
         self.stamp = now
-        if tokens >= 1.0:
-            self.tokens = tokens - 1.0
+        if tokens >= cost:
+            self.tokens = tokens - cost
             return ALLOW
         self.tokens = tokens
-        self.dropped += 1
+        first = self.dropped == 0
+        self.dropped += cost
         if self.dropped > self.burst:
             return CLOSE
-        return NOTICE if self.dropped == 1 else DROP
+        return NOTICE if first else DROP
+
+    #: Frames that already passed (fragments) are charged as messages are: what they cost
+    #: counts toward the episode, and a flood of them ends in CLOSE.
+    charge = check

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Generic
 
-from routing import PEER_UNAVAILABLE_NOTICE, Session
+from routing import PEER_UNAVAILABLE_NOTICE, BackplaneFigures, S
 
 
-class MemoryRouter:
+class MemoryRouter(Generic[S]):
     """Routes messages between the sockets of one process.
 
     Sockets are indexed by their id and then by their peer_id, so each rule of the routing
@@ -19,7 +20,7 @@ class MemoryRouter:
     node = ""
 
     def __init__(self) -> None:
-        self._ids: dict[str, dict[str, dict[Session, None]]] = {}
+        self._ids: dict[str, dict[str, dict[S, None]]] = {}
         self._sockets = 0
         #: Messages handed to relay(), and those that reached no peer socket.
         self.relayed = 0
@@ -27,14 +28,14 @@ class MemoryRouter:
         #: Copies handed to peer sockets here (rule 1), whichever node the sender is on.
         self.delivered = 0
 
-    def join(self, session: Session) -> None:
+    def join(self, session: S) -> None:
         conversations = self._ids.setdefault(session.id, {})
         group = conversations.setdefault(session.peer_id, {})
         if session not in group:
             group[session] = None
             self._sockets += 1
 
-    def leave(self, session: Session) -> None:
+    def leave(self, session: S) -> None:
         conversations = self._ids.get(session.id)
         if conversations is None:
             return
@@ -48,7 +49,7 @@ class MemoryRouter:
             if not conversations:
                 del self._ids[session.id]
 
-    def relay(self, sender: Session, text: str) -> int:
+    def relay(self, sender: S, text: str) -> int:
         """Deliver ``text``; answers how many of the peer's sockets received it."""
         self.relayed += 1
         delivered = self.fan_out(sender, text)
@@ -57,12 +58,12 @@ class MemoryRouter:
             self.notify(sender.id, sender.peer_id, PEER_UNAVAILABLE_NOTICE)
         return delivered
 
-    def fan_out(self, sender: Session, text: str) -> int:
+    def fan_out(self, sender: S, text: str) -> int:
         """Rules 1 and 2 on this process for a message from ``sender``. Answers how many of
         the peer's sockets got it."""
         return self.deliver(sender.id, sender.peer_id, text, sender)
 
-    def deliver(self, my_id: str, peer_id: str, text: str, sender: Session | None = None) -> int:
+    def deliver(self, my_id: str, peer_id: str, text: str, sender: S | None = None) -> int:
         """Rules 1 and 2 on this process for a message from ``my_id`` to ``peer_id``: the
         peer's matching sockets, then ``my_id``'s sockets in the conversation other than
         ``sender`` (None when the message comes from another node). Answers how many of
@@ -110,7 +111,7 @@ class MemoryRouter:
                     session.send(text)
         return delivered
 
-    def group(self, id: str, peer_id: str) -> tuple[Session, ...]:
+    def group(self, id: str, peer_id: str) -> tuple[S, ...]:
         """The sockets of ``id`` whose peer_id is ``peer_id`` ("" for those with none)."""
         return tuple(self._ids.get(id, {}).get(peer_id, ()))
 
@@ -119,13 +120,13 @@ class MemoryRouter:
         for session in self.group(id, peer_id):
             session.send(notice)
 
-    def local_sessions(self) -> list[Session]:
+    def local_sessions(self) -> list[S]:
         return [s for conversations in self._ids.values() for group in conversations.values() for s in group]
 
     def count(self, id: str) -> int:
         return sum(len(group) for group in self._ids.get(id, {}).values())
 
-    def sessions(self, id: str) -> list[Session]:
+    def sessions(self, id: str) -> list[S]:
         """The open sockets of ``id``, in the order they connected per conversation."""
         return [s for group in self._ids.get(id, {}).values() for s in group]
 
@@ -142,6 +143,9 @@ class MemoryRouter:
     @property
     def open_sockets(self) -> int:
         return self._sockets
+
+    def backplane(self) -> BackplaneFigures | None:
+        return None
 
     async def share(self, name: str, value: str, adopt: Callable[[str], None]) -> bool:
         adopt(value)

@@ -40,12 +40,12 @@ import logging
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic
 
 from redis.asyncio.connection import Connection
 from redis.exceptions import RedisError
 
-from routing import PEER_UNAVAILABLE_NOTICE, Session, wire
+from routing import PEER_UNAVAILABLE_NOTICE, BackplaneFigures, S, wire
 from routing.directory import Directory
 from routing.memory import MemoryRouter
 from routing.shards import Address, BackplaneError, Topology, tag
@@ -154,7 +154,7 @@ async def disconnect(connection: Connection) -> None:
         await asyncio.wait_for(connection.disconnect(), STOP_WAIT)
 
 
-class RedisRouter:
+class RedisRouter(Generic[S]):
     """A :class:`routing.Router` spanning every node that shares one Redis (or Redis Cluster)."""
 
     def __init__(self, url: str, prefix: str = "webrtc:", node_ttl: float = 10.0, max_sockets_per_id: int = 0) -> None:
@@ -165,7 +165,7 @@ class RedisRouter:
         self.node_ttl = node_ttl
         self.max_sockets_per_id = max_sockets_per_id
         self.node = uuid.uuid4().hex[:12]
-        self.local = MemoryRouter()
+        self.local: MemoryRouter[S] = MemoryRouter()
         self.directory = Directory(self.node)
         self.relayed = 0
         self.undelivered = 0
@@ -299,7 +299,7 @@ class RedisRouter:
 
     # --- the Router interface -----------------------------------------------------------
 
-    def join(self, session: Session) -> asyncio.Future[bool]:
+    def join(self, session: S) -> asyncio.Future[bool]:
         """Register locally at once; the answer resolves when every node that mirrors the
         socket's id knows it (True), or when the cluster-wide MAX_SOCKETS_PER_ID refused it
         (False; the caller then leaves and closes it). Each step waits JOIN_WAIT at most: with
@@ -310,7 +310,7 @@ class RedisRouter:
             self._want(session.peer_id)
         return asyncio.ensure_future(self._announce(session))
 
-    async def _announce(self, session: Session) -> bool:
+    async def _announce(self, session: S) -> bool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + JOIN_WAIT
         acks = self._acks[session.session_id] = Acks(loop)
@@ -336,7 +336,7 @@ class RedisRouter:
             self._acks.pop(session.session_id, None)
         return True
 
-    def leave(self, session: Session) -> None:
+    def leave(self, session: S) -> None:
         if session not in self.local.group(session.id, session.peer_id):
             return
         self.local.leave(session)
@@ -345,7 +345,7 @@ class RedisRouter:
             self._unwant(session.peer_id)
         self._jobs.put_nowait(("unregister", session.id, session.session_id))
 
-    def relay(self, sender: Session, text: str) -> None:
+    def relay(self, sender: S, text: str) -> None:
         self.relayed += 1
         my_id, peer_id = sender.id, sender.peer_id
         local = self.local.fan_out(sender, text)
@@ -393,8 +393,11 @@ class RedisRouter:
             self._wake.set()
         return batch
 
-    def local_sessions(self) -> list[Session]:
+    def local_sessions(self) -> list[S]:
         return self.local.local_sessions()
+
+    def backplane(self) -> BackplaneFigures:
+        return BackplaneFigures(self.connected, self.backplane_errors, self.batches, self.stale)
 
     def count(self, id: str) -> int:
         # This process only, as the handler's quick check; the cluster-wide

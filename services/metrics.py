@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
+from services.loop_lag import LoopLag
+
 if TYPE_CHECKING:
-    from routing.redis import RedisRouter
-    from webrtc_server import WebRTCApplication
+    from handlers.signaling import SocketContext
 
 
 class Stats:
@@ -21,20 +22,27 @@ class Stats:
     def __init__(self) -> None:
         #: Sockets refused, by reason (origin, bad-request, forbidden, too-many-sockets, server-full).
         self.rejected: Counter[str] = Counter()
-        #: Sockets the server closed, by reason (binary, rate-limited, ping-timeout, shutdown).
+        #: Sockets the server closed, by reason (binary, rate-limited, ping-timeout, shutdown, unsent-limit).
         self.closed: Counter[str] = Counter()
         self.rate_limited = 0
         self.relayed_bytes = 0
+        #: Connections answered 503 at once: out of descriptors, or too many request heads unread.
+        self.turned_away = 0
+        #: Connections dropped at the cap of heads being read, having sent nothing for a second.
+        self.idle_heads_dropped = 0
 
 
 class AppCollector:
-    """Exposes an app's router, stats and heartbeat as Prometheus metrics."""
+    """Exposes a server's router, counters, limits and loop lag as Prometheus metrics."""
 
-    def __init__(self, app: WebRTCApplication) -> None:
-        self.app = app
+    def __init__(self, context: SocketContext, loop_lag: LoopLag, open_files: int) -> None:
+        self.context = context
+        self.loop_lag = loop_lag
+        self.open_files = open_files
 
     def collect(self) -> Iterator[Metric]:
-        router, stats = self.app.router, self.app.stats
+        context = self.context
+        router, stats, limits = context.router, context.stats, context.limits
         yield GaugeMetricFamily("webrtc_open_sockets", "Signaling sockets open on this process.", value=router.open_sockets)
         yield GaugeMetricFamily("webrtc_ids_online", "Ids with at least one socket on this process.", value=router.ids_online)
         yield CounterMetricFamily("webrtc_messages_relayed", "Messages received for relaying.", value=router.relayed)
@@ -50,18 +58,23 @@ class AppCollector:
         yield GaugeMetricFamily(
             "webrtc_socket_limit",
             "Most signaling sockets this process holds: MAX_SOCKETS, or fewer if its descriptors run out first.",
-            value=self.app.socket_limit,
+            value=context.socket_limit,
         )
-        yield GaugeMetricFamily(
-            "webrtc_open_files_limit", "This process' open-file (descriptor) limit.", value=self.app.open_files
-        )
-        front_door = self.app.front_door
+        yield GaugeMetricFamily("webrtc_open_files_limit", "This process' open-file (descriptor) limit.", value=self.open_files)
         yield CounterMetricFamily(
             "webrtc_connections_turned_away",
-            "Connections answered 503 because the process was out of descriptors.",
-            value=front_door.refused if front_door is not None else 0,
+            "Connections answered 503 at once: out of descriptors, or too many request heads unread.",
+            value=stats.turned_away,
         )
-        lag = self.app.loop_lag
+        yield CounterMetricFamily(
+            "webrtc_idle_heads_dropped",
+            "Connections that sent nothing, dropped to make room for new ones at MAX_PENDING_HEADS.",
+            value=stats.idle_heads_dropped,
+        )
+        yield GaugeMetricFamily(
+            "webrtc_unsent_bytes", "Bytes waiting for sockets that do not read fast enough (MAX_UNSENT_TOTAL).", value=limits.held
+        )
+        lag = self.loop_lag
         yield GaugeMetricFamily(
             "webrtc_event_loop_lag_seconds", "Worst delay of the event loop's timers over the last 10 s.", value=lag.recent
         )
@@ -78,32 +91,32 @@ class AppCollector:
         for reason, count in sorted(stats.closed.items()):
             closed.add_metric([reason], count)
         yield closed
-        if router.node:  # the Redis backplane
-            backplane = cast("RedisRouter", router)
+        figures = router.backplane()
+        if figures is not None:
             yield GaugeMetricFamily(
-                "webrtc_backplane_connected", "1 while this node is connected to Redis.", value=int(backplane.connected)
+                "webrtc_backplane_connected", "1 while this node is connected to Redis.", value=int(figures.connected)
             )
             yield CounterMetricFamily(
                 "webrtc_backplane_errors",
                 "Messages whose cross-node part was lost because Redis was unreachable.",
-                value=backplane.backplane_errors,
+                value=figures.errors,
             )
             yield CounterMetricFamily(
-                "webrtc_backplane_batches", "Batches of messages published to other nodes' inboxes.", value=backplane.batches
+                "webrtc_backplane_batches", "Batches of messages published to other nodes' inboxes.", value=figures.batches
             )
             yield CounterMetricFamily(
                 "webrtc_backplane_stale",
                 "Messages a destination node found nobody for (the directory had not caught up).",
-                value=backplane.stale,
+                value=figures.stale,
             )
             info = GaugeMetricFamily("webrtc_node_info", "This process' node id on the backplane.", labels=["node"])
             info.add_metric([router.node], 1)
             yield info
 
 
-def make_registry(app: WebRTCApplication) -> CollectorRegistry:
+def make_registry(context: SocketContext, loop_lag: LoopLag, open_files: int) -> CollectorRegistry:
     """A registry of its own per app (no global state), with the process's CPU and memory."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(AppCollector(app))
+    registry.register(AppCollector(context, loop_lag, open_files))
     ProcessCollector(registry=registry)
     return registry

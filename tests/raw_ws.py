@@ -28,15 +28,60 @@ def frame(opcode: int, payload: bytes, fin: bool = True, mask: bool = True, rsv:
     return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
+def read_responses(sock: socket.socket, count: int = 1) -> list[bytes]:
+    """``count`` whole HTTP responses with a Content-Length (pages'), from a blocking socket."""
+    data = b""
+    responses: list[bytes] = []
+    while len(responses) < count:
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed before the response")
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+        )
+        while len(rest) < length:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise ConnectionError("closed in the middle of a response")
+            rest += chunk
+        responses.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return responses
+
+
+def read_response(sock: socket.socket) -> bytes:
+    """One whole HTTP response (the socket must carry no more after it)."""
+    return read_responses(sock, 1)[0]
+
+
 class RawWebSocket:
-    def __init__(self, host: str, port: int, path: str, timeout: float = 5.0) -> None:
+    """``transport="tornado"``: ask for the socket on a connection that served a page first,
+    which Tornado's side (handlers/streamws.py) serves; else the lean transport does."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        path: str,
+        timeout: float = 5.0,
+        transport: str = "lean",
+        key: str | None = None,
+        **headers: str,
+    ) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        key = base64.b64encode(os.urandom(16)).decode()
+        if transport == "tornado":
+            self.sock.sendall(f"GET /healthz HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode())
+            read_response(self.sock)
+        key = key or base64.b64encode(os.urandom(16)).decode()
+        more = "".join(f"{name.replace('_', '-')}: {value}\r\n" for name, value in headers.items())
         request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{more}\r\n"
         )
-        self.sock.sendall(request.encode())
+        self.sock.sendall(request.encode("utf-8"))
         response = b""
         while b"\r\n\r\n" not in response:
             chunk = self.sock.recv(4096)

@@ -10,11 +10,13 @@ from test_common import (
     TEST_PEER_ID1,
     TEST_PEER_ID2,
     BasicTestCase,
+    on_both_transports,
     testing,
     webrtc_server,
 )
 
 
+@on_both_transports
 class TestCallerApp(BasicTestCase):
     def expected_page(self, ws_route: str, my_id: str, peer_id: str, title: str) -> bytes:
         loader = template.Loader(webrtc_server.TEMPLATE_DIR)

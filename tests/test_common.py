@@ -53,6 +53,7 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
         super().setUp()
         self.apps = [self.app]
         self.ports = [self.get_http_port()]
+        self.io_loop.add_callback(self.app.start_services)  # as serve() does, once the loop runs
         if self.redis is not None:
             second = self.get_app()
             sock, port = testing.bind_unused_port()
@@ -60,6 +61,7 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
             self.second_server.add_sockets([sock])
             self.apps.append(second)
             self.ports.append(port)
+            self.io_loop.add_callback(second.start_services)
             for app in self.apps:
                 self.io_loop.run_sync(app.router.start)
             self.io_loop.run_sync(lambda: self.wait_for(lambda: all(len(app.router.others) == 1 for app in self.apps)))
@@ -166,7 +168,18 @@ class BasicTestCase(testing.AsyncHTTPTestCase):
         self.assertEqual((conn.close_code, conn.close_reason), (code, reason))
 
 
+def on_both_transports(suite: type[BasicTestCase]) -> type[BasicTestCase]:
+    """Run ``suite`` over both transports of the signaling socket: as written (the lean one,
+    as the real server over plain TCP), and again over Tornado's (handlers/streamws.py, as over
+    TLS), as ``<Name>OverTornado`` in the suite's own module."""
+    variant = type(f"{suite.__name__}OverTornado", (suite,), {"transport": "tornado", "__module__": suite.__module__})
+    variant.__qualname__ = variant.__name__
+    setattr(sys.modules[suite.__module__], variant.__name__, variant)
+    return suite
+
+
 __all__ = [
+    "on_both_transports",
     "BasicTestCase",
     "MY_CALLER_ID",
     "PEER_UNAVAILABLE_NOTICE",

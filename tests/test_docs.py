@@ -47,8 +47,15 @@ def test_the_layout_table_names_files_that_exist():
         folders = [name.strip("`") for name in re.findall(r"`[^`]+`", where)]
         for folder in folders:
             assert os.path.exists(os.path.join(PROJECT_DIR, folder)), folder
+        # Every file the row names, at the top or anywhere under the row's folders.
+        present = {
+            os.path.relpath(os.path.join(top, file), os.path.join(PROJECT_DIR, folder))
+            for folder in folders
+            for top, _, files in os.walk(os.path.join(PROJECT_DIR, folder))
+            for file in files
+        }
         for name in re.findall(r"`([\w/.-]+\.(?:py|js|mjs|txt|toml|json))`", what):
-            candidates = [os.path.join(PROJECT_DIR, name)] + [
-                os.path.join(PROJECT_DIR, folder, sub, name) for folder in folders for sub in ("", "js")
-            ]
-            assert any(os.path.exists(path) for path in candidates), (where, name)
+            found = os.path.exists(os.path.join(PROJECT_DIR, name)) or any(
+                path == name or path.endswith("/" + name) for path in present
+            )
+            assert found, (where, name)

@@ -15,7 +15,7 @@ from handlers.ice import turn_credentials
 from routing import BAD_REQUEST, BAD_REQUEST_CODE
 from routing.limits import ALLOW, CLOSE, DROP, NOTICE, RateLimiter
 
-from test_common import PEER_UNAVAILABLE_NOTICE, BasicTestCase, testing, webrtc_server
+from test_common import PEER_UNAVAILABLE_NOTICE, BasicTestCase, on_both_transports, testing, webrtc_server
 
 POLICIES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
 if POLICIES not in sys.path:
@@ -46,6 +46,7 @@ class TestIdPattern(BasicTestCase):
         self.assertEqual(self.open_sockets(), 1)
 
 
+@on_both_transports
 class TestSocketLimits(BasicTestCase):
     app_options = {"MAX_SOCKETS_PER_ID": 2, "MAX_SOCKETS": 4}
 
@@ -71,6 +72,7 @@ class TestSocketLimits(BasicTestCase):
         self.assertEqual(self.open_sockets(), 4)
 
 
+@on_both_transports
 class TestSocketPolicyModule(BasicTestCase):
     app_options = {"POLICY": "socket_token"}
 
@@ -86,6 +88,7 @@ class TestSocketPolicyModule(BasicTestCase):
         self.assertEqual(self.app.stats.rejected["forbidden"], 2)
 
 
+@on_both_transports
 class TestAsyncSocketHook(BasicTestCase):
     def get_app(self):
         async def has_socket_pass(handler) -> bool:
@@ -105,6 +108,7 @@ class TestAsyncSocketHook(BasicTestCase):
         await self.assert_next(b, "sent before the hook answered")
 
 
+@on_both_transports
 class TestRateLimit(BasicTestCase):
     app_options = {"RATE_LIMIT": 5.0, "RATE_LIMIT_BURST": 5}
 
@@ -155,6 +159,7 @@ def test_rate_limiter_alone():
     assert fresh.check(5.0) == ALLOW and fresh.dropped == 0  # quiet long enough: episode over
 
 
+@on_both_transports
 class TestHeartbeat(BasicTestCase):
     app_options = {"WS_PING_INTERVAL": 0.4, "WS_PING_TIMEOUT": 0.2}
 

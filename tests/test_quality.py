@@ -1,9 +1,11 @@
-"""The code stays easy to change: lint, types, and the Tornado versions the fast path needs.
+"""The code stays easy to change: lint, types, the core free of Tornado, and the Tornado
+versions the transports need.
 
-handlers/fastws.py leans on private names of Tornado's websocket protocol, so the websocket
-suites run again here on the lowest Tornado that pip-requirements.txt allows (the main run
-uses the highest, which pip picks). An upgrade that renames those names then fails here,
-loudly, instead of in production.
+Two private names of Tornado are still used, each listed in its module's docstring and checked
+at import: ``tornado.util._websocket_mask`` (handlers/speedups.py, the C unmasking) and
+``TCPServer._handle_connection`` (handlers/frontdoor.py). So the websocket suites run again
+here on the lowest Tornado that pip-requirements.txt allows (the main run uses the highest,
+which pip picks): an upgrade that renames them fails here, loudly, instead of in production.
 """
 
 from __future__ import annotations
@@ -21,13 +23,13 @@ from processes import PROJECT_DIR, clean_environment
 
 #: The suites that drive the websocket protocol: raw frames, relay rules, limits, two nodes.
 WEBSOCKET_SUITES = [
-    "tests/test_fastws.py",
+    "tests/test_protocol.py",
+    "tests/test_raw_frames.py",
     "tests/test_signaling.py",
     "tests/test_hardening.py",
     "tests/test_caller.py",
     "tests/test_reciever.py",
     "tests/test_cluster.py",
-    "tests/test_tornado_transport.py",
 ]
 
 
@@ -60,7 +62,7 @@ def test_mypy_follows_the_server_code():
 
 def test_few_type_ignores_and_each_says_why():
     found = []
-    for folder in ("handlers", "routing", "services"):
+    for folder in ("handlers", "handlers/protocol", "routing", "services"):
         for name in sorted(os.listdir(os.path.join(PROJECT_DIR, folder))):
             if name.endswith(".py"):
                 found += [(f"{folder}/{name}", line) for line in read_lines(folder, name) if "type: ignore" in line]
@@ -82,19 +84,47 @@ def lowest_tornado() -> str:
     return match.group(1)
 
 
-def test_the_fast_path_refuses_a_tornado_whose_private_names_changed():
-    from tornado.websocket import WebSocketProtocol13
+def test_the_protocol_core_does_not_import_tornado():
+    result = run(
+        sys.executable,
+        "-c",
+        "import sys, handlers.protocol.connection, handlers.protocol.handshake; print('tornado' in sys.modules)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
 
-    from handlers import fastws
 
-    original = WebSocketProtocol13._write_frame
+def test_the_transports_refuse_a_tornado_whose_private_names_changed():
+    import tornado.util
+    from tornado.tcpserver import TCPServer
+
+    from handlers import frontdoor, speedups
+
+    original = tornado.util._websocket_mask
     try:
-        del WebSocketProtocol13._write_frame
-        with pytest.raises(ImportError, match=r"_write_frame.*pip-requirements"):
-            fastws.check_tornado()
+        del tornado.util._websocket_mask
+        with pytest.raises(ImportError, match=r"_websocket_mask.*pip-requirements"):
+            speedups._tornado_unmask()
     finally:
-        WebSocketProtocol13._write_frame = original
-    fastws.check_tornado()
+        tornado.util._websocket_mask = original
+    speedups._tornado_unmask()
+    handle = TCPServer._handle_connection
+    try:
+        del TCPServer._handle_connection
+        with pytest.raises(ImportError, match=r"_handle_connection.*pip-requirements"):
+            frontdoor.check_tornado()
+    finally:
+        TCPServer._handle_connection = handle
+    frontdoor.check_tornado()
+    assert speedups.TORNADO_PRIVATE_NAMES == ("tornado.util._websocket_mask",)
+
+
+def test_no_module_imports_the_entry_point():
+    for folder in ("handlers", "handlers/protocol", "routing", "services"):
+        for name in sorted(os.listdir(os.path.join(PROJECT_DIR, folder))):
+            if name.endswith(".py"):
+                text = "\n".join(read_lines(folder, name))
+                assert not re.search(r"^\s*(from|import) webrtc_server\b", text, re.M), f"{folder}/{name}"
 
 
 def test_websocket_suites_pass_on_the_lowest_tornado_allowed(tmp_path):

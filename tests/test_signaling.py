@@ -6,9 +6,10 @@ from tornado import httpclient, websocket
 
 from routing import BAD_REQUEST, BAD_REQUEST_CODE
 
-from test_common import PEER_UNAVAILABLE_NOTICE, BasicTestCase, testing
+from test_common import PEER_UNAVAILABLE_NOTICE, BasicTestCase, on_both_transports, testing
 
 
+@on_both_transports
 class TestBadRequests(BasicTestCase):
     app_options = {"MAX_ID_LENGTH": 16}
 
@@ -41,6 +42,7 @@ class TestBadRequests(BasicTestCase):
         await self.assert_next(b, "ok")
 
 
+@on_both_transports
 class TestDelivery(BasicTestCase):
     @testing.gen_test
     async def test_every_route_and_alias_is_the_same_signaling_socket(self):
@@ -133,6 +135,7 @@ class TestDelivery(BasicTestCase):
         self.assertEqual(self.all_sessions(), [])
 
 
+@on_both_transports
 class TestFrames(BasicTestCase):
     app_options = {"MAX_MESSAGE_SIZE": 1024}
 
@@ -156,6 +159,7 @@ class TestFrames(BasicTestCase):
         await self.assert_next(b, "x" * 1024)
 
 
+@on_both_transports
 class TestOrigins(BasicTestCase):
     app_options = {"ALLOWED_ORIGINS": ["https://app.example"]}
 

@@ -1,4 +1,4 @@
-"""The lean websocket path (handlers/fastws.py) keeps the protocol's rules, over raw sockets."""
+"""The protocol core's rules (handlers/protocol/) over real raw sockets to the real server process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from raw_ws import CLOSE, CONTINUATION, PING, PONG, TEXT, RawWebSocket, frame
 
-from handlers.frames import text_frame
+from handlers.protocol.frames import text_frame
 
 NOTICE = b'{"msg_type": "SERVER_NOTICE", "message": "PEER-UNAVAILABLE"}'
 
@@ -82,11 +82,15 @@ def test_a_close_frame_is_answered_with_the_same_code(server):
     assert a.read_until_close()[0] == 1000
 
 
-def test_continuation_without_a_start_or_a_new_message_inside_one_drops_the_connection(server):
-    for bad in (frame(CONTINUATION, b"orphan"), frame(TEXT, b"a", fin=False) + frame(TEXT, b"b")):
+def test_continuation_without_a_start_or_a_new_message_inside_one_fails_the_connection(server):
+    for bad, reason in (
+        (frame(CONTINUATION, b"orphan"), "unexpected continuation frame"),
+        (frame(TEXT, b"a", fin=False) + frame(TEXT, b"b"), "expected a continuation frame"),
+    ):
         ws = RawWebSocket("127.0.0.1", server.port, "/wscall?id=bad&peer_id=nobody")
         ws.send(bad)
-        assert ws.read_until_close() == (None, "")  # aborted, as Tornado does
+        # A close frame that says why (RFC 6455 7.1.7; Tornado used to cut the connection silently).
+        assert ws.read_until_close() == (1002, reason)
         ws.close()
     probe = RawWebSocket("127.0.0.1", server.port, "/wscall?id=probe&peer_id=nobody")
     probe.send(frame(TEXT, b"still up?"))
@@ -94,9 +98,9 @@ def test_continuation_without_a_start_or_a_new_message_inside_one_drops_the_conn
     probe.close()
 
 
-def test_a_close_reason_that_is_not_utf8_drops_that_connection_cleanly(server):
+def test_a_close_reason_that_is_not_utf8_fails_that_connection_cleanly(server):
     ws = RawWebSocket("127.0.0.1", server.port, "/wscall?id=badclose&peer_id=nobody")
     ws.send(frame(CLOSE, struct.pack("!H", 1000) + b"\xa9\xff"))
-    assert ws.read_until_close()[0] in (None, 1000)
+    assert ws.read_until_close() == (1007, "close reason is not UTF-8")
     ws.close()
     assert "Traceback" not in server.output()
