@@ -18,7 +18,7 @@ import sys
 import time
 
 import pytest
-from browser import CHROMIUM_ARGS, PageDriver
+from browser import CHROMIUM_ARGS, SELECTED_PAIR_JS, PageDriver
 from conftest import find_chromium, require
 from firefox import Firefox, missing_firefox_parts
 from netns import SERVICE_ADDRESS, TurnLab, missing_tools, turn_entries, wrapper_script
@@ -141,8 +141,11 @@ def test_only_turn_can_carry_the_call_and_it_does(lab, open_page, b_browser):
     # TURN REST credentials from the ICE endpoint, the secret never sent.
     (entry,) = caller.js("() => window.webrtcApp.state.iceServers")
     assert entry["username"].endswith(":" + caller.js("() => window.webrtcApp.config.myId")) and "secret" not in entry
-    pairs = [caller.selected_pair(), receiver.selected_pair()]
-    assert all(pair and pair["state"] == "succeeded" for pair in pairs), pairs
+    # Just connected, a side may still report its selected pair "in-progress" for a moment.
+    pairs = [
+        page.wait_for(f"async () => {{ const p = await ({SELECTED_PAIR_JS})(); return p && p.state === 'succeeded' && p; }}")
+        for page in (caller, receiver)
+    ]
     assert any("relay" in (pair["local"]["candidateType"], pair["remote"]["candidateType"]) for pair in pairs), pairs  # type: ignore[index]
     for page in (caller, receiver):
         page.wait_remote_playing()
