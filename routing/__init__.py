@@ -77,9 +77,14 @@ class Router(Protocol[S]):
 
     #: This process' name on a backplane ("" for a router without one).
     node: str
-    #: Messages handed to relay(), and those that reached no peer socket (rule 3).
-    relayed: int
-    undelivered: int
+
+    @property
+    def relayed(self) -> int:
+        """Messages handed to relay()."""
+
+    @property
+    def undelivered(self) -> int:
+        """Messages that reached no peer socket (rule 3)."""
 
     def join(self, session: S) -> Awaitable[bool] | None:
         """Register an open socket. May answer an awaitable that completes when the socket

@@ -109,18 +109,18 @@ ON_TWO_NODES.append(TestBackplaneMetrics)
 class TestBoundedOutbox(test_signaling.BasicTestCase):
     @test_signaling.testing.gen_test
     async def test_a_full_outbox_sheds_cross_node_copies_and_tells_the_sender(self):
-        import routing.redis
+        import routing.nodes
 
         a = await self.connect("A", "B")
         b = await self.connect("B", "A")
-        limit = routing.redis.OUTBOX_LIMIT
-        routing.redis.OUTBOX_LIMIT = 0  # as if Redis had fallen far behind
+        limit = routing.nodes.OUTBOX_LIMIT
+        routing.nodes.OUTBOX_LIMIT = 0  # as if Redis had fallen far behind
         try:
             a.write_message("shed")
             await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
         finally:
-            routing.redis.OUTBOX_LIMIT = limit
-        self.assertEqual(self.apps[0].router.backplane_errors, 1)
+            routing.nodes.OUTBOX_LIMIT = limit
+        self.assertEqual(self.apps[0].router.routing.backplane_errors, 1)
         a.write_message("flows again")
         await self.assert_next(b, "flows again")
 
@@ -139,10 +139,10 @@ class TestNodesKnowEachOther(test_signaling.BasicTestCase):
         a = await self._mk_ws_connection("/wscall", id="A", peer_id="B")
         b = await self._mk_ws_connection("/wscall", id="B", peer_id="A")
         self.assertEqual(self.count("A") + self.count("B"), 2)
-        published = one.batches
+        published = one.publisher.published
         a.write_message("alone")
         await self.assert_next(b, "alone")
-        self.assertEqual(one.batches, published)
+        self.assertEqual(one.publisher.published, published)
         c = await self._mk_ws_connection("/wscall", id="C", peer_id="nobody")
         c.write_message("anyone?")
         await self.assert_next(c, test_signaling.PEER_UNAVAILABLE_NOTICE)
@@ -194,10 +194,10 @@ class TestExactAcrossNodes(test_signaling.BasicTestCase):
         from routing import wire
 
         router = self.apps[0].router
-        kind = redis.RedisCluster if router._topology.cluster else redis.Redis
+        kind = redis.RedisCluster if router.topology.cluster else redis.Redis
         with kind.from_url(self.redis.url) as client:
-            client.hset(router._dir(my_id), session_id, wire.entry(node, peer_id))
-            client.spublish(router._events(my_id), wire.joined(node, my_id, session_id, peer_id))
+            client.hset(router.keys.directory(my_id), session_id, wire.entry(node, peer_id))
+            client.spublish(router.keys.events(my_id), wire.joined(node, my_id, session_id, peer_id))
 
     @test_signaling.testing.gen_test
     async def test_a_stale_entry_on_a_live_node_gets_the_notice_from_that_node(self):
@@ -207,7 +207,7 @@ class TestExactAcrossNodes(test_signaling.BasicTestCase):
         await self.wait_for(lambda: one.directory.destinations("A", "B")[0])
         a.write_message("to nobody")
         await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
-        self.assertEqual((one.stale, one.undelivered), (1, 1))
+        self.assertEqual((one.routing.stale, one.undelivered), (1, 1))
 
     @test_signaling.testing.gen_test
     async def test_each_message_of_a_run_to_a_stale_entry_gets_its_notice(self):
@@ -219,7 +219,7 @@ class TestExactAcrossNodes(test_signaling.BasicTestCase):
             a.write_message(f"to nobody {n}")
         for _ in range(3):
             await self.assert_next(a, test_signaling.PEER_UNAVAILABLE_NOTICE)
-        self.assertEqual((one.stale, one.undelivered), (3, 3))
+        self.assertEqual((one.routing.stale, one.undelivered), (3, 3))
 
     @test_signaling.testing.gen_test
     async def test_a_message_to_several_nodes_counts_every_answer(self):
@@ -230,7 +230,7 @@ class TestExactAcrossNodes(test_signaling.BasicTestCase):
         await self.wait_for(lambda: len(one.directory.destinations("A", "B")[0]) == 2)
         a.write_message("one of you")
         await self.assert_next(b, "one of you")  # the live node answers "delivered"
-        await self.wait_for(lambda: not one._pending)
+        await self.wait_for(lambda: not one.routing.pending)
         self.assertEqual(one.undelivered, 0)
         b.close()
         await self.wait_for(lambda: two.count("B") == 0)

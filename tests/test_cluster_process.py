@@ -162,7 +162,7 @@ def test_processes_share_one_port_and_stop_together(redis):
             assert receive(b) == f"hello {n}"
         # Each worker listens on its own socket (SO_REUSEPORT): the kernel spreads the
         # connections over both, where one shared socket let bursts pile onto one worker.
-        from routing.shards import tag
+        from routing.redis.shards import tag
 
         with redis.client() as client:
             places = [client.hvals(f"webrtc:dir:{tag(f'{side}{n}')}")[0].split("\0")[0] for side in "ab" for n in range(12)]

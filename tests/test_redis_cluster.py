@@ -72,15 +72,15 @@ class TestTheClusterIsReal(test_signaling.BasicTestCase):
     async def test_the_nodes_see_a_cluster_and_use_every_shard(self):
         assert CLUSTER is not None
         for app in self.apps:
-            self.assertTrue(app.router._topology.cluster)
-            self.assertEqual(len(app.router._topology.masters()), 3)
+            self.assertTrue(app.router.topology.cluster)
+            self.assertEqual(len(app.router.topology.masters()), 3)
         # Ids spread over the shards: the directories of these ids live on all three.
         ids = [f"user{n}" for n in range(12)]
         for n in range(0, len(ids), 2):
             await self.connect(ids[n], ids[n + 1])
             await self.connect(ids[n + 1], ids[n])
         router = self.apps[0].router
-        shards = {router._topology.address(router._dir(my_id)) for my_id in ids}
+        shards = {router.topology.address(router.keys.directory(my_id)) for my_id in ids}
         self.assertEqual(len(shards), 3)
         a = self.sockets[0]
         a.write_message("across the cluster")

@@ -33,7 +33,7 @@ def node_name(server) -> str:
 
 
 def inbox_key(node: str) -> str:
-    from routing.shards import tag
+    from routing.redis.shards import tag
 
     return f"webrtc:inbox:{tag(node)}"
 
