@@ -1,7 +1,7 @@
 """Receiving: one pub/sub connection per shard, subscribed to this node's inbox, the control
 channel and the events of every id the node mirrors; after each (re)connection the
-subscriptions are made again, every mirrored id's snapshot reloaded and the node's sockets
-registered again (``on_connected``); a lost connection fails what is being published
+subscriptions are made again, every mirrored id's snapshot reloaded and, once Redis has
+confirmed the node's inbox, its sockets registered again (``on_connected``); a lost connection fails what is being published
 (``on_disconnected``).
 
 What arrives goes to the node's routing state (routing/nodes.py): batches to
@@ -60,6 +60,9 @@ class Subscriber:
         self.generation = 0
         self._inbox = keys.inbox.encode()
         self._control = keys.control.encode()
+        #: Set once Redis confirmed this node's inbox subscription (per connection): only then
+        #: are its sockets registered, so that a node that sees them can reach them.
+        self.inbox_ready = asyncio.Event()
 
     # --- what the node mirrors ------------------------------------------------------------
 
@@ -105,6 +108,7 @@ class Subscriber:
                     await self._subscribe(channel)
                 readers = [asyncio.create_task(self._read(c)) for c in self.connections.values()]
                 readers.append(asyncio.create_task(self._apply_changes()))
+                await asyncio.wait_for(self.inbox_ready.wait(), COMMAND_TIMEOUT)
                 await asyncio.wait_for(self.on_connected(), COMMAND_TIMEOUT)
                 if not self.link.connected:
                     cluster = " Cluster" if self.topology.cluster else ""
@@ -129,6 +133,7 @@ class Subscriber:
             delay = min(delay * 2, 2.0)
 
     async def disconnect(self) -> None:
+        self.inbox_ready.clear()
         connections = list(self.connections.values())
         self.connections.clear()
         self.asked.clear()
@@ -182,6 +187,8 @@ class Subscriber:
 
     def _subscribed(self, channel: str) -> None:
         self.confirmed.add(channel)
+        if channel == self.keys.inbox:
+            self.inbox_ready.set()
         id = self.wanted.get(channel)
         if id is not None and id in self.routing.mirror.interests:
             self.jobs.put(Snapshot(id, self.generation, self._loaded))
