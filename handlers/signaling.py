@@ -115,6 +115,10 @@ class SignalingSocket:
         """Session.send: queue ``text``; a socket already closing drops it."""
         raise NotImplementedError
 
+    def send_all(self, texts: list[str]) -> None:
+        """Session.send_all: ``send`` for each, as one write."""
+        raise NotImplementedError
+
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         raise NotImplementedError
 

@@ -37,6 +37,7 @@ class Transport(SignalingSocket, Connection):
 
     # The router's Session.send and the heartbeat's ping go straight to the core.
     send = Connection.send_text
+    send_all = Connection.send_texts
     send_ping = Connection.send_ping
     close = Connection.close
 

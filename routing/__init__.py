@@ -54,6 +54,9 @@ class Session(Protocol):
         """Queue ``text`` for the socket. Must not raise if the socket is already closing,
         and must not call back into the router."""
 
+    def send_all(self, texts: list[str]) -> None:
+        """``send`` for each of ``texts``, in order (a run of messages from another node)."""
+
 
 #: What a router holds: the sessions of one kind (the signaling sockets of an application).
 S = TypeVar("S", bound=Session)

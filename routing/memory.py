@@ -99,16 +99,14 @@ class MemoryRouter(Generic[S]):
                 if group:
                     targets = tuple(group)  # a send may lead to a leave
                     for session in targets:
-                        for text in texts:
-                            session.send(text)
+                        session.send_all(texts)
                     delivered += len(targets)
             self.delivered += delivered * len(texts)
         mine = self._ids.get(my_id)
         group = mine.get(peer_id) if mine else None
         if group:
             for session in tuple(group):
-                for text in texts:
-                    session.send(text)
+                session.send_all(texts)
         return delivered
 
     def group(self, id: str, peer_id: str) -> tuple[S, ...]:

@@ -21,6 +21,9 @@ class Socket:
     def send(self, text: str) -> None:
         self.sent.append(text)
 
+    def send_all(self, texts: list[str]) -> None:
+        self.sent += texts
+
 
 class Clock:
     def __init__(self) -> None:

@@ -21,6 +21,10 @@ class FakeSession:
     def send(self, text: str) -> None:
         self.inbox.append(text)
 
+    def send_all(self, texts: list[str]) -> None:
+        for text in texts:
+            self.send(text)
+
 
 @pytest.fixture
 def router() -> MemoryRouter:

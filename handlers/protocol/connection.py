@@ -306,6 +306,11 @@ class Connection:
         if self.state is OPEN:
             self._queue(text_frame(text.encode("utf-8")))
 
+    def send_texts(self, texts: list[str]) -> None:
+        """Queue several text messages, in order, as one write (dropped once closing)."""
+        if self.state is OPEN:
+            self._queue(b"".join([text_frame(text.encode("utf-8")) for text in texts]))
+
     def send_ping(self, payload: bytes = b"") -> None:
         if self.state is OPEN:
             self._queue(control_frame(PING, payload))

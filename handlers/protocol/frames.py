@@ -39,11 +39,15 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+#: The heads of the short text frames (one allocation per frame instead of two).
+_SHORT_TEXT_HEADS = [bytes((0x81, length)) for length in range(126)]
+
+
 def text_frame(payload: bytes) -> bytes:
     """A final, unmasked (server-to-client) text frame."""
     length = len(payload)
     if length < 126:
-        return bytes((0x81, length)) + payload
+        return _SHORT_TEXT_HEADS[length] + payload
     if length < 65536:
         return struct.pack("!BBH", 0x81, 126, length) + payload
     return struct.pack("!BBQ", 0x81, 127, length) + payload
