@@ -244,9 +244,10 @@ def get_ice_pass() -> str:
 def has_socket_pass(handler: Any) -> bool:
     """Whether a signaling socket may open (called after the ids are checked).
 
-    ``handler`` is the Tornado ``WebSocketHandler``: read its query arguments
-    (``handler.get_query_argument("token", "")``), cookies or headers. It may also be a
-    coroutine function. A refused socket is closed with 4403 FORBIDDEN. Default: allow.
+    ``handler`` is the signaling socket, with the names of Tornado's handlers: its query
+    arguments (``handler.get_query_argument("token", "")``), cookies (``get_cookie``) and
+    ``handler.request`` (headers, remote_ip, uri). It may also be a coroutine function. A
+    refused socket is closed with 4403 FORBIDDEN. Default: allow.
     """
     return True
 
