@@ -148,3 +148,81 @@ def test_event_loop_lag_is_measured():
         assert "socket(s) of" in line
         wait_until(lambda: metric(server, "webrtc_event_loop_lag_max_seconds") > 0, 10, "a lag to be measured")
         assert metric(server, "webrtc_event_loop_lag_seconds") < 0.25  # an idle server is not late
+
+
+def test_a_connect_flood_at_the_descriptor_limit_does_not_freeze_the_loop():
+    # Out of descriptors, every connection in the backlog is answered 503 with the spare one;
+    # that used to run until the backlog was empty, in one callback (5 s with 2,000 waiting).
+    import threading
+
+    from raw_ws import TEXT, RawWebSocket, frame
+
+    env = {"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_RATE_LIMIT": "0", "WEBRTC_WS_PING_INTERVAL": "0"}
+    with ServerProcess(env=env, spawn=limited(256, 256)) as server:
+        a = RawWebSocket("127.0.0.1", server.port, "/wscall?id=steady-a&peer_id=steady-b")
+        b = RawWebSocket("127.0.0.1", server.port, "/wscall?id=steady-b&peer_id=steady-a")
+        held = [RawWebSocket("127.0.0.1", server.port, f"/wscall?id=fill{n}&peer_id=x") for n in range(200)]
+        wait_until(lambda: metric(server, "webrtc_open_sockets") >= 150, 10, "the sockets to fill the descriptors")
+        stop = threading.Event()
+        flood: list[socket.socket] = []
+
+        def connect_flood() -> None:
+            while not stop.is_set() and len(flood) < 2000:
+                try:
+                    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+                    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    flood.append(sock)
+                except OSError:
+                    time.sleep(0.01)
+
+        threads = [threading.Thread(target=connect_flood) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        worst = 0.0
+        try:
+            deadline = time.monotonic() + 6
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                a.send(frame(TEXT, b"still there?"))
+                assert b.read_frame() == (TEXT, b"still there?")
+                worst = max(worst, time.monotonic() - started)
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join(10)
+        assert metric(server, "webrtc_connections_turned_away_total") > 100  # the flood met the limit
+        assert worst < 1.5, worst  # the messages in between kept flowing (a freeze was 5 s)
+        for sock in flood:
+            sock.close()
+        for ws in (a, b, *held):
+            ws.close()
+
+
+def test_out_of_descriptors_one_callback_answers_at_most_one_batch_of_the_backlog():
+    # The bound itself (the flood above cannot outpace the loop on two cores): 500 real
+    # connections wait in a real backlog; one call answers ACCEPT_BATCH of them 503 and
+    # returns, the others wait for the loop's next turns.
+    import webrtc_server
+    from handlers.frontdoor import ACCEPT_BATCH, FrontDoor, FrontDoorHTTPServer
+
+    async def scenario() -> tuple[int, int]:
+        app = webrtc_server.make_app(iceServers=[])
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1024)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(500)]
+        door = FrontDoor(FrontDoorHTTPServer(app), [listener])
+        door._take_spare()
+        listener.setblocking(False)
+        door._turn_away(listener)
+        first = app.stats.turned_away
+        while app.stats.turned_away < 500:
+            door._turn_away(listener)
+        for client in clients:
+            client.close()
+        door.stop()
+        return first, app.stats.turned_away
+
+    first, total = asyncio.run(scenario())
+    assert first == ACCEPT_BATCH and total == 500
