@@ -7,7 +7,7 @@ One concern per module, in the order a run goes through them:
     cli.py            the command line, and a run from setup to clean-up
     config.py         every option and its default (``Config``)
     environment.py    what is measured and where: npm installs, a git revision, the machine's facts
-    children.py       the processes the driver starts: pinned to a CPU, ended whatever happens
+    processes.py      the processes it starts (webrtc_app, redis-server): pinned to a CPU, ended whatever happens
     sampling.py       CPU time and memory from /proc, and waiting for a quiet machine
     servers.py        the servers under test: webrtc_app and the PeerJS server
     loadgen.py        the driver's side of the load generator (loadgen.mjs, loadgen/*.mjs)
@@ -23,7 +23,7 @@ One concern per module, in the order a run goes through them:
     suite.py          the rounds (A B A B ...), medians and where the results are written
     docs.py           the blocks of docs/benchmarks.md between the bench markers
 
-Starting and stopping webrtc_app and redis-server is shared with the tests: tests/processes.py.
+bench/processes.py starts and stops webrtc_app and redis-server for the tests too (tests/processes.py).
 """
 
 from __future__ import annotations
@@ -34,11 +34,6 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 PROJECT_DIR = os.path.dirname(BENCH_DIR)
-TESTS_DIR = os.path.join(PROJECT_DIR, "tests")
-
-# tests/processes.py (imported as ``processes``) starts and stops the helper processes for both.
-if TESTS_DIR not in sys.path:
-    sys.path.append(TESTS_DIR)
 
 
 class BenchError(Exception):

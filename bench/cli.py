@@ -41,9 +41,8 @@ from bench.environment import (
     resolve_revision,
     tree_state,
 )
+from bench.processes import MissingProgram, RedisServer, find_program
 from bench.suite import run_cluster_suite, run_suite
-
-from processes import MissingProgram, RedisServer, find_program
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -16,11 +16,10 @@ import redis
 from bench import BenchError
 from bench.config import CLUSTER_LABELS, Config
 from bench.loadgen import LoadGen
+from bench.processes import RedisServer, StartError
 from bench.sampling import snapshot, spent
 from bench.servers import Server, start_webrtc, stop_server
 from bench.workloads import Hook, check_count, metric_delta
-
-from processes import RedisServer, StartError
 
 #: Given the nodes once started, the hooks to call when the measured phase starts and ends.
 Hooks = Callable[[list[Server]], tuple[Hook, Hook]]

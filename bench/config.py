@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench import PROJECT_DIR, BenchError, log
-from bench.children import Children
+from bench.processes import Children
 
 SERVERS = ("webrtc_app", "peerjs")
 LABELS = {"webrtc_app": "webrtc_app", "peerjs": "PeerJS"}

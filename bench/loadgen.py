@@ -12,11 +12,9 @@ import time
 from typing import Any
 
 from bench import BENCH_DIR, BenchError
-from bench.children import Cpus
 from bench.config import Config
+from bench.processes import Cpus, terminate
 from bench.servers import Server
-
-from processes import terminate
 
 
 class LoadGen:

@@ -27,10 +27,9 @@ from typing import Any
 from bench import BenchError, log
 from bench.config import LABELS, Config
 from bench.loadgens import GroupSample, LoadGens, group_sample, group_usage, split
+from bench.processes import StartError
 from bench.sampling import HZ, cpu_ticks, machine_busy_ticks, rss_kib, wait_for_quiet
 from bench.servers import Server, start_server, stop_server
-
-from processes import StartError
 
 #: webrtc_app's RESERVED_DESCRIPTORS default (settings.py): its socket limit is the open-file
 #: limit less these. PeerJS is given the same number of sockets.

@@ -16,11 +16,10 @@ from typing import Any
 from bench import PROJECT_DIR, BenchError, log
 from bench.cluster import measure_cluster
 from bench.config import Config
+from bench.processes import terminate
 from bench.sampling import wait_for_quiet
 from bench.servers import Server, start_server, stop_server
 from bench.workloads import run_idle, run_relay
-
-from processes import terminate
 
 
 def py_spy_path(cfg: Config) -> str:

@@ -26,9 +26,8 @@ from bench import BenchError
 from bench.cluster import RelayRun, common_figures, drive_relay, redis_figures, start_redis, stop_redis
 from bench.config import REDIS_PREFIX, Config, scaling_label
 from bench.loadgen import LoadGen
+from bench.processes import RedisServer
 from bench.servers import Server, start_webrtc, stop_server
-
-from processes import RedisServer
 
 #: What each worker logs once it serves (at INFO): its pid and its node on the backplane.
 WORKER_LISTENING = re.compile(r"webrtc_app listening on \S+ \(pid (\d+), node (\w+)\)")

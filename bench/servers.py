@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import BENCH_DIR, BenchError
-from bench.children import Cpus
 from bench.config import WEBRTC_ENV, Config
-
-from processes import HelperProcess, ServerProcess, Spawn, StartError
+from bench.processes import Cpus, HelperProcess, ServerProcess, Spawn, StartError
 
 
 @dataclass
