@@ -10,8 +10,7 @@ One concern per module, in the order a run goes through them:
     processes.py      the processes it starts (webrtc_app, redis-server): pinned to a CPU, ended whatever happens
     sampling.py       CPU time and memory from /proc, and waiting for a quiet machine
     servers.py        the servers under test: webrtc_app and the PeerJS server
-    loadgen.py        the driver's side of the load generator (loadgen.mjs, loadgen/*.mjs)
-    loadgens.py       several load generators side by side on one workload, their results summed
+    loadgen.py        the driver's side of the load generators (loadgen.mjs, loadgen/*.mjs): one or several side by side
     workloads.py      relay, calls and idle against one server: one measurement each
     overload.py       capacity (every socket the descriptors allow) and the reconnect storm, once each
     cluster.py        the relay across nodes joined by a redis-server (``--cluster``)

@@ -15,7 +15,7 @@ import redis
 
 from bench import BenchError
 from bench.config import CLUSTER_LABELS, Config
-from bench.loadgen import LoadGen
+from bench.loadgen import LoadGens
 from bench.processes import RedisServer, StartError
 from bench.sampling import snapshot, spent
 from bench.servers import Server, start_webrtc, stop_server
@@ -121,7 +121,7 @@ class RelayRun:
 
 def drive_relay(
     cfg: Config,
-    lg: LoadGen,
+    lg: LoadGens,
     pids: dict[str, int],
     redis_server: RedisServer | None,
     probe: bool,
@@ -136,11 +136,11 @@ def drive_relay(
     counters = RedisCounters(redis_server) if redis_server else None
     readings: dict[str, Any] = {}
     probed: dict[str, Any] = {}
-    pids = {**pids, "loadgen": lg.pid}
+    pids = {**pids, **lg.pids}
     try:
         if probe:
             # Every pair delivers both ways: from here on, no message may go undelivered.
-            probed = lg.expect("probed", cfg.event_timeout)
+            (probed,) = lg.expect("probed", cfg.event_timeout)
             readings["probed"] = read() if read else None
             lg.go()
         lg.expect("ready", cfg.event_timeout)
@@ -154,7 +154,7 @@ def drive_relay(
             on_ready()
         s0 = snapshot(pids)
         lg.go()
-        result = lg.expect("measured", cfg.event_timeout)
+        (result,) = lg.expect("measured", cfg.event_timeout)
         s1 = snapshot(pids)
         published = s1.t
         if counters:
@@ -167,7 +167,7 @@ def drive_relay(
         r1 = counters.stats() if counters else None
         readings["measured"] = read() if read else None
         lg.go()
-        done = lg.finish(cfg.event_timeout)
+        (done,) = lg.finish(cfg.event_timeout)
         if done.get("notices"):
             raise BenchError(f"the load generator received {done['notices']} server notices after the probes")
     except BaseException:
@@ -176,9 +176,9 @@ def drive_relay(
     finally:
         if counters:
             counters.close()
-    pairs, messages = lg.args["pairs"], lg.args["messages"]
-    if result["relayed"] != 2 * pairs * messages:
-        raise BenchError(f"the load generator counted {result['relayed']} relayed messages, expected {2 * pairs * messages}")
+    expected = sum(2 * share["pairs"] * share["messages"] for share in lg.shares)
+    if result["relayed"] != expected:
+        raise BenchError(f"the load generator counted {result['relayed']} relayed messages, expected {expected}")
     redis_delta = {k: r1[k] - r0[k] for k in r0} if r0 and r1 else None
     return RelayRun(result, probed, pids, spent(s0, s1), spent(s0, s2), published - s0.t, redis_delta, readings)
 
@@ -195,11 +195,11 @@ def run_relay_across(
     """The relay workload against one node, or with callers on nodes[0] and callees on nodes[1]
     (every message and acknowledgement crossing Redis); CPU of every node and of redis-server."""
     across = len(nodes) == 2
-    extra = {"url2": nodes[1].ws_url} if across else {}
+    extra = {"url2": nodes[1].ws} if across else {}
     pids = {f"node{n}": node.pid for n, node in enumerate(nodes, 1)}
     if redis_server:
         pids["redis"] = redis_server.pid
-    lg = LoadGen(cfg, nodes[0], "relay", {**args, "tag": tag, **extra}, tag)
+    lg = LoadGens(cfg, nodes[0], "relay", [{**args, **extra}], tag)
     run = drive_relay(cfg, lg, pids, redis_server, across, lambda: [node.metrics() for node in nodes], on_ready, on_measured)
     mp, m0, m1 = run.readings["probed"], run.readings["ready"], run.readings["measured"]
     result = run.result
@@ -254,7 +254,7 @@ def common_figures(run: RelayRun) -> dict[str, float]:
         # Publishing may lag behind local delivery: the rate Redis kept up with, and how far behind it was.
         "sustained_per_s": result["relayed"] / run.published_after,
         "backlog_s": run.published_after - use["wall_s"],
-        "us_total": sum(1e6 * run.work[f"{role}_cpu_s"] / result["relayed"] for role in run.pids if role != "loadgen"),
+        "us_total": sum(1e6 * run.work[f"{r}_cpu_s"] / result["relayed"] for r in run.pids if not r.startswith("loadgen")),
         "loadgen_cpu_pct": use["loadgen_cpu_pct"],
         "other_cpu_pct": use["other_cpu_pct"],
     }

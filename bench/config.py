@@ -101,7 +101,7 @@ class Config:
     # every process of that variant may run on (all of them: the workers are not pinned).
     scaling: tuple[int, ...] = ()
     scaling_cpus: tuple[int, ...] | None = None
-    # Several load generators side by side (loadgens.py), and the overload workloads (overload.py)
+    # Several load generators side by side (loadgen.py), and the overload workloads (overload.py)
     calls_loadgens: int = 1
     relay_loadgens: int = 1
     loadgen_cpus: tuple[int | None, ...] = ()  # empty: loadgen_cpu

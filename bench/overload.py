@@ -26,9 +26,9 @@ from typing import Any
 
 from bench import BenchError, log
 from bench.config import LABELS, Config
-from bench.loadgens import GroupSample, LoadGens, group_sample, group_usage, split
+from bench.loadgen import LoadGens, split
 from bench.processes import StartError
-from bench.sampling import HZ, cpu_ticks, machine_busy_ticks, rss_kib, wait_for_quiet
+from bench.sampling import HZ, cpu_ticks, snapshot, spent, wait_for_quiet
 from bench.servers import Server, start_server, stop_server
 
 #: webrtc_app's RESERVED_DESCRIPTORS default (settings.py): its socket limit is the open-file
@@ -203,17 +203,18 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
     ]
     log(f"capacity {server.kind}: {sockets:,} sockets from {count} load generators")
     group = LoadGens(cfg, server, "capacity", shares, tag)
+    pids = {"server": server.pid, **group.pids}
     try:
         group.expect("ready", cfg.event_timeout)
         kernel0 = kernel_memory_kib()
         drops0 = listen_drops()
-        base = group_sample(server.pid, group.pids)
+        base = snapshot(pids)
         group.go()
         opened = group.expect("opened", cfg.event_timeout)
-        done_opening = group_sample(server.pid, group.pids)
+        done_opening = snapshot(pids)
         drops_opening = listen_drops() - drops0
         time.sleep(cfg.settle_seconds)
-        settled = group_sample(server.pid, group.pids)
+        settled = snapshot(pids)
         kernel1 = kernel_memory_kib()
         if server.kind == "webrtc_app":
             held = scrape(server)["webrtc_open_sockets"]
@@ -221,13 +222,13 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
                 raise BenchError(f"webrtc_app says {held:g} sockets open, the load generators opened {sockets}")
         group.go()
         group.expect("holding", cfg.event_timeout)
-        hold, lag = _hold(cfg, server, group, opts["seconds"])
+        hold, lag = _hold(cfg, server, pids, opts["seconds"])
         group.go()
         held_events = group.expect("held", cfg.event_timeout)
         closes = sum(e["unexpected_closes"] for e in held_events)
         if closes:
             raise BenchError(f"{closes} held sockets were closed by {server.kind}")
-        after_hold = group_sample(server.pid, group.pids)
+        after_hold = snapshot(pids)
         metrics_after = scrape(server) if server.kind == "webrtc_app" else {}
         group.go()
         overflowed = group.expect("overflowed", cfg.event_timeout + opts["overflow"] * 0.5)
@@ -236,7 +237,7 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
     except BaseException:
         group.kill()
         raise
-    opening = group_usage(base, done_opening)
+    opening = spent(base, done_opening)
     extra = overflowed[0]
     figures.update(
         {
@@ -274,12 +275,12 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
     return figures
 
 
-def _hold(cfg: Config, server: Server, group: LoadGens, seconds: float) -> tuple[dict[str, Any], float | None]:
+def _hold(cfg: Config, server: Server, pids: dict[str, int], seconds: float) -> tuple[dict[str, Any], float | None]:
     """Hold ``seconds`` (bounded), reading webrtc_app's lag every LAG_POLL s; answers the usage
     (the server CPU of the /metrics reads taken out, and the lag probe's worst) and the worst
     lag seen (None for PeerJS)."""
     probe = LagProbe(cfg, seconds + 30)
-    start = group_sample(server.pid, group.pids)
+    start = snapshot(pids)
     deadline = time.monotonic() + seconds
     lags: list[float] = []
     scraping = 0  # server CPU ticks spent answering /metrics
@@ -296,9 +297,9 @@ def _hold(cfg: Config, server: Server, group: LoadGens, seconds: float) -> tuple
         lag, ticks = _lag_now(server)
         lags.append(lag)
         scraping += ticks
-    end = group_sample(server.pid, group.pids)
-    end.server_cpu -= scraping
-    use = group_usage(start, end)
+    end = snapshot(pids)
+    end.ticks["server"] -= scraping
+    use = spent(start, end)
     use["probe_lag_ms"] = probe.stop()
     return use, max(lags) if lags else None
 
@@ -350,6 +351,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
     ]
     log(f"storm: {sockets:,} sockets from {count} load generators, then a restart")
     group = LoadGens(cfg, server, "storm", shares, tag)
+    pids = {"server": server.pid, **group.pids}
     try:
         group.expect("ready", cfg.event_timeout)
         group.go()
@@ -374,14 +376,12 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         except StartError as exc:
             raise BenchError(f"webrtc_app did not start again: {exc}") from None
         t_ready = time.time()
-        ready = GroupSample(time.monotonic(), cpu_ticks(server.pid), [cpu_ticks(p) for p in group.pids], machine_busy_ticks(), 0)
+        ready = snapshot({**pids, "server": server.pid})  # the new process's
         # Its worst stall so far: its start-up, and the first of the storm (the sockets queue
         # up in its backlog as soon as it listens, before it answers /healthz).
         lag_at_ready = scrape(server)["webrtc_event_loop_lag_max_seconds"]
         backs = group.expect("back", opts["timeout"] + GRACE)
-        at_back = GroupSample(
-            time.monotonic(), cpu_ticks(server.pid), [cpu_ticks(p) for p in group.pids], machine_busy_ticks(), rss_kib(server.pid)
-        )
+        at_back = snapshot({**pids, "server": server.pid})
         probe_lag = probe.stop()
         accept_drops = listen_drops() - drops0
         time.sleep(cfg.settle_seconds)
@@ -393,7 +393,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
     except BaseException:
         group.kill()
         raise
-    storm = group_usage(ready, at_back)
+    storm = spent(ready, at_back)
     failures: dict[str, int] = {}
     drops: dict[str, int] = {}
     timeline: dict[str, dict[int, int]] = {}
@@ -452,7 +452,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "probe_lag_ms": probe_lag,
         "rejected": labelled(metrics, "webrtc_sockets_rejected_total"),
         "turned_away": metrics.get("webrtc_connections_turned_away_total", 0.0),
-        "startup_cpu_s": ready.server_cpu / HZ,
+        "startup_cpu_s": ready.ticks["server"] / HZ,
         "storm_cpu_pct": storm["server_cpu_pct"],
         "storm_cpu_s": storm["server_cpu_s"],
         "cpu_us_per_reconnect": 1e6 * storm["server_cpu_s"] / max(1, sockets),

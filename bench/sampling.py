@@ -65,73 +65,45 @@ def cpu_busy_by_core() -> dict[int, int]:
     return cores
 
 
-# ---------------------------------------------------------------- one server and its load generator
-
-
-@dataclass
-class Sample:
-    t: float
-    server_cpu: int
-    loadgen_cpu: int
-    machine_busy: int
-    rss: int
-
-
-def sample(server_pid: int, loadgen_pid: int) -> Sample:
-    """The server's and the load generator's CPU ticks, the machine's, and the server's RSS, now."""
-    return Sample(time.monotonic(), cpu_ticks(server_pid), cpu_ticks(loadgen_pid), machine_busy_ticks(), rss_kib(server_pid))
-
-
-def usage(a: Sample, b: Sample) -> dict[str, float]:
-    """CPU seconds of the server between two samples, and CPU % of one core for everyone."""
-    wall = b.t - a.t
-    server = (b.server_cpu - a.server_cpu) / HZ
-    loadgen = (b.loadgen_cpu - a.loadgen_cpu) / HZ
-    other = max(0.0, (b.machine_busy - a.machine_busy) / HZ - server - loadgen)
-    return {
-        "wall_s": wall,
-        "server_cpu_s": server,
-        "server_cpu_pct": 100 * server / wall,
-        "loadgen_cpu_pct": 100 * loadgen / wall,
-        "other_cpu_pct": 100 * other / wall,
-    }
-
-
-# ---------------------------------------------------------------- several processes by role (--cluster)
-
-
 @dataclass
 class Snapshot:
     t: float
     ticks: dict[str, int]  # CPU ticks of each process by role
-    machine: int
-    cores: dict[int, int]
     system: dict[str, int]  # ... of which in the kernel
     wakeups: dict[str, int]  # voluntary context switches of each process's main thread
+    machine: int
+    cores: dict[int, int]
+    rss: int  # KiB of the "server" role (0 without one)
 
 
 def snapshot(pids: dict[str, int]) -> Snapshot:
-    """CPU ticks of each process (by role), of the machine and of each CPU, now."""
+    """CPU ticks of each process (by role: "server", "node1", "loadgen1", ...), of the machine and
+    of each CPU, and the server's RSS, now."""
     split = {role: user_system_ticks(pid) for role, pid in pids.items()}  # one read of each stat
     return Snapshot(
         time.monotonic(),
         {role: user + system for role, (user, system) in split.items()},
-        machine_busy_ticks(),
-        cpu_busy_by_core(),
         {role: system for role, (_, system) in split.items()},
         {role: wakeups(pid) for role, pid in pids.items()},
+        machine_busy_ticks(),
+        cpu_busy_by_core(),
+        rss_kib(pids["server"]) if "server" in pids else 0,
     )
 
 
 def spent(a: Snapshot, b: Snapshot) -> dict[str, float]:
-    """CPU seconds of each process, and % of one core for each, for other processes, for each CPU."""
+    """CPU seconds of each process (``{role}_cpu_s``, of which ``_sys_s`` in the kernel) and % of one
+    core (``_cpu_pct``), its wake-ups, and % of a core for other processes and for each CPU; the
+    load generators (loadgen1, loadgen2, ...) also summed as ``loadgen``."""
     wall = b.t - a.t
     seconds = {role: (b.ticks[role] - a.ticks[role]) / HZ for role in a.ticks}
     other = max(0.0, (b.machine - a.machine) / HZ - sum(seconds.values()))
+    loadgens = [value for role, value in seconds.items() if role.startswith("loadgen")]
     result = {"wall_s": wall, "other_cpu_pct": 100 * other / wall}
-    for role, value in seconds.items():
+    for role, value in {**seconds, **({"loadgen": sum(loadgens)} if loadgens else {})}.items():
         result[f"{role}_cpu_s"] = value
         result[f"{role}_cpu_pct"] = 100 * value / wall
+    for role in a.ticks:
         result[f"{role}_sys_s"] = (b.system[role] - a.system[role]) / HZ
         result[f"{role}_wakeups"] = b.wakeups[role] - a.wakeups[role]
     for core in a.cores:

@@ -25,7 +25,7 @@ import redis
 from bench import BenchError
 from bench.cluster import RelayRun, common_figures, drive_relay, redis_figures, start_redis, stop_redis
 from bench.config import REDIS_PREFIX, Config, scaling_label
-from bench.loadgen import LoadGen
+from bench.loadgen import LoadGens
 from bench.processes import RedisServer
 from bench.servers import Server, start_webrtc, stop_server
 
@@ -85,8 +85,7 @@ def run_scaled_relay(
     # every connection waiting (Tornado's accept loop drains the backlog), so with 50 at once
     # the callers' burst and the callees' burst each went to one worker, and nearly all or
     # nearly none of the messages crossed, from run to run.
-    lg_args = {**args, "tag": tag, "url2": server.ws_url, "open-concurrency": 1}
-    lg = LoadGen(cfg, server, "relay", lg_args, tag, cfg.scaling_cpus)
+    lg = LoadGens(cfg, server, "relay", [{**args, "url2": server.ws, "open-concurrency": 1}], tag, cfg.scaling_cpus)
     with redis_server.client() as client:
         return drive_relay(cfg, lg, pids, redis_server, probe=True, read=lambda: placement(client))
 

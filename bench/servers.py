@@ -41,7 +41,7 @@ class Server:
         return self.process.port
 
     @property
-    def ws_url(self) -> str:
+    def ws(self) -> str:
         return f"ws://127.0.0.1:{self.port}"
 
     @property

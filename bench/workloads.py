@@ -10,8 +10,8 @@ from typing import Any
 
 from bench import BenchError
 from bench.config import LABELS, Config
-from bench.loadgen import LoadGen
-from bench.sampling import HZ, sample, usage
+from bench.loadgen import LoadGens, merged, split
+from bench.sampling import HZ, snapshot, spent
 from bench.servers import Server, start_server, stop_server
 
 #: Called at a point of a measured phase (py-spy attaches and detaches through these).
@@ -41,65 +41,85 @@ def check_relayed(cfg: Config, m0: dict[str, float] | None, m1: dict[str, float]
 
 
 def measure_phase(
-    cfg: Config, server: Server, lg: LoadGen, on_ready: Hook = None, on_measured: Hook = None, open_sockets_after: bool = False
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """One measured phase of a relay or calls run: the load generator's result and the CPU
-    used between its "ready" and "measured" events, with webrtc_app's own counters checked."""
+    cfg: Config, server: Server, group: LoadGens, on_ready: Hook = None, on_measured: Hook = None
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The measured phase of relay or calls: each load generator's result and the CPU used between
+    all being ready and all having measured, with webrtc_app's own counters checked."""
+    pids = {"server": server.pid, **group.pids}
     try:
-        lg.expect("ready", cfg.event_timeout)
+        group.expect("ready", cfg.event_timeout)
         m0 = server.metrics()
         if on_ready:
             on_ready()
-        s0 = sample(server.pid, lg.pid)
-        lg.go()
-        result = lg.expect("measured", cfg.event_timeout)
-        s1 = sample(server.pid, lg.pid)
+        s0 = snapshot(pids)
+        group.go()
+        results = group.expect("measured", cfg.event_timeout)
+        s1 = snapshot(pids)
         if on_measured:
             on_measured()
         m1 = server.metrics()
         if server.kind == "webrtc_app":
-            check_relayed(cfg, m0, m1, result["relayed"])
-            if open_sockets_after:
-                check_count(cfg, "webrtc_open_sockets after the calls", (m1 or {}).get("webrtc_open_sockets"), 0)
-        lg.go()
-        lg.finish()
+            check_relayed(cfg, m0, m1, sum(r["relayed"] for r in results))
+        group.go()
+        group.finish()
     except BaseException:
-        lg.kill()
+        group.kill()
         raise
-    return result, usage(s0, s1)
+    return results, spent(s0, s1)
 
 
-def cpu_shares(use: dict[str, float]) -> dict[str, float]:
-    """The server's, the load generator's and other processes' % of a core, from usage()."""
-    return {key: use[key] for key in ("server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct")}
+def cpu_shares(use: dict[str, float], count: int) -> dict[str, float]:
+    """The server's, the load generators' and other processes' % of a core, and with several load
+    generators each one's (loadgen_cpu_pct_1, _2, ...)."""
+    shares = {key: use[key] for key in ("server_cpu_pct", "loadgen_cpu_pct", "other_cpu_pct")}
+    if count > 1:
+        shares.update({f"loadgen_cpu_pct_{n}": use[f"loadgen{n}_cpu_pct"] for n in range(1, count + 1)})
+        shares["loadgens"] = count
+    return shares
 
 
 def run_relay(
-    cfg: Config, server: Server, tag: str, args: dict[str, Any], on_ready: Hook = None, on_measured: Hook = None
+    cfg: Config, server: Server, tag: str, args: dict[str, Any], count: int = 1, on_ready: Hook = None, on_measured: Hook = None
 ) -> dict[str, float]:
-    """The relay workload: pairs exchanging acknowledged messages, a window in flight each."""
-    lg = LoadGen(cfg, server, "relay", {**args, "tag": tag}, tag)
-    result, use = measure_phase(cfg, server, lg, on_ready, on_measured)
+    """The relay workload: pairs exchanging acknowledged messages, a window in flight each; on
+    ``count`` load generators, the pairs split between them."""
+    shares = [{**args, "pairs": pairs, **({"raw": 1} if count > 1 else {})} for pairs in split(args["pairs"], count) if pairs]
+    results, use = measure_phase(cfg, server, LoadGens(cfg, server, "relay", shares, tag), on_ready, on_measured)
+    relayed = sum(r["relayed"] for r in results)
+    rate, p50, p99 = merged(results, "relayed", "rtt")
     return {
-        "relayed_per_s": result["relayed_per_s"],
-        "rtt_p50_ms": result["rtt_ms"]["p50"],
-        "rtt_p99_ms": result["rtt_ms"]["p99"],
-        "cpu_us_per_msg": 1e6 * use["server_cpu_s"] / result["relayed"],
-        **cpu_shares(use),
-        "relayed": result["relayed"],
+        "relayed_per_s": rate,
+        "rtt_p50_ms": p50,
+        "rtt_p99_ms": p99,
+        "cpu_us_per_msg": 1e6 * use["server_cpu_s"] / relayed,
+        **cpu_shares(use, len(shares)),
+        "relayed": relayed,
     }
 
 
-def run_calls(cfg: Config, server: Server, tag: str) -> dict[str, float]:
-    """The calls workload: connect two sockets, offer, answer, candidates, close; many at a time."""
-    lg = LoadGen(cfg, server, "calls", {**cfg.calls, "tag": tag}, tag)
-    result, use = measure_phase(cfg, server, lg, open_sockets_after=True)
+def run_calls(cfg: Config, server: Server, tag: str, count: int = 1) -> dict[str, float]:
+    """The calls workload: connect two sockets, offer, answer, candidates, close; many at a time;
+    on ``count`` load generators, the calls, warm-up calls and calls at a time split between them."""
+    args = cfg.calls
+    shares = [
+        {**args, "calls": calls, "warmup-calls": warmup, "concurrency": max(1, concurrency), **({"raw": 1} if count > 1 else {})}
+        for calls, warmup, concurrency in zip(
+            split(args["calls"], count), split(args["warmup-calls"], count), split(args["concurrency"], count), strict=True
+        )
+    ]
+    results, use = measure_phase(cfg, server, LoadGens(cfg, server, "calls", shares, tag))
+    if server.kind == "webrtc_app":
+        check_count(cfg, "webrtc_open_sockets after the calls", (server.metrics() or {}).get("webrtc_open_sockets"), 0)
+    calls = sum(r["calls"] for r in results)
+    if calls != args["calls"]:
+        raise BenchError(f"the load generators made {calls} calls, expected {args['calls']}")
+    rate, p50, p99 = merged(results, "calls", "setup")
     return {
-        "calls_per_s": result["calls_per_s"],
-        "setup_p50_ms": result["setup_ms"]["p50"],
-        "setup_p99_ms": result["setup_ms"]["p99"],
-        "cpu_ms_per_call": 1e3 * use["server_cpu_s"] / result["calls"],
-        **cpu_shares(use),
+        "calls_per_s": rate,
+        "setup_p50_ms": p50,
+        "setup_p99_ms": p99,
+        "cpu_ms_per_call": 1e3 * use["server_cpu_s"] / calls,
+        **cpu_shares(use, count),
     }
 
 
@@ -109,43 +129,45 @@ def run_idle(
     """The idle workload: open sockets step by step (CPU per socket opened, RSS per socket),
     then hold them all for cfg.idle_seconds (CPU while idle)."""
     args = args or cfg.idle
-    lg = LoadGen(cfg, server, "idle", {**args, "tag": tag}, tag)
+    lg = LoadGens(cfg, server, "idle", [args], tag)
+    pids = {"server": server.pid, **lg.pids}
     figures: dict[str, float] = {}
     steps = [int(s) for s in str(args["steps"]).split(",")]
     others = []
     try:
         lg.expect("ready", cfg.event_timeout)
-        base = sample(server.pid, lg.pid)
+        base = snapshot(pids)
         lg.go()
         previous = base
         for step in steps:
-            event = lg.expect("opened", cfg.event_timeout)
-            opened = sample(server.pid, lg.pid)
+            (event,) = lg.expect("opened", cfg.event_timeout)
+            opened = snapshot(pids)
             figures[f"open_per_s_{step}"] = event["opened_per_s"]
-            figures[f"cpu_us_per_open_{step}"] = 1e6 * (opened.server_cpu - previous.server_cpu) / HZ / event["batch"]
-            figures[f"loadgen_cpu_pct_open_{step}"] = usage(previous, opened)["loadgen_cpu_pct"]
-            others.append(usage(previous, opened)["other_cpu_pct"])
+            figures[f"cpu_us_per_open_{step}"] = 1e6 * (opened.ticks["server"] - previous.ticks["server"]) / HZ / event["batch"]
+            use = spent(previous, opened)
+            figures[f"loadgen_cpu_pct_open_{step}"] = use["loadgen_cpu_pct"]
+            others.append(use["other_cpu_pct"])
             time.sleep(cfg.settle_seconds)  # let buffers of the handshakes go before reading RSS
-            settled = sample(server.pid, lg.pid)
+            settled = snapshot(pids)
             figures[f"rss_kib_per_socket_{step}"] = (settled.rss - base.rss) / step
             figures[f"rss_mib_{step}"] = settled.rss / 1024
             if server.kind == "webrtc_app":
                 check_count(cfg, "webrtc_open_sockets", (server.metrics() or {}).get("webrtc_open_sockets"), step)
-            previous = sample(server.pid, lg.pid)
+            previous = snapshot(pids)
             lg.go()
         lg.expect("holding", cfg.event_timeout)
         if on_hold:
             on_hold()
-        h0 = sample(server.pid, lg.pid)
+        h0 = snapshot(pids)
         deadline = time.monotonic() + cfg.idle_seconds
         while time.monotonic() < deadline:  # bounded: the hold window
             server.check_alive()
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        h1 = sample(server.pid, lg.pid)
+        h1 = snapshot(pids)
         if on_held:
             on_held()
         lg.go()
-        held = lg.expect("held", cfg.event_timeout)
+        (held,) = lg.expect("held", cfg.event_timeout)
         if held["unexpected_closes"]:
             raise BenchError(f"{held['unexpected_closes']} idle sockets were closed by {server.kind}")
         lg.go()
@@ -153,7 +175,7 @@ def run_idle(
     except BaseException:
         lg.kill()
         raise
-    use = usage(h0, h1)
+    use = spent(h0, h1)
     last = steps[-1]
     figures.update(
         {
@@ -172,21 +194,13 @@ def run_idle(
 def measure(cfg: Config, kind: str, workload: str, tag: str) -> dict[str, float]:
     """One workload against a freshly started server, stopped afterwards; relay and calls with
     several load generators side by side when cfg says so (loadgens.py)."""
-    from bench.loadgens import run_calls_split, run_relay_split  # it builds on this module
-
     server = start_server(cfg, kind, tag)
     finished = False
     try:
         if workload == "relay":
-            if cfg.relay_loadgens > 1:
-                figures = run_relay_split(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
-            else:
-                figures = run_relay(cfg, server, tag, cfg.relay)
+            figures = run_relay(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
         elif workload == "calls":
-            if cfg.calls_loadgens > 1:
-                figures = run_calls_split(cfg, server, tag, cfg.calls_loadgens)
-            else:
-                figures = run_calls(cfg, server, tag)
+            figures = run_calls(cfg, server, tag, cfg.calls_loadgens)
         else:
             figures = run_idle(cfg, server, tag)
         finished = True
