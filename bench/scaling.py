@@ -38,9 +38,10 @@ TROUBLE = ("lost Redis", "not reachable", "restarting it", "Traceback")
 def start_server(cfg: Config, processes: int, tag: str, redis_server: RedisServer) -> Server:
     """``webrtc_server.py start PORT --redis URL --processes N`` on every CPU (not pinned to
     one), at log level info so that each worker says its pid and node: the parent process
-    (the only one for N = 1)."""
-    args = ("--processes", str(processes)) if processes > 1 else ()
-    return start_webrtc(cfg, tag, cfg.scaling_cpus, redis_server.url, args, log_level="info")
+    (the only one for N = 1). Ready once wait_for_workers() says so: with several workers /metrics
+    labels every series by worker, so it has no webrtc_backplane_connected of its own to wait for."""
+    args = ("--redis", redis_server.url, *(("--processes", str(processes)) if processes > 1 else ()))
+    return start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info")
 
 
 def wait_for_workers(cfg: Config, server: Server, processes: int, redis_server: RedisServer) -> list[int]:
