@@ -4,51 +4,21 @@ every process (nodes, a redis-server of its own) started fresh for each measurem
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from bench import BenchError
 from bench.config import CLUSTER_LABELS, Config
 from bench.loadgen import LoadGens
-from bench.processes import RedisServer, StartError
+from bench.processes import RedisServer
 from bench.sampling import snapshot, spent
-from bench.servers import Server, start_webrtc, stop_server
+from bench.servers import Server, fresh, start_redis, start_webrtc
 from bench.workloads import Hook, check_count, metric_delta
 
 #: Given the nodes once started, the hooks to call when the measured phase starts and ends.
 Hooks = Callable[[list[Server]], tuple[Hook, Hook]]
-
-
-def start_redis(cfg: Config, name: str, cpus: tuple[int, ...] | None = None) -> RedisServer:
-    """A fresh redis-server of our own on a free port (no persistence), on the CPU of the
-    layout, or on ``cpus`` when given."""
-    server = RedisServer(
-        "--dir",
-        cfg.log_dir,
-        binary=cfg.redis_server,
-        log_path=os.path.join(cfg.log_dir, f"{name}.redis.log"),
-        spawn=cfg.children.on_cpu(cpus or cfg.cluster_cpus["redis"]),
-    )
-    try:
-        return server.start(cfg.start_timeout)
-    except StartError as exc:
-        raise BenchError(str(exc)) from None
-
-
-def stop_redis(server: RedisServer) -> None:
-    """Stop a redis-server that must still be running, and check its exit status."""
-    if server.proc is None or server.proc.poll() is not None:
-        status = server.proc.returncode if server.proc else None
-        raise BenchError(f"redis-server exited with {status} during the run:\n{server.log_tail()}")
-    status = server.stop()
-    if status not in (0, -signal.SIGTERM):
-        raise BenchError(f"redis-server stopped with exit status {status}:\n{server.log_tail()}")
 
 
 class RedisCounters:
@@ -283,60 +253,25 @@ def across_figures(run: RelayRun) -> dict[str, float]:
     return figures
 
 
-def stop_node(server: Server) -> None:
-    """stop_server(), and the node must not have lost its Redis backplane during the run.
-    Only what it logged before it was told to stop counts: a node closing its connections
-    as it shuts down may say "lost Redis" then, which loses nothing that was measured."""
-    before = server.process.output()
-    stop_server(server)
-    if "lost Redis" in before or "not reachable" in before:
-        raise BenchError(f"{server.kind} lost its Redis backplane during the run:\n{before[-3000:]}")
-
-
 def measure_cluster(
     cfg: Config, variant: str, tag: str, args: dict[str, Any] | None = None, hooks: Hooks | None = None, light: bool = True
 ) -> dict[str, float]:
     """One relay measurement: one node alone, one node with Redis, or two nodes through Redis;
     every process started fresh and stopped afterwards (nodes first, then redis-server)."""
-    args = args or cfg.relay
     cpus = cfg.cluster_cpus
-    redis_server = None
-    nodes: list[Server] = []
-    finished = False
-    try:
-        if variant != "single":
-            redis_server = start_redis(cfg, tag)
+    with fresh(f"relay, {CLUSTER_LABELS[variant]} ({tag})") as procs:
+        redis_server = start_redis(cfg, tag) if variant != "single" else None
+        procs += [redis_server] if redis_server else []
         url = redis_server.url if redis_server else None
         if variant == "cluster":
-            nodes.append(start_webrtc(cfg, f"{tag}-node1", cpus["node1"], url))
-            nodes.append(start_webrtc(cfg, f"{tag}-node2", cpus["node2"], url))
+            nodes = [start_webrtc(cfg, f"{tag}-node{n}", cpus[f"node{n}"], url) for n in (1, 2)]
         else:
-            nodes.append(start_webrtc(cfg, tag, cpus["single"], url))
+            nodes = [start_webrtc(cfg, tag, cpus["single"], url)]
+        procs += nodes
         on_ready, on_measured = hooks(nodes) if hooks else (None, None)
-        figures = run_relay_across(cfg, nodes, redis_server, tag, args, on_ready, on_measured)
+        figures = run_relay_across(cfg, nodes, redis_server, tag, args or cfg.relay, on_ready, on_measured)
         if light:
             # The same processes at light load: what a round trip costs without queueing.
             calm = run_relay_across(cfg, nodes, redis_server, f"{tag}l", cfg.cluster_light)
             figures.update({f"light_{k}": calm[k] for k in ("rtt_p50_ms", "rtt_p99_ms", "relayed_per_s")})
-        finished = True
         return figures
-    except (BenchError, redis.RedisError) as exc:
-        tails = "".join(
-            f"\nnode {n} ({'still running' if s.proc.poll() is None else f'exit status {s.proc.returncode}'}), "
-            f"end of {s.log_path}:\n{s.log_tail()}"
-            for n, s in enumerate(nodes, 1)
-        )
-        if redis_server:
-            tails += f"\nredis-server, end of {redis_server.log_path}:\n{redis_server.log_tail(10)}"
-        raise BenchError(f"relay, {CLUSTER_LABELS[variant]} ({tag}): {exc}{tails}") from None
-    finally:
-        for server in nodes:
-            if finished:
-                stop_node(server)
-            else:
-                server.process.stop(timeout=10)
-        if redis_server:
-            if finished:
-                stop_redis(redis_server)
-            else:
-                redis_server.stop()

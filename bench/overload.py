@@ -20,16 +20,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 from bench import BenchError, log
 from bench.config import LABELS, Config
 from bench.loadgen import LoadGens, split
-from bench.processes import StartError
 from bench.sampling import HZ, cpu_ticks, snapshot, spent, wait_for_quiet
-from bench.servers import Server, start_server, stop_server
+from bench.servers import Server, alive, fresh, start, start_server
 
 #: webrtc_app's RESERVED_DESCRIPTORS default (settings.py): its socket limit is the open-file
 #: limit less these. PeerJS is given the same number of sockets.
@@ -40,13 +37,6 @@ GRACE = 30
 LAG_POLL = 9.0
 #: The sockets the projection is made for.
 PROJECTED_SOCKETS = 100_000
-
-
-def scrape(server: Server) -> dict[str, float]:
-    """webrtc_app's /metrics, labelled samples included (``name{label="x"}``), as {sample: value}."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
 def labelled(metrics: dict[str, float], name: str) -> dict[str, float]:
@@ -153,38 +143,18 @@ def capacity_sockets(cfg: Config) -> tuple[int, int | None]:
 def measure_capacity(cfg: Config, kind: str, tag: str) -> dict[str, Any]:
     """Hold the capacity's sockets on a fresh server of ``kind``: the figures of docs/benchmarks.md, "capacity"."""
     sockets, limit = capacity_sockets(cfg)
-    return on_fresh_server(
-        cfg, kind, tag, limit, f"capacity against {LABELS[kind]} ({tag})", lambda server: _capacity(cfg, server, tag, sockets)
-    )
-
-
-def on_fresh_server(
-    cfg: Config, kind: str, tag: str, limit: int | None, what: str, measure: Callable[[Server], dict[str, Any]]
-) -> dict[str, Any]:
-    """``measure`` a fresh server of ``kind`` once the machine is quiet; stop it afterwards,
-    checking its exit and log, or just stop it if the measurement failed (whose error then
-    ends with the server's log)."""
     wait_for_quiet(cfg)
-    server = start_server(cfg, kind, tag, limit)
-    finished = False
-    try:
-        figures = measure(server)
-        finished = True
-        return figures
-    except BenchError as exc:
-        raise BenchError(f"{what}: {exc}\nend of the server's log:\n{server.log_tail()}") from None
-    finally:
-        if finished:
-            stop_server(server)
-        else:
-            server.process.stop(timeout=10)
+    with fresh(f"capacity against {LABELS[kind]} ({tag})") as procs:
+        server = start_server(cfg, kind, tag, limit)
+        procs.append(server)
+        return _capacity(cfg, server, tag, sockets)
 
 
 def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, Any]:
     opts = cfg.capacity
     figures: dict[str, Any] = {"per_process": descriptor_capacity()}
     if server.kind == "webrtc_app":
-        limit = int(scrape(server)["webrtc_socket_limit"])
+        limit = int(server.metrics()["webrtc_socket_limit"])
         figures["socket_limit"] = limit
         if sockets > limit:
             cfg.warn(f"capacity: {sockets:,} sockets asked, webrtc_app holds at most {limit:,}: holding {limit:,}")
@@ -217,7 +187,7 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
         settled = snapshot(pids)
         kernel1 = kernel_memory_kib()
         if server.kind == "webrtc_app":
-            held = scrape(server)["webrtc_open_sockets"]
+            held = server.metrics()["webrtc_open_sockets"]
             if held != sockets:
                 raise BenchError(f"webrtc_app says {held:g} sockets open, the load generators opened {sockets}")
         group.go()
@@ -229,7 +199,7 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
         if closes:
             raise BenchError(f"{closes} held sockets were closed by {server.kind}")
         after_hold = snapshot(pids)
-        metrics_after = scrape(server) if server.kind == "webrtc_app" else {}
+        metrics_after = server.metrics() if server.kind == "webrtc_app" else {}
         group.go()
         overflowed = group.expect("overflowed", cfg.event_timeout + opts["overflow"] * 0.5)
         group.go()
@@ -286,7 +256,7 @@ def _hold(cfg: Config, server: Server, pids: dict[str, int], seconds: float) -> 
     scraping = 0  # server CPU ticks spent answering /metrics
     next_poll = time.monotonic() + LAG_POLL
     while time.monotonic() < deadline:
-        server.check_alive()
+        alive(server)
         if server.kind == "webrtc_app" and time.monotonic() >= next_poll:
             lag, ticks = _lag_now(server)
             lags.append(lag)
@@ -307,7 +277,7 @@ def _hold(cfg: Config, server: Server, pids: dict[str, int], seconds: float) -> 
 def _lag_now(server: Server) -> tuple[float, int]:
     """webrtc_event_loop_lag_seconds now, and the server CPU ticks the read cost."""
     before = cpu_ticks(server.pid)
-    lag = scrape(server)["webrtc_event_loop_lag_seconds"]
+    lag = server.metrics()["webrtc_event_loop_lag_seconds"]
     return lag, cpu_ticks(server.pid) - before
 
 
@@ -330,12 +300,16 @@ def projection(figures: dict[str, Any]) -> dict[str, Any]:
 
 def measure_storm(cfg: Config, tag: str) -> dict[str, Any]:
     """The reconnect storm against webrtc_app: the figures of docs/benchmarks.md, "storm"."""
-    return on_fresh_server(cfg, "webrtc_app", tag, None, f"storm ({tag})", lambda server: _storm(cfg, server, tag))
+    wait_for_quiet(cfg)
+    with fresh(f"storm ({tag})") as procs:
+        server = start_server(cfg, "webrtc_app", tag)
+        procs.append(server)
+        return _storm(cfg, server, tag)
 
 
 def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
     opts = cfg.storm
-    limit = int(scrape(server)["webrtc_socket_limit"])
+    limit = int(server.metrics()["webrtc_socket_limit"])
     sockets = opts["sockets"]
     if sockets > limit:
         cfg.warn(
@@ -356,36 +330,32 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         group.expect("ready", cfg.event_timeout)
         group.go()
         group.expect("opened", cfg.event_timeout)
-        held = scrape(server)["webrtc_open_sockets"]
+        held = server.metrics()["webrtc_open_sockets"]
         if held != sockets:
             raise BenchError(f"webrtc_app says {held:g} sockets open before the restart, the load generators opened {sockets}")
         group.go()  # they now wait for every socket to be dropped and back
         probe = LagProbe(cfg, opts["timeout"] + 2 * GRACE)
         drops0 = listen_drops()
         shutdown_cpu, t_term, t_exit = _terminate(server)
-        status = server.process.stop(timeout=10)  # reaps it
+        status = server.stop(timeout=10)  # reaps it
         if status not in (0, -signal.SIGTERM):
             raise BenchError(f"webrtc_app exited with status {status} on SIGTERM:\n{server.log_tail()}")
         if "Traceback" in server.log_tail(200):
             raise BenchError(f"webrtc_app logged an error while shutting down:\n{server.log_tail()}")
-        old_log = server.log_path
-        server.process.log_path = old_log.replace(".log", "-restarted.log")
+        server.log_path = (server.log_path or "").replace(".log", "-restarted.log")
         t_spawn = time.time()
-        try:
-            server.process.start(cfg.start_timeout)
-        except StartError as exc:
-            raise BenchError(f"webrtc_app did not start again: {exc}") from None
+        start(cfg, server)
         t_ready = time.time()
         ready = snapshot({**pids, "server": server.pid})  # the new process's
         # Its worst stall so far: its start-up, and the first of the storm (the sockets queue
         # up in its backlog as soon as it listens, before it answers /healthz).
-        lag_at_ready = scrape(server)["webrtc_event_loop_lag_max_seconds"]
+        lag_at_ready = server.metrics()["webrtc_event_loop_lag_max_seconds"]
         backs = group.expect("back", opts["timeout"] + GRACE)
         at_back = snapshot({**pids, "server": server.pid})
         probe_lag = probe.stop()
         accept_drops = listen_drops() - drops0
         time.sleep(cfg.settle_seconds)
-        metrics = scrape(server)
+        metrics = server.metrics()
         group.go()
         results = group.expect("held", cfg.event_timeout)
         group.go()

@@ -18,7 +18,7 @@ from bench.cluster import measure_cluster
 from bench.config import Config
 from bench.processes import terminate
 from bench.sampling import wait_for_quiet
-from bench.servers import Server, start_server, stop_server
+from bench.servers import Server, fresh, start_server
 from bench.workloads import run_idle, run_relay
 
 
@@ -110,15 +110,15 @@ def run_profile(cfg: Config) -> dict[str, Any]:
     for name, workload, fmt, options, filename in passes:
         path = os.path.join(cfg.out_dir, filename)
         wait_for_quiet(cfg)
-        server = start_server(cfg, "webrtc_app", f"profile-{name}")
-        spy = PySpy(cfg, name, server.pid, path, fmt, options)
-        try:
-            figures = _profiled(cfg, server, workload, f"prof{name[0]}", idle_args, spy)
-        except BaseException:
-            spy.kill()
-            server.process.stop(timeout=10)
-            raise
-        stop_server(server)
+        with fresh(f"profile ({name})") as procs:
+            server = start_server(cfg, "webrtc_app", f"profile-{name}")
+            procs.append(server)
+            spy = PySpy(cfg, name, server.pid, path, fmt, options)
+            try:
+                figures = _profiled(cfg, server, workload, f"prof{name[0]}", idle_args, spy)
+            except BaseException:
+                spy.kill()
+                raise
         figures["py_spy_errors"] = spy.errors()
         results[f"{workload}_{name}"] = figures
         shown = f"{figures['relayed_per_s']:,.0f} msgs/s" if workload == "relay" else f"{figures['idle_cpu_pct']:.1f}% CPU idle"

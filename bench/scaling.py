@@ -23,25 +23,14 @@ from typing import Any
 import redis
 
 from bench import BenchError
-from bench.cluster import RelayRun, common_figures, drive_relay, redis_figures, start_redis, stop_redis
+from bench.cluster import RelayRun, common_figures, drive_relay, redis_figures
 from bench.config import REDIS_PREFIX, Config, scaling_label
 from bench.loadgen import LoadGens
 from bench.processes import RedisServer
-from bench.servers import Server, start_webrtc, stop_server
+from bench.servers import Server, alive, fresh, start_redis, start_webrtc
 
 #: What each worker logs once it serves (at INFO): its pid and its node on the backplane.
 WORKER_LISTENING = re.compile(r"webrtc_app listening on \S+ \(pid (\d+), node (\w+)\)")
-#: Lines of a worker's log that say something went wrong while it served.
-TROUBLE = ("lost Redis", "not reachable", "restarting it", "Traceback")
-
-
-def start_server(cfg: Config, processes: int, tag: str, redis_server: RedisServer) -> Server:
-    """``webrtc_server.py start PORT --redis URL --processes N`` on every CPU (not pinned to
-    one), at log level info so that each worker says its pid and node: the parent process
-    (the only one for N = 1). Ready once wait_for_workers() says so: with several workers /metrics
-    labels every series by worker, so it has no webrtc_backplane_connected of its own to wait for."""
-    args = ("--redis", redis_server.url, *(("--processes", str(processes)) if processes > 1 else ()))
-    return start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info")
 
 
 def wait_for_workers(cfg: Config, server: Server, processes: int, redis_server: RedisServer) -> list[int]:
@@ -50,8 +39,8 @@ def wait_for_workers(cfg: Config, server: Server, processes: int, redis_server: 
     workers: dict[int, str] = {}
     with redis_server.client() as client:
         while time.monotonic() < deadline:
-            server.check_alive()
-            workers = {int(pid): node for pid, node in WORKER_LISTENING.findall(server.process.output())}
+            alive(server)
+            workers = {int(pid): node for pid, node in WORKER_LISTENING.findall(server.output())}
             if len(workers) >= processes and set(client.smembers(f"{REDIS_PREFIX}nodes")) >= set(workers.values()):
                 break
             time.sleep(0.05)
@@ -136,39 +125,21 @@ def scaling_figures(run: RelayRun, processes: int, tag: str, cpus: int) -> dict[
 
 
 def measure_scaling(cfg: Config, processes: int, tag: str) -> dict[str, float]:
-    """One scaling measurement: a fresh redis-server and a fresh webrtc_app --processes N,
-    stopped afterwards (the server first), their logs checked."""
-    redis_server = start_redis(cfg, tag, cfg.scaling_cpus)
-    server: Server | None = None
-    finished = False
-    try:
-        server = start_server(cfg, processes, tag, redis_server)
+    """One scaling measurement: a fresh redis-server and a fresh ``webrtc_server.py start PORT
+    --redis URL --processes N`` on every CPU (not pinned to one), at log level info so that each
+    worker says its pid and node; stopped afterwards (the server first), their logs checked.
+    The server is ready once wait_for_workers() says so: with several workers /metrics labels
+    every series by worker, so it has no webrtc_backplane_connected of its own to wait for."""
+    with fresh(f"relay, {scaling_label(processes)} ({tag})") as procs:
+        redis_server = start_redis(cfg, tag, cfg.scaling_cpus)
+        procs.append(redis_server)
+        args = ("--redis", redis_server.url, *(("--processes", str(processes)) if processes > 1 else ()))
+        server = start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info")
+        procs.append(server)
         workers = wait_for_workers(cfg, server, processes, redis_server)
         run = run_scaled_relay(cfg, server, workers, redis_server, tag, cfg.relay)
         with redis_server.client() as client:
             nodes = client.scard(f"{REDIS_PREFIX}nodes")
         if nodes != processes:
             raise BenchError(f"{nodes} nodes on the backplane after the measurement, expected {processes}")
-        before_stop = server.process.output()
-        trouble = [line for line in before_stop.splitlines() if any(word in line for word in TROUBLE)]
-        if trouble:
-            raise BenchError("a worker logged trouble during the run:\n" + "\n".join(trouble[-20:]))
-        figures = scaling_figures(run, processes, tag, len(cfg.scaling_cpus or os.sched_getaffinity(0)))
-        finished = True
-        return figures
-    except (BenchError, redis.RedisError) as exc:
-        tail = f"\nend of {server.log_path}:\n{server.log_tail()}" if server else ""
-        raise BenchError(
-            f"relay, {scaling_label(processes)} ({tag}): {exc}{tail}\nredis-server, end of {redis_server.log_path}:\n"
-            f"{redis_server.log_tail(10)}"
-        ) from None
-    finally:
-        if server:
-            if finished:
-                stop_server(server)
-            else:
-                server.process.stop(timeout=10)
-        if finished:
-            stop_redis(redis_server)
-        else:
-            redis_server.stop()
+        return scaling_figures(run, processes, tag, len(cfg.scaling_cpus or os.sched_getaffinity(0)))

@@ -1,73 +1,48 @@
-"""The servers under test, each freshly started for a measurement and stopped after it:
-webrtc_app (tests/processes.py's ServerProcess, as the tests run it) and the PeerJS server
-(bench/peerjs_server.mjs)."""
+"""The processes of one measurement, each started fresh and stopped after it: webrtc_app
+(processes.py's ServerProcess, as the tests run it), the PeerJS server (bench/peerjs_server.mjs)
+and redis-server; ``fresh()`` stops them whatever happens and checks their exits and logs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import socket
-import subprocess
 import time
 import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
+import redis
 
 from bench import BENCH_DIR, BenchError
 from bench.config import WEBRTC_ENV, Config
-from bench.processes import Cpus, HelperProcess, ServerProcess, Spawn, StartError
+from bench.processes import Cpus, HelperProcess, RedisServer, ServerProcess, Spawn, StartError
+
+#: What webrtc_app logs when something went wrong while it served (a node, or a worker's parent).
+TROUBLE = ("lost Redis", "not reachable", "restarting it", "Traceback")
+
+P = TypeVar("P", bound=HelperProcess)
 
 
-@dataclass
-class Server:
-    """A server under test: ``kind`` is "webrtc_app" or "peerjs"."""
+class Webrtc(ServerProcess):
+    """webrtc_app under test."""
 
-    kind: str
-    process: HelperProcess
+    kind = "webrtc_app"
 
-    @property
-    def proc(self) -> subprocess.Popen[Any]:
-        assert self.process.proc is not None
-        return self.process.proc
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def port(self) -> int:
-        return self.process.port
-
-    @property
-    def ws(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> str:
-        return self.process.log_path or ""
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self.process.log_tail(lines)
-
-    def check_alive(self) -> None:
-        """Raise BenchError (with the end of its log) if the server has exited."""
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.kind} (pid {self.pid}) exited with {self.proc.returncode}:\n{self.log_tail()}")
-
-    def metrics(self) -> dict[str, float] | None:
-        """webrtc_app's /metrics as {name: value} for unlabelled samples (None for PeerJS)."""
-        if self.kind != "webrtc_app":
-            return None
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
+    def metrics(self) -> dict[str, float]:
+        """Its /metrics as {sample: value}, labelled samples too (``name{label="x"}``)."""
+        with urllib.request.urlopen(f"{self.http}/metrics", timeout=10) as response:
             text = response.read().decode()
-        return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+) (\S+)$", text, re.M)}
+        return {m.group(1): float(m.group(2)) for m in re.finditer(r"^([a-z_]+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
 class PeerJSServer(HelperProcess):
     """bench/peerjs_server.mjs: the PeerJS server as an application embeds it. It picks a free
     port and prints it; ready when that port accepts connections."""
+
+    kind = "peerjs"
 
     def __init__(self, node: str, npm_dir: str, *, log_path: str, spawn: Spawn, limit: int = 100_000) -> None:
         super().__init__(binary=node, log_path=log_path, spawn=spawn)
@@ -77,6 +52,13 @@ class PeerJSServer(HelperProcess):
     @property
     def name(self) -> str:
         return "PeerJS"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def metrics(self) -> None:
+        return None  # it has none
 
     def prepare(self) -> None:
         self.port = 0
@@ -99,9 +81,20 @@ class PeerJSServer(HelperProcess):
             return True
 
 
-def _start(process: HelperProcess, cfg: Config) -> None:
+Server = Webrtc | PeerJSServer
+
+
+def alive(process: HelperProcess) -> None:
+    """Raise BenchError (with the end of its log) if ``process`` has exited."""
+    if not process.running:
+        status = process.proc.returncode if process.proc else None
+        raise BenchError(f"{process.name} (pid {process.pid}) exited with {status}:\n{process.log_tail()}")
+
+
+def start(cfg: Config, process: P) -> P:
+    """``process`` started (StartError becomes BenchError)."""
     try:
-        process.start(cfg.start_timeout)
+        return process.start(cfg.start_timeout)
     except StartError as exc:
         raise BenchError(str(exc)) from None
 
@@ -114,72 +107,93 @@ def start_webrtc(
     args: tuple[str, ...] = (),
     log_level: str = "warning",
     limit: int | None = None,
-) -> Server:
-    """webrtc_app pinned to ``cpu``; a node of the Redis backplane at ``redis_url`` when given;
-    ``args`` are more of its options (``--processes N``); holding at most ``limit`` sockets
-    when given (WEBRTC_MAX_SOCKETS)."""
-    # At --log-level warning it prints no "listening" line: ServerProcess picks the port and waits for /healthz.
-    process = ServerProcess(
-        *(["--redis", redis_url] if redis_url else []),
-        *args,
-        env={**WEBRTC_ENV, "WEBRTC_MAX_SOCKETS": str(limit)} if limit else WEBRTC_ENV,
-        python=cfg.python,
-        cwd=cfg.server_dir,
-        log_level=log_level,
-        log_path=os.path.join(cfg.log_dir, f"{name}.log"),
-        spawn=cfg.children.on_cpu(cpu),
+    folder: str | None = None,
+) -> Webrtc:
+    """webrtc_app (from ``folder``, default cfg.server_dir) pinned to ``cpu``; a node of the
+    Redis backplane at ``redis_url`` when given, ready once /metrics says it is connected; ``args``
+    are more of its options; holding at most ``limit`` sockets when given (WEBRTC_MAX_SOCKETS).
+    At log level warning it prints no "listening" line: ServerProcess picks the port and waits for /healthz."""
+    server = start(
+        cfg,
+        Webrtc(
+            *(["--redis", redis_url] if redis_url else []),
+            *args,
+            env={**WEBRTC_ENV, "WEBRTC_MAX_SOCKETS": str(limit)} if limit else WEBRTC_ENV,
+            python=cfg.python,
+            cwd=folder or cfg.server_dir,
+            log_level=log_level,
+            log_path=os.path.join(cfg.log_dir, f"{name}.log"),
+            spawn=cfg.children.on_cpu(cpu),
+        ),
     )
-    _start(process, cfg)
-    server = Server("webrtc_app", process)
-    server.check_alive()
-    if redis_url:
-        _wait_until(
-            lambda: (server.metrics() or {}).get("webrtc_backplane_connected") == 1,
-            server,
-            "webrtc_app's Redis backplane",
-            cfg.start_timeout,
-        )
+    deadline = time.monotonic() + cfg.start_timeout
+    while redis_url and not _connected(server):
+        if not server.running or time.monotonic() > deadline:
+            why = "timed out" if server.running else "exited"
+            server.stop(timeout=10)
+            raise BenchError(f"webrtc_app's Redis backplane did not start ({why}):\n{server.output()[-3000:]}")
+        time.sleep(0.05)
     return server
 
 
-def start_peerjs(cfg: Config, name: str, limit: int | None = None) -> Server:
-    """The PeerJS server pinned to the server's CPU; holding at most ``limit`` sockets when given (concurrent_limit)."""
-    log_path = os.path.join(cfg.log_dir, f"{name}.log")
-    spawn = cfg.children.on_cpu(cfg.server_cpu)
-    process = PeerJSServer(cfg.node, cfg.npm_dir, log_path=log_path, spawn=spawn, limit=limit or 100_000)
-    _start(process, cfg)
-    return Server("peerjs", process)
+def _connected(server: Webrtc) -> bool:
+    try:
+        return server.metrics().get("webrtc_backplane_connected") == 1
+    except OSError:
+        return False
 
 
 def start_server(cfg: Config, kind: str, name: str, limit: int | None = None) -> Server:
-    """A fresh server of ``kind`` ("webrtc_app" or "peerjs") on the server's CPU; its log is ``name``.log.
-    ``limit``: the most sockets it holds (default: more than its descriptors allow)."""
+    """A fresh server under test of ``kind`` ("webrtc_app" or "peerjs") on the server's CPU; its log
+    is ``name``.log. ``limit``: the most sockets it holds (default: more than its descriptors allow)."""
     if kind == "webrtc_app":
         return start_webrtc(cfg, name, cfg.server_cpu, limit=limit)
-    return start_peerjs(cfg, name, limit)
+    spawn = cfg.children.on_cpu(cfg.server_cpu)
+    log_path = os.path.join(cfg.log_dir, f"{name}.log")
+    return start(cfg, PeerJSServer(cfg.node, cfg.npm_dir, log_path=log_path, spawn=spawn, limit=limit or 100_000))
 
 
-def stop_server(server: Server) -> None:
-    """Stop a server that must still be running, and check its exit status and its log."""
-    server.check_alive()
-    status = server.process.stop(timeout=10)
-    text = server.log_tail(200)
+def start_redis(cfg: Config, name: str, cpus: Cpus = None) -> RedisServer:
+    """A fresh redis-server of our own on a free port (no persistence), on the CPU of the
+    --cluster layout, or on ``cpus`` when given."""
+    log_path = os.path.join(cfg.log_dir, f"{name}.redis.log")
+    spawn = cfg.children.on_cpu(cpus or cfg.cluster_cpus["redis"])
+    return start(cfg, RedisServer("--dir", cfg.log_dir, binary=cfg.redis_server, log_path=log_path, spawn=spawn))
+
+
+def stop_checked(process: HelperProcess) -> None:
+    """Stop a process that must still be running: it must exit with status 0 or SIGTERM's, log no
+    error, and webrtc_app must have logged no TROUBLE before it was told to stop (a node closing
+    its connections as it shuts down may say "lost Redis", which loses nothing measured)."""
+    alive(process)
+    before = process.output() if isinstance(process, Webrtc) else ""
+    status = process.stop(timeout=10)
+    trouble = [line for line in before.splitlines() if any(word in line for word in TROUBLE)]
+    if trouble:
+        raise BenchError(f"{process.name} logged trouble while it served:\n" + "\n".join(trouble[-20:]))
+    text = process.log_tail(200)
     if "Traceback" in text or "peerjs error" in text:
-        raise BenchError(f"{server.kind} logged an error:\n{text[-3000:]}")
+        raise BenchError(f"{process.name} logged an error:\n{text[-3000:]}")
     if status not in (0, -signal.SIGTERM):
-        raise BenchError(f"{server.kind} stopped with exit status {status}:\n{text[-3000:]}")
+        raise BenchError(f"{process.name} stopped with exit status {status}:\n{text[-3000:]}")
 
 
-def _wait_until(predicate: Callable[[], bool], server: Server, what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.proc.poll() is None:
-        try:
-            if predicate():
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    status = server.proc.poll()
-    tail = server.process.output()[-3000:]
-    server.process.stop(timeout=10)
-    raise BenchError(f"{what} did not start ({'exit status ' + str(status) if status is not None else 'timed out'}):\n{tail}")
+@contextlib.contextmanager
+def fresh(what: str) -> Iterator[list[HelperProcess]]:
+    """The processes of one measurement, which the body starts and appends: stopped afterwards,
+    the last first, and checked (stop_checked) if the body succeeded. A BenchError or Redis error
+    of the body comes back as a BenchError that says ``what`` and ends with each one's log."""
+    procs: list[HelperProcess] = []
+    try:
+        yield procs
+    except BaseException as exc:
+        tails = "".join(
+            f"\n{p.name} ({'still running' if p.running else 'exited'}), end of {p.log_path}:\n{p.log_tail()}" for p in procs
+        )
+        for process in reversed(procs):
+            process.stop(timeout=10)
+        if isinstance(exc, BenchError | redis.RedisError):
+            raise BenchError(f"{what}: {exc}{tails}") from None
+        raise
+    for process in reversed(procs):
+        stop_checked(process)

@@ -12,7 +12,7 @@ from bench import BenchError
 from bench.config import LABELS, Config
 from bench.loadgen import LoadGens, merged, split
 from bench.sampling import HZ, snapshot, spent
-from bench.servers import Server, start_server, stop_server
+from bench.servers import Server, alive, fresh, start_server
 
 #: Called at a point of a measured phase (py-spy attaches and detaches through these).
 Hook = Callable[[], None] | None
@@ -161,7 +161,7 @@ def run_idle(
         h0 = snapshot(pids)
         deadline = time.monotonic() + cfg.idle_seconds
         while time.monotonic() < deadline:  # bounded: the hold window
-            server.check_alive()
+            alive(server)
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         h1 = snapshot(pids)
         if on_held:
@@ -192,27 +192,12 @@ def run_idle(
 
 
 def measure(cfg: Config, kind: str, workload: str, tag: str) -> dict[str, float]:
-    """One workload against a freshly started server, stopped afterwards; relay and calls with
-    several load generators side by side when cfg says so (loadgens.py)."""
-    server = start_server(cfg, kind, tag)
-    finished = False
-    try:
+    """One workload against a freshly started server, stopped afterwards."""
+    with fresh(f"{workload} against {LABELS[kind]} ({tag})") as procs:
+        server = start_server(cfg, kind, tag)
+        procs.append(server)
         if workload == "relay":
-            figures = run_relay(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
-        elif workload == "calls":
-            figures = run_calls(cfg, server, tag, cfg.calls_loadgens)
-        else:
-            figures = run_idle(cfg, server, tag)
-        finished = True
-        return figures
-    except BenchError as exc:
-        state = "still running" if server.proc.poll() is None else f"exited with status {server.proc.returncode}"
-        raise BenchError(
-            f"{workload} against {LABELS[kind]} ({tag}): {exc}\n"
-            f"{LABELS[kind]} {state}; end of its log {server.log_path}:\n{server.log_tail()}"
-        ) from None
-    finally:
-        if finished:
-            stop_server(server)  # checks its exit status and its log
-        else:
-            server.process.stop(timeout=10)  # the first error is the one to report
+            return run_relay(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
+        if workload == "calls":
+            return run_calls(cfg, server, tag, cfg.calls_loadgens)
+        return run_idle(cfg, server, tag)
