@@ -16,11 +16,9 @@ One concern per module, in the order a run goes through them:
     cluster.py        the relay across nodes joined by a redis-server (``--cluster``)
     scaling.py        the relay on one server of N worker processes sharing a port (``--scaling``)
     profiling.py      py-spy on webrtc_app, and its samples aggregated
-    report.py         the results and profile tables (markdown)
-    report_overload.py the capacity, storm and targets tables (markdown)
-    report_cluster.py the ``--cluster`` tables (markdown)
-    suite.py          the rounds (A B A B ...), medians and where the results are written
-    docs.py           the blocks of docs/benchmarks.md between the bench markers
+    table.py          the one table model of the results: rows of figures over columns of rounds, medians, ratios, †
+    report.py         every table of the results as markdown, from that model
+    suite.py          the rounds (A B A B ...) and where the results are written (bench/out/, docs/benchmarks.md)
 
 bench/processes.py starts and stops webrtc_app and redis-server for the tests too (tests/processes.py).
 """

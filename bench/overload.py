@@ -27,6 +27,7 @@ from bench.config import LABELS, Config
 from bench.loadgen import LoadGens, split
 from bench.sampling import HZ, cpu_ticks, snapshot, spent, wait_for_quiet
 from bench.servers import Server, alive, fresh, start, start_server
+from bench.table import LOADGEN_LIMIT
 
 #: webrtc_app's RESERVED_DESCRIPTORS default (settings.py): its socket limit is the open-file
 #: limit less these. PeerJS is given the same number of sockets.
@@ -282,7 +283,7 @@ def _lag_now(server: Server) -> tuple[float, int]:
 
 
 def projection(figures: dict[str, Any]) -> dict[str, Any]:
-    """Linear from the measured per-socket figures to PROJECTED_SOCKETS (report_overload.py says what it ignores)."""
+    """Linear from the measured per-socket figures to PROJECTED_SOCKETS (report.py says what it ignores)."""
     scale = PROJECTED_SOCKETS / figures["sockets"]
     return {
         "projected_rss_mib": figures["rss_base_mib"] + PROJECTED_SOCKETS * figures["rss_kib_per_socket_held"] / 1024,
@@ -386,15 +387,18 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
     complete = all(b["complete"] for b in backs)
     last_open = max(b["last_open_at_ms"] for b in backs) / 1000
     other = {k: n for k, n in failures.items() if k not in ("refused", "close 1013", "http 503")}
+    cpus = {cfg.loadgen_cpus[n % len(cfg.loadgen_cpus)] for n in range(count)} if cfg.loadgen_cpus else {cfg.loadgen_cpu}
+    open_after = sum(r["open"] for r in results)
     return {
         "sockets": sockets,
         "socket_limit": limit,
         "loadgens": count,
-        "loadgen_cpus": sorted({cfg.loadgen_cpus[n % len(cfg.loadgen_cpus)] for n in range(count)})
-        if cfg.loadgen_cpus
-        else [cfg.loadgen_cpu],
+        "loadgen_cpus": sorted(cpus, key=str),
+        # The storm's pace was partly the load generators' when they used (nearly) all of their CPUs.
+        "loadgen_limited": storm["loadgen_cpu_pct"] >= LOADGEN_LIMIT * len(cpus),
         "complete": complete,
-        "open_after": sum(r["open"] for r in results),
+        "open_after": open_after,
+        "not_back": None if complete else f"{open_after:,} of {sockets:,}",
         "open_sockets_metric": metrics.get("webrtc_open_sockets", float("nan")),
         "shutdown_s": t_exit - t_term,
         # When the clients saw their socket closed (100 ms bins), from SIGTERM.

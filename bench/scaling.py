@@ -108,6 +108,7 @@ def scaling_figures(run: RelayRun, processes: int, tag: str, cpus: int) -> dict[
             "sockets_max": max(per_node),
             "sockets_min": min(per_node),
             "crossed_pct": 100 * crossing / pairs,
+            "even_pct": 100 * (processes - 1) / processes,  # what an even random spread would make cross
             "probe_attempts": run.probed["attempts"],
             "probe_unavailable": run.probed["unavailable"],
             "probe_timeouts": run.probed["timeouts"],

@@ -1,6 +1,7 @@
 """The rounds of a run and where their results go: webrtc_app against PeerJS (A B A B ...),
-or ``--cluster`` (one node, one node with Redis, two nodes: A B C ...); medians, the JSON of
-every round, the markdown in bench/out/, and docs/benchmarks.md for a full run."""
+or ``--cluster`` (one node, one node with Redis, two nodes, the scaling table: A B C ...); the
+JSON of every round, the markdown in bench/out/, and for a full run docs/benchmarks.md, of which
+a run rewrites only the blocks between its own markers, never the hand-written text around them."""
 
 from __future__ import annotations
 
@@ -26,16 +27,21 @@ from bench.config import (
     scaling_key,
     scaling_label,
 )
-from bench.docs import DOCS_FILE, write_cluster_docs, write_docs
 from bench.environment import tree_state, version_of
 from bench.overload import run_overload
 from bench.profiling import run_cluster_profile, run_profile
-from bench.report import Results, profile_report, report
-from bench.report_cluster import ClusterResults, cluster_layout_text, cluster_report
-from bench.report_overload import overload_report
+from bench.report import Results, cluster_layout_text, cluster_report, profile_report, report
 from bench.sampling import wait_for_quiet
 from bench.scaling import measure_scaling
 from bench.workloads import measure
+
+DOCS_FILE = os.path.join(PROJECT_DIR, "docs", "benchmarks.md")
+RESULTS_MARKERS = ("<!-- bench:results:start -->", "<!-- bench:results:end -->")
+PROFILE_MARKERS = ("<!-- bench:profile:start -->", "<!-- bench:profile:end -->")
+CLUSTER_MARKERS = ("<!-- bench:cluster:start -->", "<!-- bench:cluster:end -->")
+
+#: One measurement of a round: (the results' server, the results' workload or variant, its label, its tag, run(tag)).
+Measurement = tuple[str, str, str, str, Callable[[str], dict[str, float]]]
 
 
 def measure_undisturbed(cfg: Config, what: str, tag: str, run: Callable[[str], dict[str, float]]) -> tuple[dict[str, float], int]:
@@ -48,11 +54,34 @@ def measure_undisturbed(cfg: Config, what: str, tag: str, run: Callable[[str], d
         if figures["other_cpu_pct"] <= cfg.max_other_cpu or attempt == cfg.retries:
             break
         redone += 1
-        log(
-            f"{what}: other processes used {figures['other_cpu_pct']:.0f}% of a core "
-            f"(over {cfg.max_other_cpu:g}%): measuring again"
-        )
+        used = figures["other_cpu_pct"]
+        log(f"{what}: other processes used {used:.0f}% of a core (over {cfg.max_other_cpu:g}%): measuring again")
     return figures, redone
+
+
+def run_rounds(cfg: Config, plan: list[Measurement]) -> tuple[Results, float, int]:
+    """cfg.rounds rounds of every measurement of ``plan``, in its order (A B C A B C ...):
+    results[server][workload] = the figures of each round; the most other processes used of a
+    core during a kept measurement, and how many measurements were redone."""
+    results: Results = defaultdict(lambda: defaultdict(list))
+    other_cpu, redone = 0.0, 0
+    for n in range(1, cfg.rounds + 1):
+        for server, what, label, tag, run in plan:
+            figures, again = measure_undisturbed(cfg, f"round {n} {label}", f"r{n}{tag}", run)
+            redone += again
+            results[server][what].append(figures)
+            other_cpu = max(other_cpu, figures["other_cpu_pct"])
+            shown = ", ".join(
+                f"{k} {v:,.2f}"
+                for k, v in figures.items()
+                if isinstance(v, int | float)
+                and k not in ("relayed", "idle_seconds")
+                and not k.startswith(("rss_mib", "probe_", "core"))
+            )
+            log(f"round {n} {label:17}: {shown}")
+            if figures["other_cpu_pct"] > cfg.max_other_cpu:
+                log(f"WARNING: other processes used {figures['other_cpu_pct']:.0f}% of a core during this measurement")
+    return results, other_cpu, redone
 
 
 def check_tree(cfg: Config, tree_before: str | None) -> None:
@@ -64,9 +93,40 @@ def check_tree(cfg: Config, tree_before: str | None) -> None:
         )
 
 
-def write_json(path: str, data: dict[str, Any]) -> None:
+def write(path: str, data: dict[str, Any] | str) -> None:
     with open(path, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, default=str)
+        if isinstance(data, str):
+            handle.write(data + "\n")
+        else:
+            json.dump(data, handle, indent=1, default=str)
+
+
+def write_docs(blocks: list[tuple[tuple[str, str], str]]) -> None:
+    """docs/benchmarks.md with each body between its markers (the block appended if they are missing)."""
+    with open(DOCS_FILE, encoding="utf-8") as handle:
+        text = handle.read()
+    for (start, end), body in blocks:
+        block = f"{start}\n{body}\n{end}"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + block + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    with open(DOCS_FILE, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def publish(
+    cfg: Config, args: argparse.Namespace, full: bool, name: str, markdown: str, blocks: list[tuple[tuple[str, str], str]]
+) -> None:
+    """The results on stdout and in bench/out/``name``; in docs/benchmarks.md too for a full run (or --write-docs)."""
+    write(os.path.join(cfg.out_dir, name), markdown)
+    print(markdown)
+    if not args.no_docs and (full or args.write_docs):
+        write_docs(blocks)
+        log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)}")
+    else:
+        log(f"results written to {os.path.relpath(cfg.out_dir, PROJECT_DIR)}/{name} only (docs not touched)")
 
 
 def run_suite(
@@ -78,70 +138,29 @@ def run_suite(
     started: float,
     tree_before: str | None,
 ) -> int:
-    """Rounds of every workload against webrtc_app then PeerJS, the profile, and the results."""
+    """Rounds of every workload against webrtc_app then PeerJS, capacity and the storm once, the
+    profile, and the results."""
     log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
-    results: Results = {kind: defaultdict(list) for kind in SERVERS}
-    other_cpu = 0.0
-    redone = 0
-    for n in range(1, cfg.rounds + 1):
-        for workload in (w for w in cfg.workloads if w in ROUND_WORKLOADS):
-            for kind in (k for k in SERVERS if k in cfg.servers):
-                figures, again = measure_undisturbed(
-                    cfg,
-                    f"round {n} {workload} {LABELS[kind]}",
-                    f"r{n}{workload[0]}{kind[0]}",
-                    functools.partial(measure, cfg, kind, workload),
-                )
-                redone += again
-                results[kind][workload].append(figures)
-                other_cpu = max(other_cpu, figures.get("other_cpu_pct", 0.0))
-                shown = ", ".join(
-                    f"{k} {v:,.2f}"
-                    for k, v in figures.items()
-                    if k not in ("relayed", "idle_seconds") and not k.startswith("rss_mib")
-                )
-                log(f"round {n} {workload:5} {LABELS[kind]:10}: {shown}")
-                if figures["other_cpu_pct"] > cfg.max_other_cpu:
-                    log(f"WARNING: other processes used {figures['other_cpu_pct']:.0f}% of a core during this measurement")
+    plan: list[Measurement] = [
+        (kind, workload, f"{workload} {LABELS[kind]}", f"{workload[0]}{kind[0]}", functools.partial(measure, cfg, kind, workload))
+        for workload in cfg.workloads
+        if workload in ROUND_WORKLOADS
+        for kind in SERVERS
+        if kind in cfg.servers
+    ]
+    results, other_cpu, redone = run_rounds(cfg, plan)
     overload = run_overload(cfg)  # capacity and storm: once each
     other_cpu = max([other_cpu, *(figures.get("other_cpu_pct", 0.0) for figures in overload.values())])
     profile = None if args.no_profile or "webrtc_app" not in cfg.servers else run_profile(cfg)
     check_tree(cfg, tree_before)
-    elapsed = time.monotonic() - started
-    results_md = (
-        report(cfg, command, results, facts, other_cpu, redone, elapsed) + "\n\n" + overload_report(cfg, results, overload)
-    )
+    results_md = report(cfg, command, results, overload, facts, other_cpu, redone, time.monotonic() - started)
     profile_md = profile_report(cfg, profile, facts) if profile else None
-    write_json(
-        os.path.join(cfg.out_dir, f"results-{stamp}.json"),
-        {
-            "command": command,
-            "facts": facts,
-            "results": results,
-            "overload": overload,
-            "profile": profile,
-            "warnings": cfg.warnings,
-        },
-    )
-    with open(os.path.join(cfg.out_dir, "results.md"), "w", encoding="utf-8") as handle:
-        handle.write(results_md + "\n\n" + (profile_md or "") + "\n")
-    print(results_md)
-    if profile_md:
-        print("\n" + profile_md)
+    data = {"command": command, "facts": facts, "results": results, "overload": overload, "profile": profile}
+    write(os.path.join(cfg.out_dir, f"results-{stamp}.json"), {**data, "warnings": cfg.warnings})
     full = not cfg.quick and set(cfg.servers) == set(SERVERS) and set(cfg.workloads) >= set(DEFAULT_WORKLOADS)
-    if not args.no_docs and (full or args.write_docs):
-        write_docs(results_md, profile_md)
-        log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)}")
-    else:
-        log(f"results written to {os.path.relpath(cfg.out_dir, PROJECT_DIR)}/results.md only (docs not touched)")
+    blocks = [(RESULTS_MARKERS, results_md)] + ([(PROFILE_MARKERS, profile_md)] if profile_md else [])
+    publish(cfg, args, full, "results.md", results_md + "\n\n" + (profile_md or ""), blocks)
     return 0
-
-
-def shown_figures(figures: dict[str, float]) -> str:
-    """One measurement across nodes, for the progress log."""
-    return ", ".join(
-        f"{k} {v:,.2f}" for k, v in figures.items() if k not in ("relayed",) and not k.startswith(("probe_", "core"))
-    )
 
 
 def run_cluster_suite(
@@ -161,54 +180,19 @@ def run_cluster_suite(
     facts["redis-server"] = version_of([cfg.redis_server, "--version"]).split(" v=")[-1].split()[0]
     facts["redis-py"] = version_of([cfg.python, "-c", "import redis; print(redis.__version__)"])
     log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {cluster_layout_text(cfg)}")
-    results: ClusterResults = defaultdict(list)
-    other_cpu = 0.0
-    redone = 0
-    for n in range(1, cfg.rounds + 1):
-        for variant in cfg.cluster_variants:
-            figures, again = measure_undisturbed(
-                cfg,
-                f"round {n} {CLUSTER_LABELS[variant]}",
-                f"r{n}{'scr'[CLUSTER_VARIANTS.index(variant)]}",
-                functools.partial(measure_cluster, cfg, variant),
-            )
-            redone += again
-            results[variant].append(figures)
-            other_cpu = max(other_cpu, figures["other_cpu_pct"])
-            log(f"round {n} {CLUSTER_LABELS[variant]:17}: {shown_figures(figures)}")
-        for processes in cfg.scaling:
-            figures, again = measure_undisturbed(
-                cfg,
-                f"round {n} {scaling_label(processes)}",
-                f"r{n}p{processes}",
-                functools.partial(measure_scaling, cfg, processes),
-            )
-            redone += again
-            results[scaling_key(processes)].append(figures)
-            other_cpu = max(other_cpu, figures["other_cpu_pct"])
-            log(f"round {n} {scaling_label(processes):17}: {shown_figures(figures)}")
+    plan: list[Measurement] = [
+        ("webrtc_app", v, CLUSTER_LABELS[v], "scr"[CLUSTER_VARIANTS.index(v)], functools.partial(measure_cluster, cfg, v))
+        for v in cfg.cluster_variants
+    ]
+    plan += [
+        ("webrtc_app", scaling_key(n), scaling_label(n), f"p{n}", functools.partial(measure_scaling, cfg, n)) for n in cfg.scaling
+    ]
+    results, other_cpu, redone = run_rounds(cfg, plan)
     profile = None if args.no_profile else run_cluster_profile(cfg)
     check_tree(cfg, tree_before)
-    elapsed = time.monotonic() - started
-    results_md = cluster_report(cfg, command, results, facts, other_cpu, redone, elapsed, profile)
-    write_json(
-        os.path.join(cfg.out_dir, f"results-cluster-{stamp}.json"),
-        {
-            "command": command,
-            "facts": facts,
-            "layout": cfg.cluster_cpus,
-            "results": results,
-            "profile": profile,
-            "warnings": cfg.warnings,
-        },
-    )
-    with open(os.path.join(cfg.out_dir, "results-cluster.md"), "w", encoding="utf-8") as handle:
-        handle.write(results_md + "\n")
-    print(results_md)
+    results_md = cluster_report(cfg, command, results, facts, other_cpu, redone, time.monotonic() - started, profile)
+    data = {"command": command, "facts": facts, "layout": cfg.cluster_cpus, "results": results, "profile": profile}
+    write(os.path.join(cfg.out_dir, f"results-cluster-{stamp}.json"), {**data, "warnings": cfg.warnings})
     full = not cfg.quick and set(cfg.cluster_variants) == set(CLUSTER_VARIANTS) and bool(cfg.scaling)
-    if not args.no_docs and (full or args.write_docs):
-        write_cluster_docs(results_md)
-        log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)} (between the bench:cluster markers)")
-    else:
-        log(f"results written to {os.path.relpath(cfg.out_dir, PROJECT_DIR)}/results-cluster.md only (docs not touched)")
+    publish(cfg, args, full, "results-cluster.md", results_md, [(CLUSTER_MARKERS, results_md)])
     return 0
