@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench import BenchError
-from bench.config import CLUSTER_LABELS, Config
+from bench.config import CLUSTER_LABELS, Config, Subject
 from bench.loadgen import LoadGens
 from bench.processes import RedisServer
 from bench.sampling import snapshot, spent
@@ -254,19 +254,25 @@ def across_figures(run: RelayRun) -> dict[str, float]:
 
 
 def measure_cluster(
-    cfg: Config, variant: str, tag: str, args: dict[str, Any] | None = None, hooks: Hooks | None = None, light: bool = True
+    cfg: Config,
+    subject: Subject,
+    variant: str,
+    tag: str,
+    args: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    light: bool = True,
 ) -> dict[str, float]:
-    """One relay measurement: one node alone, one node with Redis, or two nodes through Redis;
-    every process started fresh and stopped afterwards (nodes first, then redis-server)."""
+    """One relay measurement of a webrtc_app revision: one node alone, one node with Redis, or two
+    nodes through Redis; every process started fresh and stopped afterwards (nodes first, then redis-server)."""
     cpus = cfg.cluster_cpus
-    with fresh(f"relay, {CLUSTER_LABELS[variant]} ({tag})") as procs:
+    with fresh(f"relay, {CLUSTER_LABELS[variant]}, {subject.label} ({tag})") as procs:
         redis_server = start_redis(cfg, tag) if variant != "single" else None
         procs += [redis_server] if redis_server else []
         url = redis_server.url if redis_server else None
         if variant == "cluster":
-            nodes = [start_webrtc(cfg, f"{tag}-node{n}", cpus[f"node{n}"], url) for n in (1, 2)]
+            nodes = [start_webrtc(cfg, f"{tag}-node{n}", cpus[f"node{n}"], url, folder=subject.folder) for n in (1, 2)]
         else:
-            nodes = [start_webrtc(cfg, tag, cpus["single"], url)]
+            nodes = [start_webrtc(cfg, tag, cpus["single"], url, folder=subject.folder)]
         procs += nodes
         on_ready, on_measured = hooks(nodes) if hooks else (None, None)
         figures = run_relay_across(cfg, nodes, redis_server, tag, args or cfg.relay, on_ready, on_measured)

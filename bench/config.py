@@ -14,7 +14,6 @@ from bench import PROJECT_DIR, BenchError, log
 from bench.processes import Children
 
 SERVERS = ("webrtc_app", "peerjs")
-LABELS = {"webrtc_app": "webrtc_app", "peerjs": "PeerJS"}
 WORKLOADS = ("relay", "calls", "idle", "capacity", "storm")
 #: Measured in every round, webrtc_app then PeerJS; the others (overload.py) once per run.
 ROUND_WORKLOADS = ("relay", "calls", "idle")
@@ -57,6 +56,23 @@ WEBRTC_ENV = {
 
 
 @dataclass
+class Subject:
+    """A server under test: a webrtc_app revision (the first is "webrtc_app", each further one
+    "webrtc_app@<short sha>"), or PeerJS. ``key`` names its results and ``tag`` its measurements."""
+
+    key: str
+    label: str
+    kind: str  # "webrtc_app" or "peerjs"
+    tag: str  # "w" for the first revision, "w1", "w2", ... for the others, "p" for PeerJS
+    folder: str = PROJECT_DIR  # where webrtc_app runs from: the working tree, or the export of --rev
+    rev: str = ""  # as --rev gave it ("" for the working tree)
+    commit: str = ""  # its full commit id ("" for the working tree)
+
+
+PEERJS = Subject("peerjs", "PeerJS", "peerjs", "p")
+
+
+@dataclass
 class Config:
     """A run's sizes and settings, and the little state the whole run shares (warnings, children)."""
 
@@ -74,8 +90,7 @@ class Config:
     python: str
     node: str
     npm_dir: str = ""
-    server_dir: str = PROJECT_DIR
-    rev: str | None = None
+    subjects: list[Subject] = field(default_factory=list)  # in the order of each round (A B C ...)
     log_dir: str = ""
     out_dir: str = ""
     server_cpu: int | None = 0
@@ -107,6 +122,11 @@ class Config:
     loadgen_cpus: tuple[int | None, ...] = ()  # empty: loadgen_cpu
     capacity: dict[str, Any] = field(default_factory=dict)
     storm: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def revisions(self) -> list[Subject]:
+        """The webrtc_app revisions measured (the first is "webrtc_app")."""
+        return [s for s in self.subjects if s.kind == "webrtc_app"]
 
     @property
     def idle_steps(self) -> list[int]:

@@ -12,9 +12,10 @@ import platform
 import re
 import resource
 import subprocess
+import tempfile
 
 from bench import PROJECT_DIR, BenchError, log
-from bench.config import Config
+from bench.config import Config, Subject
 
 NOFILE = 200_000
 
@@ -47,9 +48,10 @@ def machine_facts(cfg: Config) -> dict[str, str]:
     with open("/proc/meminfo", encoding="ascii") as meminfo:
         mem_kib = int(meminfo.readline().split()[1])
     tornado = version_of([cfg.python, "-c", "import tornado; print(tornado.version)"])
-    commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--short", cfg.rev or "HEAD"])
+    first = cfg.revisions[0] if cfg.revisions else None
+    commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--short", first.commit if first and first.commit else "HEAD"])
     dirty = 0
-    if not cfg.rev:
+    if first and not first.commit:
         # Uncommitted changes to the server's files (tracked or not), outside bench/ and this doc.
         status = version_of(["git", "-C", PROJECT_DIR, "status", "--porcelain", "--", ".", ":!bench", ":!docs/benchmarks.md"])
         dirty = bool(status.strip())
@@ -65,6 +67,7 @@ def machine_facts(cfg: Config) -> dict[str, str]:
         "ws (load generator)": npm_version(cfg, "loadgen", "ws"),
         "ws (inside peer)": npm_version(cfg, "peer", "ws"),
         "webrtc_app commit": commit + (" plus uncommitted changes (working tree)" if dirty else ""),
+        **({"also measured": ", ".join(f"{s.label} (`--rev {s.rev}`)" for s in cfg.revisions[1:])} if cfg.revisions[1:] else {}),
     }
 
 
@@ -112,23 +115,32 @@ def tree_state() -> str:
     return digest.hexdigest()
 
 
-def resolve_revision(rev: str) -> str:
-    """The full commit id of ``rev``, resolved once so that the export and the commit named in
-    the results agree even if someone commits meanwhile."""
-    commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--verify", f"{rev}^{{commit}}"])
-    if not re.fullmatch(r"[0-9a-f]{40}", commit):
-        raise BenchError(f"{rev!r} is not a revision of {PROJECT_DIR}")
-    return commit
-
-
-def export_revision(rev: str, folder: str) -> None:
-    """Unpack ``rev`` of this repository into ``folder`` (read-only for the repository)."""
-    archive = subprocess.run(["git", "-C", PROJECT_DIR, "archive", "--format=tar", rev], capture_output=True, timeout=120)
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {rev} failed: {archive.stderr.decode(errors='replace')}")
-    unpack = subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, capture_output=True, timeout=120)
-    if unpack.returncode != 0:
-        raise BenchError(f"cannot unpack {rev}: {unpack.stderr.decode(errors='replace')}")
+def revisions(revs: list[str], temporary: list[str]) -> list[Subject]:
+    """The webrtc_app revisions to measure: the working tree without --rev, else each --rev,
+    resolved once (so that the export and the commit named in the results agree even if someone
+    commits meanwhile) and exported with ``git archive`` into a temporary folder, appended to
+    ``temporary`` (the checkout is only read). The first is "webrtc_app", the others
+    "webrtc_app@<short sha>"."""
+    if not revs:
+        return [Subject("webrtc_app", "webrtc_app", "webrtc_app", "w")]
+    subjects: list[Subject] = []
+    for n, rev in enumerate(revs):
+        commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--verify", f"{rev}^{{commit}}"])
+        if not re.fullmatch(r"[0-9a-f]{40}", commit):
+            raise BenchError(f"{rev!r} is not a revision of {PROJECT_DIR}")
+        label = f"webrtc_app@{version_of(['git', '-C', PROJECT_DIR, 'rev-parse', '--short', commit])}" if n else "webrtc_app"
+        if label in (s.label for s in subjects):
+            raise BenchError(f"--rev {rev}: {label} is measured already")
+        folder = tempfile.mkdtemp(prefix="webrtc-bench-server-")
+        temporary.append(folder)
+        archive = subprocess.run(["git", "-C", PROJECT_DIR, "archive", "--format=tar", commit], capture_output=True, timeout=120)
+        if archive.returncode != 0:
+            raise BenchError(f"git archive {rev} failed: {archive.stderr.decode(errors='replace')}")
+        unpack = subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, capture_output=True, timeout=120)
+        if unpack.returncode != 0:
+            raise BenchError(f"cannot unpack {rev}: {unpack.stderr.decode(errors='replace')}")
+        subjects.append(Subject(label, label, "webrtc_app", f"w{n or ''}", folder, rev, commit))
+    return subjects
 
 
 def raise_open_files(sockets: int) -> int:

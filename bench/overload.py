@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from bench import BenchError, log
-from bench.config import LABELS, Config
+from bench.config import Config, Subject
 from bench.loadgen import LoadGens, split
 from bench.sampling import HZ, cpu_ticks, snapshot, spent, wait_for_quiet
 from bench.servers import Server, alive, fresh, start, start_server
@@ -141,12 +141,12 @@ def capacity_sockets(cfg: Config) -> tuple[int, int | None]:
     return asked, asked
 
 
-def measure_capacity(cfg: Config, kind: str, tag: str) -> dict[str, Any]:
-    """Hold the capacity's sockets on a fresh server of ``kind``: the figures of docs/benchmarks.md, "capacity"."""
+def measure_capacity(cfg: Config, subject: Subject, tag: str) -> dict[str, Any]:
+    """Hold the capacity's sockets on a fresh server: the figures of docs/benchmarks.md, "capacity"."""
     sockets, limit = capacity_sockets(cfg)
     wait_for_quiet(cfg)
-    with fresh(f"capacity against {LABELS[kind]} ({tag})") as procs:
-        server = start_server(cfg, kind, tag, limit)
+    with fresh(f"capacity against {subject.label} ({tag})") as procs:
+        server = start_server(cfg, subject, tag, limit)
         procs.append(server)
         return _capacity(cfg, server, tag, sockets)
 
@@ -299,11 +299,11 @@ def projection(figures: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- storm
 
 
-def measure_storm(cfg: Config, tag: str) -> dict[str, Any]:
-    """The reconnect storm against webrtc_app: the figures of docs/benchmarks.md, "storm"."""
+def measure_storm(cfg: Config, subject: Subject, tag: str) -> dict[str, Any]:
+    """The reconnect storm against a webrtc_app revision: the figures of docs/benchmarks.md, "storm"."""
     wait_for_quiet(cfg)
-    with fresh(f"storm ({tag})") as procs:
-        server = start_server(cfg, "webrtc_app", tag)
+    with fresh(f"storm against {subject.label} ({tag})") as procs:
+        server = start_server(cfg, subject, tag)
         procs.append(server)
         return _storm(cfg, server, tag)
 
@@ -459,20 +459,20 @@ def _terminate(server: Server, timeout: float = 30) -> tuple[float, float, float
 # ---------------------------------------------------------------- the run's part
 
 
-def run_overload(cfg: Config) -> dict[str, dict[str, Any]]:
-    """Capacity (each server, once) and the storm (webrtc_app, once), as cfg.workloads asks."""
-    found: dict[str, dict[str, Any]] = {}
-    if "capacity" in cfg.workloads:
-        for kind in (k for k in ("webrtc_app", "peerjs") if k in cfg.servers):
-            figures = found[kind] = measure_capacity(cfg, kind, f"cap{kind[0]}")
-            log(
-                f"capacity {LABELS[kind]}: {figures['sockets']:,} sockets, {figures['rss_kib_per_socket_held']:.1f} KiB each, "
-                f"{figures['hold_cpu_pct']:.2f}% of a core holding, overflow {figures['overflow_outcomes']}"
-            )
-    if "storm" in cfg.workloads and "webrtc_app" in cfg.servers:
-        storm = found["storm"] = measure_storm(cfg, "storm")
+def run_overload(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
+    """Capacity (each server, once) and the storm (each webrtc_app revision, once), as cfg.workloads
+    asks: {"capacity": {server: figures}, "storm": {server: figures}}."""
+    found: dict[str, dict[str, dict[str, Any]]] = {"capacity": {}, "storm": {}}
+    for subject in cfg.subjects if "capacity" in cfg.workloads else []:
+        figures = found["capacity"][subject.key] = measure_capacity(cfg, subject, f"cap{subject.tag}")
         log(
-            f"storm: {storm['sockets']:,} sockets, back {storm['back_s']:.1f} s after SIGTERM, failed tries "
+            f"capacity {subject.label}: {figures['sockets']:,} sockets, {figures['rss_kib_per_socket_held']:.1f} KiB each, "
+            f"{figures['hold_cpu_pct']:.2f}% of a core holding, overflow {figures['overflow_outcomes']}"
+        )
+    for subject in cfg.revisions if "storm" in cfg.workloads else []:
+        storm = found["storm"][subject.key] = measure_storm(cfg, subject, f"storm{subject.tag[1:]}")
+        log(
+            f"storm {subject.label}: {storm['sockets']:,} sockets, back {storm['back_s']:.1f} s after SIGTERM, failed tries "
             f"{storm['failures']}, worst stall {storm['lag_max_ms']:.0f} ms"
         )
     return found

@@ -111,7 +111,7 @@ def run_profile(cfg: Config) -> dict[str, Any]:
         path = os.path.join(cfg.out_dir, filename)
         wait_for_quiet(cfg)
         with fresh(f"profile ({name})") as procs:
-            server = start_server(cfg, "webrtc_app", f"profile-{name}")
+            server = start_server(cfg, cfg.revisions[0], f"profile-{name}")
             procs.append(server)
             spy = PySpy(cfg, name, server.pid, path, fmt, options)
             try:
@@ -150,7 +150,7 @@ def run_cluster_profile(cfg: Config) -> dict[str, Any]:
 
     wait_for_quiet(cfg)
     try:
-        figures = measure_cluster(cfg, "cluster", "profc", cfg.cluster_profile_relay, hooks, light=False)
+        figures = measure_cluster(cfg, cfg.revisions[0], "cluster", "profc", cfg.cluster_profile_relay, hooks, light=False)
     finally:
         for spy in spies:
             spy.kill()

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from dataclasses import replace
 from typing import Any
 
 from bench import PROJECT_DIR
-from bench.config import CLUSTER_LABELS, LABELS, ROUND_WORKLOADS, SERVERS, Config, scaling_key, scaling_label
+from bench.config import CLUSTER_LABELS, ROUND_WORKLOADS, Config, Subject, scaling_key, scaling_label
 from bench.environment import version_of
 from bench.overload import PROJECTED_SOCKETS, open_files_limit
 from bench.profiling import py_spy_path
@@ -44,17 +45,12 @@ def kinds(counts: dict[str, Any]) -> str:
     return ", ".join(f"{kind} {n:,.0f}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
 
 
-def servers(cfg: Config) -> list[tuple[str, str]]:
-    """The servers measured, as (key of the results, label)."""
-    return [(kind, LABELS[kind]) for kind in SERVERS if kind in cfg.servers]
-
-
-def columns_of(cfg: Config, results: Results) -> tuple[list[Column], list[Ratio]]:
-    """A column per server, and webrtc_app's ratio to each of the others."""
-    measured = [(key, label) for key, label in servers(cfg) if key in results]
-    columns = [Column(label, results[key]) for key, label in measured]
-    first = columns[0] if measured and measured[0][0] == "webrtc_app" else None
-    return columns, [Ratio(f"{first.label} / {c.label}", first, c) for c in columns if first and c is not first]
+def columns_of(subjects: list[Subject], results: Results) -> tuple[list[Column], list[Ratio]]:
+    """A column per server measured, and webrtc_app's ratio to each of the others (PeerJS first)."""
+    columns = [Column(s.label, results[s.key]) for s in subjects if s.key in results]
+    first = columns[0] if columns and columns[0].label == "webrtc_app" else None
+    others = sorted((c for c in columns if first and c is not first), key=lambda c: c.label != "PeerJS")
+    return columns, [Ratio(f"{first.label} / {c.label}", first, c) for c in others if first]
 
 
 def header(command: str, how: str, facts: dict[str, str], where: str) -> list[str]:
@@ -133,7 +129,8 @@ def rounds_text(cfg: Config) -> str:
     """How the measurements were repeated: rounds for relay, calls and idle, once for the others."""
     each = [w for w in cfg.workloads if w in ROUND_WORKLOADS]
     once = [w for w in cfg.workloads if w not in ROUND_WORKLOADS]
-    parts = [f"{cfg.rounds} rounds of {', '.join(each)}, A B A B; medians"] if each else []
+    order = " ".join(string.ascii_uppercase[: len(cfg.subjects)])
+    parts = [f"{cfg.rounds} rounds of {', '.join(each)}, {order} {order}; medians"] if each else []
     return "; ".join(parts + ([f"{' and '.join(once)} once"] if once else [])) or "nothing measured"
 
 
@@ -156,7 +153,7 @@ def report(
     """The block between the bench:results markers: command, machine, sizes, tables, warnings,
     then capacity, the storm and the targets."""
     relay, calls = cfg.relay, cfg.calls
-    columns, ratios = columns_of(cfg, results)
+    columns, ratios = columns_of(cfg.subjects, results)
     rows = result_rows(cfg)
     lines = [
         *header(command, f"{rounds_text(cfg)}; {elapsed / 60:.1f} minutes", facts, pinning(cfg)),
@@ -298,30 +295,28 @@ def storm_rows(storms: list[Column]) -> list[Row]:
 def overload_report(cfg: Config, results: Results, overload: Overload) -> str:
     """The capacity and storm sections and the targets, for the end of the results block."""
     lines: list[str] = []
-    capacity = [(key, label) for key, label in servers(cfg) if key in overload]
+    capacity = [s for s in cfg.subjects if s.key in overload["capacity"]]
     if capacity:
-        first = overload[capacity[0][0]]
-        columns, ratios = columns_of(cfg, {key: {"": [overload[key]]} for key, _ in capacity})
-        rows = [
-            *CAPACITY_ROWS,
-            Row("overflow_outcomes", f"how the {first.get('overflow', 0):,} sockets beyond the limit were answered", kinds),
-        ]
+        first = overload["capacity"][capacity[0].key]
+        columns, ratios = columns_of(capacity, {s.key: {"": [overload["capacity"][s.key]]} for s in capacity})
+        answered = f"how the {first.get('overflow', 0):,} sockets beyond the limit were answered"
         lines += [
             f"**Capacity** (one run per server: {first['sockets']:,} idle sockets from {first['loadgens']} load generators, "
             f"held {cfg.capacity['seconds']:g} s, then {first.get('overflow', 0):,} more):",
             "",
-            medians(rows, columns, ratios),
+            medians([*CAPACITY_ROWS, Row("overflow_outcomes", answered, kinds)], columns, ratios),
             "",
-            *(line for key, label in capacity for line in (projection_text(overload[key], label), "")),
+            *(line for s in capacity for line in (projection_text(overload["capacity"][s.key], s.label), "")),
             PROJECTION_CAVEATS,
             "",
         ]
-    storm = overload.get("storm")
-    if storm:
-        columns = [Column.of("webrtc_app", [storm])]
+    storms = [s for s in cfg.revisions if s.key in overload["storm"]]
+    if storms:
+        storm = overload["storm"][storms[0].key]
+        columns = [Column.of(s.label, [overload["storm"][s.key]]) for s in storms]
         lines += [
-            f"**Reconnect storm** (webrtc_app; {storm['sockets']:,} sockets, the server restarted with SIGTERM and started "
-            "again on the same port, every client reconnecting with the pages' backoff):",
+            f"**Reconnect storm** ({' and '.join(s.label for s in storms)}; {storm['sockets']:,} sockets, the server "
+            "restarted with SIGTERM and started again on the same port, every client reconnecting with the pages' backoff):",
             "",
             medians(storm_rows(columns), columns, keep=True),
             "",
@@ -340,7 +335,8 @@ def _loadgen_limited(results: Results, key: str) -> str | None:
     loadgen = _median(results, key, "calls", "loadgen_cpu_pct")
     server = _median(results, key, "calls", "server_cpu_pct")
     if loadgen is not None and loadgen >= LOADGEN_LIMIT and (server is None or server < LOADGEN_LIMIT):
-        return f"the load generators used {loadgen:.0f}% of their core and {LABELS[key]} {server or 0:.0f}% of its own"
+        label = {"peerjs": "PeerJS"}.get(key, key)
+        return f"the load generators used {loadgen:.0f}% of their core and {label} {server or 0:.0f}% of its own"
     return None
 
 
@@ -405,7 +401,7 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
                     "yes" if per10k < HEARTBEAT_PCT_PER_10K else "**no**",
                 ]
             )
-    mine, theirs = overload.get("webrtc_app", {}), overload.get("peerjs", {})
+    mine, theirs = overload["capacity"].get("webrtc_app", {}), overload["capacity"].get("peerjs", {})
     if mine or theirs:
         n = mine.get("sockets") or theirs.get("sockets") or 0
         a, b = mine.get("rss_kib_per_socket_held"), theirs.get("rss_kib_per_socket_held")
@@ -422,7 +418,7 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
                     "yes" if per10k < HEARTBEAT_PCT_PER_10K else "**no**",
                 ]
             )
-    storm = overload.get("storm")
+    storm = overload["storm"].get("webrtc_app")
     if storm:
         back = storm["back_s"]
         wrong = storm["refused_after_ready"] + storm["server_full"] + storm["unavailable"] + storm["other_failures"]
@@ -691,17 +687,20 @@ def cluster_report(
 ) -> str:
     """The block between the bench:cluster markers: command, machine, sizes, tables, profiles."""
     relay, light = cfg.relay, cfg.cluster_light
-    runs = results.get("webrtc_app", {})
-    variants = [Column.of(CLUSTER_LABELS[v], runs.get(v, [])) for v in cfg.cluster_variants]
-    by = dict(zip(cfg.cluster_variants, variants, strict=True))
-    for column in variants:
-        column.base = by.get("single")
-    first = scaling_label(cfg.scaling[0]) if cfg.scaling else ""
-    scaled = [Column.of(scaling_label(n), runs.get(scaling_key(n), [])) for n in cfg.scaling]
-    for column in scaled:
-        column.base = scaled[0]
-    attempts, unavailable, timeouts = probes(runs.get("cluster", []))
-    order = " ".join("ABCDEFGHIJ"[: len(cfg.cluster_variants) + len(cfg.scaling)]) + " ..."
+    revs = cfg.revisions
+    variants: dict[str, dict[str, Column]] = {}  # by revision, by variant
+    scaled: dict[str, list[Column]] = {}  # by revision, by process count
+    for rev in revs:
+        runs, suffix = results.get(rev.key, {}), "" if rev is revs[0] else f", {rev.label}"
+        by = variants[rev.key] = {v: Column.of(CLUSTER_LABELS[v] + suffix, runs.get(v, [])) for v in cfg.cluster_variants}
+        for column in by.values():
+            column.base = by.get("single")
+        counts = scaled[rev.key] = [Column.of(scaling_label(n) + suffix, runs.get(scaling_key(n), [])) for n in cfg.scaling]
+        for column in counts:
+            column.base = counts[0]
+    across = [run for by in variants.values() for run in by["cluster"].runs[""]]
+    attempts, unavailable, timeouts = probes(across)
+    order = " ".join(string.ascii_uppercase[: len(revs) * (len(cfg.cluster_variants) + len(cfg.scaling))]) + " ..."
     lines = [
         *header(command, f"{cfg.rounds} rounds, {order}; medians; {elapsed / 60:.1f} minutes", facts, cluster_layout_text(cfg)),
         "",
@@ -713,14 +712,18 @@ def cluster_report(
         f"(+{light['warmup']} warm-up), window {light['window']}.",
         "",
         f"No loss: across nodes the load generator probed every pair until a message got through both ways before the "
-        f"warm-up ({attempts:,} probes for {len(runs.get('cluster', [])) * relay['pairs']:,} pairs over "
-        f"{len(runs.get('cluster', []))} measurement(s), {unavailable} PEER-UNAVAILABLE notice(s) and {timeouts} silent "
+        f"warm-up ({attempts:,} probes for {len(across) * relay['pairs']:,} pairs over "
+        f"{len(across)} measurement(s), {unavailable} PEER-UNAVAILABLE notice(s) and {timeouts} silent "
         "probe(s) during the probes); from then on no notice arrived, every message arrived once and in order, and each "
         "node's /metrics counted exactly the messages its sockets sent, none undelivered, no backplane error.",
         "",
         disturbed(cfg, other_cpu, redone),
     ]
-    targets = cluster_targets(by.get("single"), by.get("single_redis"), by["cluster"])
+    targets = []
+    for rev in revs:
+        by = variants[rev.key]
+        rows = cluster_targets(by.get("single"), by.get("single_redis"), by["cluster"])
+        targets += [[f"{row[0]} ({rev.label})" if rev is not revs[0] else row[0], *row[1:]] for row in rows]
     if targets:
         lines += [
             "",
@@ -729,12 +732,29 @@ def cluster_report(
             markdown(["target", "measured (medians)", "target", "met"], targets),
         ]
     skip = frozenset({"us_node1", "us_node2", "us_redis"})  # a node's own CPU against the single node's only process
-    ratios = [Ratio("2 nodes / 1 node", by["cluster"], by["single"], skip)] if "single" in by else []
-    lines += ["", medians(CLUSTER_ROWS + core_rows(variants), variants, ratios, note=CLUSTER_NOTE)]
+    ratios = [
+        Ratio("2 nodes / 1 node" + ("" if rev is revs[0] else f", {rev.label}"), by["cluster"], by["single"], skip)
+        for rev in revs
+        if "single" in (by := variants[rev.key])
+    ]
+    ratios += [
+        Ratio(f"{revs[0].label} / {rev.label}, {CLUSTER_LABELS[v]}", variants[revs[0].key][v], variants[rev.key][v])
+        for rev in revs[1:]
+        for v in cfg.cluster_variants
+    ]
+    columns = [column for by in variants.values() for column in by.values()]
+    lines += ["", medians(CLUSTER_ROWS + core_rows(columns), columns, ratios, note=CLUSTER_NOTE)]
+    every = [column for counts in scaled.values() for column in counts]
     if cfg.scaling:
         counts = ", ".join(str(n) for n in cfg.scaling)
-        attempts, unavailable, timeouts = probes([run for c in scaled for run in c.runs[""]])
+        attempts, unavailable, timeouts = probes([run for c in every for run in c.runs[""]])
+        first = scaling_label(cfg.scaling[0])
         rows = [replace(row, label=row.label.format(first=first)) for row in SCALING_ROWS]
+        versus = [
+            Ratio(f"{revs[0].label} / {rev.label}, {scaling_label(n)}", scaled[revs[0].key][i], scaled[rev.key][i])
+            for rev in revs[1:]
+            for i, n in enumerate(cfg.scaling)
+        ]
         lines += [
             "",
             f"**Scaling over worker processes** (`--scaling {','.join(str(n) for n in cfg.scaling)}`): one "
@@ -744,20 +764,20 @@ def cluster_report(
             "which worker gets each, and every message of a pair whose two sockets landed on different workers crosses "
             "nodes. Where each socket is comes from the backplane's directory in Redis. CPU is that of every worker, their "
             "parent, redis-server and the load generator, from `/proc`; all of them share the CPUs. Checks: "
-            f"every pair probed first ({attempts:,} probes over {sum(len(c.runs['']) for c in scaled)} measurement(s), "
+            f"every pair probed first ({attempts:,} probes over {sum(len(c.runs['']) for c in every)} measurement(s), "
             f"{unavailable} PEER-UNAVAILABLE notice(s) and {timeouts} silent probe(s)); then the load generator's (every "
             "message once, in order, no notice), Redis's (no command failed, every worker a node of the backplane from "
             "start to end, no socket moved in the directory) and the logs' (no worker lost Redis or restarted). The "
             "workers' `/metrics` are not read: each is one worker's, and a scrape of the shared port reaches whichever "
             "worker accepts it.",
             "",
-            medians(rows + core_rows(scaled), scaled, note=CLUSTER_NOTE),
+            medians(rows + core_rows(every), every, versus, note=CLUSTER_NOTE),
         ]
     each = {r.key: r for r in reversed(CLUSTER_ROWS + SCALING_ROWS) if r.better}  # the first row of each figure
     each["us_workers"] = replace(each["us_workers"], label="CPU µs per relayed msg: workers")
     keys = [r.key for r in CLUSTER_ROWS + SCALING_ROWS]
     each_round = sorted(each.values(), key=lambda r: keys.index(r.key))
-    lines += ["", "<details><summary>Each round</summary>", "", rounds(each_round, variants + scaled), "", "</details>"]
+    lines += ["", "<details><summary>Each round</summary>", "", rounds(each_round, columns + every), "", "</details>"]
     if profile:
         figures = profile["figures"]
         lines += [

@@ -24,7 +24,7 @@ import redis
 
 from bench import BenchError
 from bench.cluster import RelayRun, common_figures, drive_relay, redis_figures
-from bench.config import REDIS_PREFIX, Config, scaling_label
+from bench.config import REDIS_PREFIX, Config, Subject, scaling_label
 from bench.loadgen import LoadGens
 from bench.processes import RedisServer
 from bench.servers import Server, alive, fresh, start_redis, start_webrtc
@@ -125,17 +125,17 @@ def scaling_figures(run: RelayRun, processes: int, tag: str, cpus: int) -> dict[
     return figures
 
 
-def measure_scaling(cfg: Config, processes: int, tag: str) -> dict[str, float]:
+def measure_scaling(cfg: Config, subject: Subject, processes: int, tag: str) -> dict[str, float]:
     """One scaling measurement: a fresh redis-server and a fresh ``webrtc_server.py start PORT
     --redis URL --processes N`` on every CPU (not pinned to one), at log level info so that each
     worker says its pid and node; stopped afterwards (the server first), their logs checked.
     The server is ready once wait_for_workers() says so: with several workers /metrics labels
     every series by worker, so it has no webrtc_backplane_connected of its own to wait for."""
-    with fresh(f"relay, {scaling_label(processes)} ({tag})") as procs:
+    with fresh(f"relay, {scaling_label(processes)}, {subject.label} ({tag})") as procs:
         redis_server = start_redis(cfg, tag, cfg.scaling_cpus)
         procs.append(redis_server)
         args = ("--redis", redis_server.url, *(("--processes", str(processes)) if processes > 1 else ()))
-        server = start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info")
+        server = start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info", folder=subject.folder)
         procs.append(server)
         workers = wait_for_workers(cfg, server, processes, redis_server)
         run = run_scaled_relay(cfg, server, workers, redis_server, tag, cfg.relay)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from bench import BENCH_DIR, BenchError
-from bench.config import WEBRTC_ENV, Config
+from bench.config import WEBRTC_ENV, Config, Subject
 from bench.processes import Cpus, HelperProcess, RedisServer, ServerProcess, Spawn, StartError
 
 #: What webrtc_app logs when something went wrong while it served (a node, or a worker's parent).
@@ -109,7 +109,7 @@ def start_webrtc(
     limit: int | None = None,
     folder: str | None = None,
 ) -> Webrtc:
-    """webrtc_app (from ``folder``, default cfg.server_dir) pinned to ``cpu``; a node of the
+    """webrtc_app (from ``folder``, default the first revision's) pinned to ``cpu``; a node of the
     Redis backplane at ``redis_url`` when given, ready once /metrics says it is connected; ``args``
     are more of its options; holding at most ``limit`` sockets when given (WEBRTC_MAX_SOCKETS).
     At log level warning it prints no "listening" line: ServerProcess picks the port and waits for /healthz."""
@@ -120,7 +120,7 @@ def start_webrtc(
             *args,
             env={**WEBRTC_ENV, "WEBRTC_MAX_SOCKETS": str(limit)} if limit else WEBRTC_ENV,
             python=cfg.python,
-            cwd=folder or cfg.server_dir,
+            cwd=folder or cfg.revisions[0].folder,
             log_level=log_level,
             log_path=os.path.join(cfg.log_dir, f"{name}.log"),
             spawn=cfg.children.on_cpu(cpu),
@@ -143,11 +143,11 @@ def _connected(server: Webrtc) -> bool:
         return False
 
 
-def start_server(cfg: Config, kind: str, name: str, limit: int | None = None) -> Server:
-    """A fresh server under test of ``kind`` ("webrtc_app" or "peerjs") on the server's CPU; its log
-    is ``name``.log. ``limit``: the most sockets it holds (default: more than its descriptors allow)."""
-    if kind == "webrtc_app":
-        return start_webrtc(cfg, name, cfg.server_cpu, limit=limit)
+def start_server(cfg: Config, subject: Subject, name: str, limit: int | None = None) -> Server:
+    """A fresh server under test (a webrtc_app revision, or PeerJS) on the server's CPU; its log is
+    ``name``.log. ``limit``: the most sockets it holds (default: more than its descriptors allow)."""
+    if subject.kind == "webrtc_app":
+        return start_webrtc(cfg, name, cfg.server_cpu, limit=limit, folder=subject.folder)
     spawn = cfg.children.on_cpu(cfg.server_cpu)
     log_path = os.path.join(cfg.log_dir, f"{name}.log")
     return start(cfg, PeerJSServer(cfg.node, cfg.npm_dir, log_path=log_path, spawn=spawn, limit=limit or 100_000))

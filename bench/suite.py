@@ -20,7 +20,6 @@ from bench.config import (
     CLUSTER_LABELS,
     CLUSTER_VARIANTS,
     DEFAULT_WORKLOADS,
-    LABELS,
     ROUND_WORKLOADS,
     SERVERS,
     Config,
@@ -50,7 +49,7 @@ def measure_undisturbed(cfg: Config, what: str, tag: str, run: Callable[[str], d
     redone = 0
     for attempt in range(1 + cfg.retries):
         wait_for_quiet(cfg)
-        figures = run(f"{tag}{attempt or ''}")
+        figures = run(tag=f"{tag}{attempt or ''}")
         if figures["other_cpu_pct"] <= cfg.max_other_cpu or attempt == cfg.retries:
             break
         redone += 1
@@ -142,16 +141,15 @@ def run_suite(
     profile, and the results."""
     log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     plan: list[Measurement] = [
-        (kind, workload, f"{workload} {LABELS[kind]}", f"{workload[0]}{kind[0]}", functools.partial(measure, cfg, kind, workload))
+        (s.key, workload, f"{workload} {s.label}", f"{workload[0]}{s.tag}", functools.partial(measure, cfg, s, workload))
         for workload in cfg.workloads
         if workload in ROUND_WORKLOADS
-        for kind in SERVERS
-        if kind in cfg.servers
+        for s in cfg.subjects
     ]
     results, other_cpu, redone = run_rounds(cfg, plan)
     overload = run_overload(cfg)  # capacity and storm: once each
-    other_cpu = max([other_cpu, *(figures.get("other_cpu_pct", 0.0) for figures in overload.values())])
-    profile = None if args.no_profile or "webrtc_app" not in cfg.servers else run_profile(cfg)
+    other_cpu = max([other_cpu, *(figures.get("other_cpu_pct", 0.0) for once in overload.values() for figures in once.values())])
+    profile = None if args.no_profile or not cfg.revisions else run_profile(cfg)
     check_tree(cfg, tree_before)
     results_md = report(cfg, command, results, overload, facts, other_cpu, redone, time.monotonic() - started)
     profile_md = profile_report(cfg, profile, facts) if profile else None
@@ -180,13 +178,18 @@ def run_cluster_suite(
     facts["redis-server"] = version_of([cfg.redis_server, "--version"]).split(" v=")[-1].split()[0]
     facts["redis-py"] = version_of([cfg.python, "-c", "import redis; print(redis.__version__)"])
     log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {cluster_layout_text(cfg)}")
-    plan: list[Measurement] = [
-        ("webrtc_app", v, CLUSTER_LABELS[v], "scr"[CLUSTER_VARIANTS.index(v)], functools.partial(measure_cluster, cfg, v))
-        for v in cfg.cluster_variants
-    ]
-    plan += [
-        ("webrtc_app", scaling_key(n), scaling_label(n), f"p{n}", functools.partial(measure_scaling, cfg, n)) for n in cfg.scaling
-    ]
+    several = len(cfg.revisions) > 1
+    plan: list[Measurement] = []
+    for what, label, tag, run in [
+        *(
+            (v, CLUSTER_LABELS[v], "scr"[CLUSTER_VARIANTS.index(v)], functools.partial(measure_cluster, variant=v))
+            for v in cfg.cluster_variants
+        ),
+        *((scaling_key(n), scaling_label(n), f"p{n}", functools.partial(measure_scaling, processes=n)) for n in cfg.scaling),
+    ]:
+        for s in cfg.revisions:  # each revision right after the other on the same measurement
+            more = "" if s.tag == "w" else s.tag
+            plan.append((s.key, what, f"{label} {s.label}" if several else label, tag + more, functools.partial(run, cfg, s)))
     results, other_cpu, redone = run_rounds(cfg, plan)
     profile = None if args.no_profile else run_cluster_profile(cfg)
     check_tree(cfg, tree_before)

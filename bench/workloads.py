@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import BenchError
-from bench.config import LABELS, Config
+from bench.config import Config, Subject
 from bench.loadgen import LoadGens, merged, split
 from bench.sampling import HZ, snapshot, spent
 from bench.servers import Server, alive, fresh, start_server
@@ -191,10 +191,10 @@ def run_idle(
     return figures
 
 
-def measure(cfg: Config, kind: str, workload: str, tag: str) -> dict[str, float]:
+def measure(cfg: Config, subject: Subject, workload: str, tag: str) -> dict[str, float]:
     """One workload against a freshly started server, stopped afterwards."""
-    with fresh(f"{workload} against {LABELS[kind]} ({tag})") as procs:
-        server = start_server(cfg, kind, tag)
+    with fresh(f"{workload} against {subject.label} ({tag})") as procs:
+        server = start_server(cfg, subject, tag)
         procs.append(server)
         if workload == "relay":
             return run_relay(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
