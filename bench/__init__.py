@@ -18,6 +18,7 @@ One concern per module, in the order a run goes through them:
     profiling.py      py-spy on webrtc_app, and its samples aggregated
     table.py          the one table model of the results: rows of figures over columns of rounds, medians, ratios, †
     report.py         every table of the results as markdown, from that model
+    chart.py          the headline comparison as an SVG of bars (docs/benchmarks.svg)
     suite.py          the rounds (A B A B ...) and where the results are written (bench/out/, docs/benchmarks.md)
 
 bench/processes.py starts and stops webrtc_app and redis-server for the tests too (tests/processes.py).

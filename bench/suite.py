@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import PROJECT_DIR, log
+from bench.chart import chart
 from bench.cluster import measure_cluster
 from bench.config import (
     CLUSTER_LABELS,
@@ -35,6 +36,7 @@ from bench.scaling import measure_scaling
 from bench.workloads import measure
 
 DOCS_FILE = os.path.join(PROJECT_DIR, "docs", "benchmarks.md")
+CHART_FILE = os.path.join(PROJECT_DIR, "docs", "benchmarks.svg")
 RESULTS_MARKERS = ("<!-- bench:results:start -->", "<!-- bench:results:end -->")
 PROFILE_MARKERS = ("<!-- bench:profile:start -->", "<!-- bench:profile:end -->")
 CLUSTER_MARKERS = ("<!-- bench:cluster:start -->", "<!-- bench:cluster:end -->")
@@ -117,15 +119,17 @@ def write_docs(blocks: list[tuple[tuple[str, str], str]]) -> None:
 
 def publish(
     cfg: Config, args: argparse.Namespace, full: bool, name: str, markdown: str, blocks: list[tuple[tuple[str, str], str]]
-) -> None:
-    """The results on stdout and in bench/out/``name``; in docs/benchmarks.md too for a full run (or --write-docs)."""
+) -> bool:
+    """The results on stdout and in bench/out/``name``; in docs/benchmarks.md too for a full run (or
+    --write-docs): answers whether the docs were written."""
     write(os.path.join(cfg.out_dir, name), markdown)
     print(markdown)
     if not args.no_docs and (full or args.write_docs):
         write_docs(blocks)
         log(f"results written to {os.path.relpath(DOCS_FILE, PROJECT_DIR)}")
-    else:
-        log(f"results written to {os.path.relpath(cfg.out_dir, PROJECT_DIR)}/{name} only (docs not touched)")
+        return True
+    log(f"results written to {os.path.relpath(cfg.out_dir, PROJECT_DIR)}/{name} only (docs not touched)")
+    return False
 
 
 def run_suite(
@@ -157,7 +161,12 @@ def run_suite(
     write(os.path.join(cfg.out_dir, f"results-{stamp}.json"), {**data, "warnings": cfg.warnings})
     full = not cfg.quick and set(cfg.servers) == set(SERVERS) and set(cfg.workloads) >= set(DEFAULT_WORKLOADS)
     blocks = [(RESULTS_MARKERS, results_md)] + ([(PROFILE_MARKERS, profile_md)] if profile_md else [])
-    publish(cfg, args, full, "results.md", results_md + "\n\n" + (profile_md or ""), blocks)
+    svg = chart(cfg, results, facts, command)
+    if svg:
+        write(os.path.join(cfg.out_dir, "benchmarks.svg"), svg)
+    if publish(cfg, args, full, "results.md", results_md + "\n\n" + (profile_md or ""), blocks) and svg:
+        write(CHART_FILE, svg)  # the chart docs/benchmarks.md shows
+        log(f"chart written to {os.path.relpath(CHART_FILE, PROJECT_DIR)}")
     return 0
 
 
