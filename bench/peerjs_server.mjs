@@ -1,7 +1,5 @@
-// Runs the PeerJS server (npm package `peer`) for the benchmarks, the way an application
-// embeds it: PeerServer({...}) with no per-connection logging. (Its CLI, bin/peerjs, prints
-// "Client connected/disconnected" for every socket, which would cost it CPU that webrtc_app,
-// run at --log-level warning, does not spend.)
+// Runs the PeerJS server (npm package `peer`) for the benchmarks the way an application embeds
+// it, PeerServer({...}), without its CLI's log line for every socket (docs/benchmarks.md, "PeerJS").
 //
 //   BENCH_PEER_MODULES=/path/to/node_modules node bench/peerjs_server.mjs --port 0 [--host 127.0.0.1]
 //

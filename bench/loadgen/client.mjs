@@ -1,8 +1,5 @@
 // One client socket, speaking webrtc_app's protocol or PeerJS's (--proto), and the payloads
-// the workloads send, sized the same in both protocols.
-//
-// It needs the `ws` package: set BENCH_NODE_MODULES to the node_modules folder holding it
-// (bench/run.py installs it into a temporary folder), or run it where `ws` resolves.
+// the workloads send, sized the same in both protocols. `ws` is found in BENCH_NODE_MODULES.
 
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -15,10 +12,8 @@ const requireWs = createRequire(
 );
 const WebSocket = requireWs('ws');
 
-// The load generator must cost less per message than the servers it drives: no compression,
-// no UTF-8 check of what the server sends, and an all-zero masking key, which ws recognises
-// and skips the XOR for (RFC 6455 wants a key on every client frame, not a random one here;
-// the servers unmask every frame the same way whatever the key).
+// Cheaper than the servers per message: no compression, no UTF-8 check of what arrives, and an
+// all-zero masking key, whose XOR ws skips (the servers unmask every frame the same way).
 const CLIENT_OPTIONS = {
   perMessageDeflate: false,
   handshakeTimeout: 30000,

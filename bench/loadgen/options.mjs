@@ -8,13 +8,8 @@ export const DEFAULTS = {
   workload: 'relay', // relay | calls | idle | capacity | storm
   tag: 'x', // prefix of every id, so rounds (and the processes of one run) never collide
   timeout: 300, // seconds: the whole run, waits included
-  // The source address of every client socket ('' for the system's choice). Several load
-  // generators use one each (127.0.0.2, 127.0.0.3, ...): one address has only about 28,000
-  // ephemeral ports, and one process only as many sockets as its descriptors allow.
-  'local-address': '',
-  // 1: the measured event carries every sample (round trips, set-up times), so that the
-  // driver can merge the percentiles of several load generators
-  raw: 0,
+  'local-address': '', // source address of every socket ('' for the system's): one each when several run side by side
+  raw: 0, // 1: the measured event carries every sample, for the driver to merge several load generators' percentiles
   // relay
   pairs: 50,
   messages: 1000, // measured data messages per caller
@@ -39,9 +34,7 @@ export const DEFAULTS = {
   'overflow-wait-ms': 10000, // an overflow socket with no verdict after this long is "hung"
   // storm: the longest wait for every socket to come back after the restart (s)
   'storm-timeout': 120,
-  // 1: the frames a socket sends in one turn of the event loop go out in one write (relay
-  // only: it keeps the load generator's syscalls below the server's; see docs/benchmarks.md)
-  cork: -1, // -1: on for relay, off otherwise
+  cork: -1, // 1: a socket's frames of one turn of the event loop go out in one write (-1: on for relay only)
   // PeerJS clients send {"type":"HEARTBEAT"} every pingInterval ms (peerjs' default 5000)
   'peerjs-heartbeat-ms': 5000,
   key: 'peerjs',

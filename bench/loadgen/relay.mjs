@@ -1,11 +1,8 @@
 // The relay workload (docs/benchmarks.md, "relay"): caller/callee pairs, each caller sending
-// --messages data messages of --size bytes, at most --window unacknowledged; the callee
-// acknowledges each through the server. A "relayed message" is one text frame the server
-// forwarded from one client to another, in either direction (data messages and
-// acknowledgements alike): exactly what webrtc_app counts in webrtc_messages_relayed_total.
-//
-// Across nodes (--url2), the callees connect to another node, and every pair is probed until
-// a message gets through both ways before anything is measured (probe() below).
+// --messages data messages of --size bytes, at most --window unacknowledged, the callee
+// acknowledging each; a relayed message is one frame forwarded either way (as webrtc_app's
+// webrtc_messages_relayed_total counts). With --url2 the callees connect there (another node,
+// or the same port of several workers) and every pair is probed first (probe() below).
 
 import { performance } from 'node:perf_hooks';
 
@@ -105,14 +102,10 @@ export async function relay() {
 }
 
 /**
- * Across nodes: make sure every pair delivers both ways before anything is measured. The
- * backplane makes a socket ready only once every node that mirrors its id knows it, so the
- * first probe should get through; probing checks that instead of assuming it (a caller's
- * first message finding its callee not yet reachable would get PEER-UNAVAILABLE back).
- * Each caller sends {"type":"probe","n":k} until the callee's {"type":"probe-ack","n":k}
- * arrives (the callee's answer proves the way back too), retrying after a notice or 1 s of
- * silence, `probe-tries` times at most. Answers the counts; the notices seen here are
- * expected and reported, any later one fails the run.
+ * Across nodes: every pair delivers both ways before anything is measured (docs/benchmarks.md,
+ * "Before measuring, every pair must deliver"). Each caller sends {"type":"probe","n":k} until
+ * the callee's {"type":"probe-ack","n":k} arrives, retrying after a notice or 1 s of silence,
+ * `probe-tries` times at most. Answers the counts; any notice after this fails the run.
  */
 async function probe(pairs) {
   let attempts = 0;

@@ -1,25 +1,15 @@
 // The reconnect storm (docs/benchmarks.md, "storm"), webrtc_app only: this process opens
-// --sockets sockets and holds them; the driver then restarts the server (SIGTERM, which
-// closes every socket with 1001, and a new process on the same port), and every socket
-// reconnects by itself with the pages' own policy (static/js/backoff.js, imported as is and
-// used as static/js/signaling.js uses it): after every close, a
-// failed handshake included, it waits reconnectDelay(attempt) and tries again, attempt
-// growing by one each time and starting over once a socket has stayed open 10 s.
-//
-// Events: "ready", "opened" (all open; the driver then restarts the server), "back" (every
-// socket was dropped and is open again, confirmed half a second later; or --storm-timeout
-// passed), "held" (the counts of the whole storm), then "done" after closing.
-//
-// What a failed try was, by kind: "refused" (ECONNREFUSED: nobody listening, the server is
-// down), "close 1013" (opened, then refused with SERVER-FULL), "http 503" (the front door out
-// of descriptors), and the rest ("reset", "timeout", "http N", "close N" of a socket closed
-// right after it opened). The driver tells refusals while the server was down from those
-// after it was up with the timeline of 100 ms bins each kind comes with.
+// --sockets sockets and holds them; the driver restarts the server, and every socket reconnects
+// by itself with the pages' own policy (static/js/backoff.js, used as static/js/signaling.js
+// uses it). Events: "ready", "opened" (the driver then restarts the server), "back" (every
+// socket dropped and open again, confirmed half a second later; or --storm-timeout passed),
+// "held" (the counts: failed tries by kind, with a timeline of 100 ms bins that tells the
+// refusals while the server was down from those after), then "done".
 
 import { performance } from 'node:perf_hooks';
 
 import { RECONNECT, reconnectDelay } from '../../static/js/backoff.js';
-import { classify } from './capacity.mjs';
+import { classify } from './hold.mjs';
 import { CLIENT_OPTIONS, WebSocket } from './client.mjs';
 import { check, epochMs, Failure, orFail, pool, recordError } from './common.mjs';
 import { event } from './driver.mjs';

@@ -1,10 +1,8 @@
-// The capacity workload (docs/benchmarks.md, "capacity"): this process's share of the most
-// sockets one server process holds. It opens --sockets sockets (in pairs that name each
-// other, as the idle workload does), holds them while the driver measures, then, with
-// --overflow N, opens N more sockets than the server holds and reports how each was answered:
-// refused at once (webrtc_app: 1013 SERVER-FULL after the handshake; 503 when out of
-// descriptors), cut (a reset or a close without a code), held all the same, or left hanging.
-// Several load generators run it side by side, each from its own source address.
+// Idle sockets held (docs/benchmarks.md, "idle" and "capacity"): sockets opened in pairs that
+// name each other, step by step up to each of --steps (idle) or all --sockets at once (capacity,
+// this process's share), the driver sampling the server after each step, then held while it
+// measures, counting the pings and heartbeats that keep them alive. Capacity then opens
+// --overflow sockets beyond what the server holds and says how each was answered.
 
 import { performance } from 'node:perf_hooks';
 
@@ -13,32 +11,44 @@ import { check, counts, Failure, orFail, pool, summary } from './common.mjs';
 import { event } from './driver.mjs';
 import { opts } from './options.mjs';
 
-export async function capacity() {
-  const n = opts.sockets;
+async function hold(steps, readyData) {
   const clients = [];
-  for (let i = 0; i < n; i++) {
-    const pair = i >> 1;
-    const [me, peer] = i % 2 === 0 ? ['ka', 'kb'] : ['kb', 'ka'];
-    clients.push(new Client(`${opts.tag}${me}${pair}`, `${opts.tag}${peer}${pair}`));
+  await event('ready', readyData);
+  for (const target of steps) {
+    const from = clients.length;
+    const started = performance.now();
+    for (let n = from; n < target; n++) {
+      const [me, peer] = n % 2 === 0 ? ['ia', 'ib'] : ['ib', 'ia'];
+      clients.push(new Client(`${opts.tag}${me}${n >> 1}`, `${opts.tag}${peer}${n >> 1}`));
+    }
+    await orFail(pool(target - from, opts['open-concurrency'], (i) => clients[from + i].connect()));
+    const seconds = (performance.now() - started) / 1000;
+    check();
+    if (counts.opened !== target) throw new Failure(`${counts.opened} sockets open, expected ${target}`);
+    await event('opened', { sockets: target, batch: target - from, seconds, opened_per_s: (target - from) / seconds });
   }
-  await event('ready', { sockets: n });
-  const started = performance.now();
-  await orFail(pool(n, opts['open-concurrency'], (i) => clients[i].connect()));
-  const seconds = (performance.now() - started) / 1000;
-  check();
-  if (counts.opened !== n) throw new Failure(`${counts.opened} sockets open, expected ${n}`);
-  await event('opened', { sockets: n, seconds, opened_per_s: n / seconds });
+  // The driver holds the sockets idle for as long as it measures, then says go.
   const pings = counts.pingsReceived;
   const heartbeats = counts.heartbeatsSent;
-  await event('holding', { sockets: n });
+  await event('holding', { sockets: clients.length });
   check();
   await event('held', {
-    sockets: n,
+    sockets: clients.length,
     unexpected_closes: counts.unexpectedCloses,
     pings_received: counts.pingsReceived - pings,
     heartbeats_sent: counts.heartbeatsSent - heartbeats,
   });
   if (counts.unexpectedCloses) throw new Failure(`${counts.unexpectedCloses} held sockets were closed by the server`);
+  return clients;
+}
+
+export async function idle() {
+  const clients = await hold(opts.steps.split(',').map(Number), {});
+  await pool(clients.length, 500, (i) => clients[i].close());
+}
+
+export async function capacity() {
+  const clients = await hold([opts.sockets], { sockets: opts.sockets });
   // Every load generator of the group says it, those with no --overflow too.
   const extra = opts.overflow > 0 ? await overflow(opts.overflow) : { sockets: 0, outcomes: {}, verdict_ms: summary([]) };
   check();
@@ -47,21 +57,16 @@ export async function capacity() {
 }
 
 /**
- * Open `count` sockets beyond what the server holds, `open-concurrency` at a time, and
- * answer how each was answered and how fast: {outcomes: {kind: count}, verdict_ms: summary}.
- * Kinds: "close CODE" (opened, then closed by the server with CODE), "http STATUS" (the
- * handshake was answered STATUS), "reset", "refused", "timeout" (no handshake answer),
- * "held" (opened and still open --overflow-wait-ms later, or PeerJS's OPEN received),
- * "hung" (no verdict at all by then).
+ * Open `count` sockets beyond what the server holds, `open-concurrency` at a time: how each was
+ * answered, {outcomes: {kind: count}, verdict_ms: summary}. Kinds: "close CODE" (opened, then
+ * closed with CODE: webrtc_app's 1013 SERVER-FULL), "http STATUS" (503: its front door out of
+ * descriptors), "reset", "refused", "timeout", "held" (still open --overflow-wait-ms later, or
+ * PeerJS's OPEN received), "hung" (no verdict by then).
  */
 async function overflow(count) {
   const outcomes = {};
   const times = [];
   const held = [];
-  const settle = (kind, started) => {
-    outcomes[kind] = (outcomes[kind] || 0) + 1;
-    if (kind !== 'held' && kind !== 'hung') times.push(performance.now() - started);
-  };
   const url = (k) => {
     const id = encodeURIComponent(`${opts.tag}ko${k}`);
     if (opts.proto === 'webrtc') return `${opts.url}/wscall?id=${id}&peer_id=${id}p`;
@@ -79,7 +84,8 @@ async function overflow(count) {
         clearTimeout(timer);
         if (kind === 'held') held.push(ws);
         else if (kind === 'hung') ws.terminate();
-        settle(kind, started);
+        outcomes[kind] = (outcomes[kind] || 0) + 1;
+        if (kind !== 'held' && kind !== 'hung') times.push(performance.now() - started);
         resolve();
       };
       const timer = setTimeout(() => verdict(ws.readyState === WebSocket.OPEN ? 'held' : 'hung'), opts['overflow-wait-ms']);
