@@ -22,11 +22,7 @@ DEFAULT_WORKLOADS = WORKLOADS
 
 #: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
 CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
-CLUSTER_LABELS = {
-    "single": "1 node",
-    "single_redis": "1 node + Redis",
-    "cluster": "2 nodes via Redis",
-}
+CLUSTER_LABELS = {"single": "1 node", "single_redis": "1 node + Redis", "cluster": "2 nodes via Redis"}
 #: What --scaling measures by default: webrtc_app --processes N on one port (scaling.py).
 SCALING = (1, 2, 4)
 #: The Redis key prefix of the backplane (settings.REDIS_PREFIX), which the scaling variant reads.
@@ -34,12 +30,11 @@ REDIS_PREFIX = "webrtc:"
 
 
 def scaling_label(processes: int) -> str:
-    """How the results name the scaling measurement of ``processes`` workers."""
+    """How the results name the scaling measurement of ``processes`` workers (scaling_key() its key)."""
     return f"{processes} process{'es' if processes > 1 else ''}"
 
 
 def scaling_key(processes: int) -> str:
-    """The results' key of the scaling measurement of ``processes`` workers."""
     return f"procs{processes}"
 
 
@@ -162,22 +157,15 @@ def build_config(args: argparse.Namespace) -> Config:
     cpus = os.sched_getaffinity(0)
     pin = not args.no_pin and len(cpus) >= 2
     server_cpu, loadgen_cpu = (sorted(cpus)[0], sorted(cpus)[1]) if pin else (None, None)
-    python = args.python or sys.executable
     node = shutil.which("node")
     if not node:
         raise BenchError("node (Node.js 18+) is required")
-    # Across nodes (--cluster): which CPU each process runs on, by layout.
-    if pin:
-        c0, c1 = server_cpu, loadgen_cpu
-        if args.cluster_layout == "apart":
-            # Each node has a core, as the single node has (nodes of a cluster run on machines
-            # of their own), shared only with a light process: Redis (~5% of a core here) on
-            # node 1's, the load generator (~10%) and the driver on node 2's.
-            cluster_cpus = {"single": c0, "node1": c0, "node2": c1, "redis": c0, "loadgen": c1}
-        else:  # together: both nodes share CPU 0 (webrtc_app has one core in every variant)
-            cluster_cpus = {"single": c0, "node1": c0, "node2": c0, "redis": c1, "loadgen": c1}
-    else:
-        cluster_cpus = dict.fromkeys(("single", "node1", "node2", "redis", "loadgen"))
+    # Across nodes (--cluster), by layout: "apart" gives each node a core, as the single node has,
+    # shared only with a light process (Redis on node 1's, the load generator and the driver on
+    # node 2's); "together" puts both nodes on CPU 0 (webrtc_app has one core in every variant).
+    c0, c1 = server_cpu, loadgen_cpu
+    node2, redis = (c1, c0) if args.cluster_layout == "apart" else (c0, c1)
+    cluster_cpus = {"single": c0, "node1": c0, "node2": node2, "redis": redis, "loadgen": c1}
     scaling = parse_scaling(args.scaling)
     variants = tuple(v for v in args.cluster_variants.split(",") if v)
     unknown = set(variants) - set(CLUSTER_VARIANTS)
@@ -197,7 +185,7 @@ def build_config(args: argparse.Namespace) -> Config:
         profile_rate=args.profile_rate,
         servers=tuple(args.servers.split(",")),
         workloads=tuple(w for w in args.workloads.split(",") if w and w != "none"),
-        python=python,
+        python=args.python or sys.executable,
         node=node,
         server_cpu=server_cpu,
         loadgen_cpu=loadgen_cpu,
@@ -220,8 +208,20 @@ def build_config(args: argparse.Namespace) -> Config:
         calls_loadgens=args.calls_loadgens,
         relay_loadgens=args.relay_loadgens,
         loadgen_cpus=tuple(int(c) for c in args.loadgen_cpus.split(",")) if args.loadgen_cpus and pin else (),
-        capacity=capacity_options(args, quick),
-        storm=storm_options(args, quick),
+        capacity={  # sockets 0: as many as webrtc_app's descriptors allow
+            "sockets": args.capacity_sockets if args.capacity_sockets is not None else (1000 if quick else 0),
+            # Several heartbeat rounds (WS_PING_INTERVAL 20 s: a 60 s hold sees about 3).
+            "seconds": args.capacity_seconds if args.capacity_seconds is not None else (5 if quick else 60),
+            "overflow": args.capacity_overflow if args.capacity_overflow is not None else (50 if quick else 200),
+            "open-concurrency": args.open_concurrency,
+            "per-loadgen": 7000,  # sockets per load generator at most: its descriptors, its source address's ports
+        },
+        storm={
+            "sockets": args.storm_sockets or (300 if quick else 20000),
+            "timeout": args.storm_timeout,
+            "open-concurrency": args.open_concurrency,
+            "per-loadgen": 7000,
+        },
     )
 
 
@@ -236,26 +236,3 @@ def parse_scaling(text: str) -> tuple[int, ...]:
     if not counts or any(n < 1 for n in counts) or len(set(counts)) != len(counts):
         raise BenchError(f"--scaling: distinct process counts of 1 or more, or none; got {text!r}")
     return tuple(sorted(counts))
-
-
-def capacity_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
-    """The capacity workload (overload.py): sockets 0 = as many as webrtc_app's descriptors allow."""
-    return {
-        "sockets": args.capacity_sockets if args.capacity_sockets is not None else (1000 if quick else 0),
-        # Several heartbeat rounds (WS_PING_INTERVAL 20 s: a 60 s hold sees about 3).
-        "seconds": args.capacity_seconds if args.capacity_seconds is not None else (5 if quick else 60),
-        "overflow": args.capacity_overflow if args.capacity_overflow is not None else (50 if quick else 200),
-        "open-concurrency": args.open_concurrency,
-        # Sockets per load generator at most: its descriptors, and its source address's ports.
-        "per-loadgen": 7000,
-    }
-
-
-def storm_options(args: argparse.Namespace, quick: bool) -> dict[str, Any]:
-    """The reconnect storm (overload.py)."""
-    return {
-        "sockets": args.storm_sockets or (300 if quick else 20000),
-        "timeout": args.storm_timeout,
-        "open-concurrency": args.open_concurrency,
-        "per-loadgen": 7000,
-    }

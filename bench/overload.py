@@ -1,14 +1,7 @@
-"""The overload workloads (docs/benchmarks.md, "capacity" and "storm"), measured once per run:
-
-* capacity: one server process holding as many idle sockets as its descriptors allow, opened
-  by several load generators from several source addresses; memory per socket, the
-  heartbeat's CPU over several rounds, the event loop's lag while holding, how the sockets
-  beyond the limit are refused, and a linear projection to 100,000 sockets;
-* storm (webrtc_app only): thousands of sockets connected, the server restarted (SIGTERM, then
-  a new process on the same port), every client reconnecting with the pages' backoff policy;
-  how long until all are back, what the failed tries were, the new process's worst stall and
-  its CPU.
-"""
+"""The overload workloads, once per run (docs/benchmarks.md, "capacity" and "storm"): one server
+holding as many idle sockets as its descriptors allow, from several load generators, with a
+linear projection to 100,000 sockets; and the reconnect storm, webrtc_app restarted under
+thousands of sockets that come back with the pages' backoff policy."""
 
 from __future__ import annotations
 
@@ -20,10 +13,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter, defaultdict
 from typing import Any
 
 from bench import BenchError, log
-from bench.config import Config, Subject
+from bench.config import Config
 from bench.loadgen import LoadGens, split
 from bench.sampling import HZ, cpu_ticks, snapshot, spent, wait_for_quiet
 from bench.servers import Server, alive, fresh, start, start_server
@@ -76,9 +70,12 @@ def open_files_limit() -> int:
     return soft
 
 
-def loadgen_count(sockets: int, per_loadgen: int) -> int:
-    """Load generators for ``sockets``: at least two, none holding more than ``per_loadgen``."""
-    return max(2, math.ceil(sockets / per_loadgen))
+def shares(opts: dict[str, Any], sockets: int, **extra: Any) -> list[dict[str, Any]]:
+    """The options of each load generator for ``sockets``: at least two, none holding more than
+    opts["per-loadgen"], the handshakes in flight split between them."""
+    count = max(2, math.ceil(sockets / opts["per-loadgen"]))
+    per_open = max(1, math.ceil(opts["open-concurrency"] / count))
+    return [{"sockets": n, "open-concurrency": per_open, **extra} for n in split(sockets, count)]
 
 
 class LagProbe:
@@ -141,17 +138,8 @@ def capacity_sockets(cfg: Config) -> tuple[int, int | None]:
     return asked, asked
 
 
-def measure_capacity(cfg: Config, subject: Subject, tag: str) -> dict[str, Any]:
-    """Hold the capacity's sockets on a fresh server: the figures of docs/benchmarks.md, "capacity"."""
-    sockets, limit = capacity_sockets(cfg)
-    wait_for_quiet(cfg)
-    with fresh(f"capacity against {subject.label} ({tag})") as procs:
-        server = start_server(cfg, subject, tag, limit)
-        procs.append(server)
-        return _capacity(cfg, server, tag, sockets)
-
-
-def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, Any]:
+def capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, Any]:
+    """Hold ``sockets`` on ``server``: the figures of docs/benchmarks.md, "capacity"."""
     opts = cfg.capacity
     figures: dict[str, Any] = {"per_process": descriptor_capacity()}
     if server.kind == "webrtc_app":
@@ -160,20 +148,12 @@ def _capacity(cfg: Config, server: Server, tag: str, sockets: int) -> dict[str, 
         if sockets > limit:
             cfg.warn(f"capacity: {sockets:,} sockets asked, webrtc_app holds at most {limit:,}: holding {limit:,}")
             sockets = limit
-    count = loadgen_count(sockets, opts["per-loadgen"])
-    per_open = max(1, math.ceil(opts["open-concurrency"] / count))
-    shares = [
-        {
-            "sockets": n,
-            "open-concurrency": per_open,
-            "overflow": opts["overflow"] if i == 0 else 0,
-            # Its own bound on the whole run (default 300 s) must outlast the hold.
-            "timeout": int(opts["seconds"]) + 300,
-        }
-        for i, n in enumerate(split(sockets, count))
-    ]
+    # Each one's own bound on the whole run (default 300 s) must outlast the hold; the first opens the overflow.
+    parts = shares(opts, sockets, timeout=int(opts["seconds"]) + 300, overflow=0)
+    parts[0]["overflow"] = opts["overflow"]
+    count = len(parts)
     log(f"capacity {server.kind}: {sockets:,} sockets from {count} load generators")
-    group = LoadGens(cfg, server, "capacity", shares, tag)
+    group = LoadGens(cfg, server, "capacity", parts, tag)
     pids = {"server": server.pid, **group.pids}
     try:
         group.expect("ready", cfg.event_timeout)
@@ -299,16 +279,8 @@ def projection(figures: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- storm
 
 
-def measure_storm(cfg: Config, subject: Subject, tag: str) -> dict[str, Any]:
-    """The reconnect storm against a webrtc_app revision: the figures of docs/benchmarks.md, "storm"."""
-    wait_for_quiet(cfg)
-    with fresh(f"storm against {subject.label} ({tag})") as procs:
-        server = start_server(cfg, subject, tag)
-        procs.append(server)
-        return _storm(cfg, server, tag)
-
-
-def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
+def storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
+    """The reconnect storm against webrtc_app: the figures of docs/benchmarks.md, "storm"."""
     opts = cfg.storm
     limit = int(server.metrics()["webrtc_socket_limit"])
     sockets = opts["sockets"]
@@ -318,14 +290,10 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
             f"storming with {limit:,}"
         )
         sockets = limit
-    count = loadgen_count(sockets, opts["per-loadgen"])
-    per_open = max(1, math.ceil(opts["open-concurrency"] / count))
-    shares = [
-        {"sockets": n, "open-concurrency": per_open, "storm-timeout": opts["timeout"], "timeout": int(opts["timeout"]) + 300}
-        for n in split(sockets, count)
-    ]
+    parts = shares(opts, sockets, **{"storm-timeout": opts["timeout"], "timeout": int(opts["timeout"]) + 300})
+    count = len(parts)
     log(f"storm: {sockets:,} sockets from {count} load generators, then a restart")
-    group = LoadGens(cfg, server, "storm", shares, tag)
+    group = LoadGens(cfg, server, "storm", parts, tag)
     pids = {"server": server.pid, **group.pids}
     try:
         group.expect("ready", cfg.event_timeout)
@@ -364,26 +332,19 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
     except BaseException:
         group.kill()
         raise
-    storm = spent(ready, at_back)
-    failures: dict[str, int] = {}
-    drops: dict[str, int] = {}
-    timeline: dict[str, dict[int, int]] = {}
+    use = spent(ready, at_back)
+    failures, drops = Counter(), Counter()
+    timeline: dict[str, Counter[int]] = defaultdict(Counter)  # kind -> 100 ms bin -> count
+    per_second: Counter[int] = Counter()  # reconnections
     for result in results:
-        for kind, n in result["failures"].items():
-            failures[kind] = failures.get(kind, 0) + n
-        for code, n in result["drops"].items():
-            drops[code] = drops.get(code, 0) + n
+        failures.update(result["failures"])
+        drops.update(result["drops"])
         for kind, bins in result["timeline"].items():
-            merged = timeline.setdefault(kind, {})
-            for bin_, n in bins.items():
-                merged[int(bin_)] = merged.get(int(bin_), 0) + n
+            timeline[kind].update({int(bin_): n for bin_, n in bins.items()})
+    for bin_, n in timeline["open"].items():
+        per_second[bin_ // 10] += n
     ready_bin = math.floor(t_ready * 10)
-    refused = timeline.get("refused", {})
-    opens = timeline.get("open", {})
-    per_second: dict[int, int] = {}
-    for bin_, n in opens.items():
-        per_second[bin_ // 10] = per_second.get(bin_ // 10, 0) + n
-    drop_bins = sorted(timeline.get("drop", {}))
+    drop_bins = sorted(timeline["drop"])
     complete = all(b["complete"] for b in backs)
     last_open = max(b["last_open_at_ms"] for b in backs) / 1000
     other = {k: n for k, n in failures.items() if k not in ("refused", "close 1013", "http 503")}
@@ -395,7 +356,7 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "loadgens": count,
         "loadgen_cpus": sorted(cpus, key=str),
         # The storm's pace was partly the load generators' when they used (nearly) all of their CPUs.
-        "loadgen_limited": storm["loadgen_cpu_pct"] >= LOADGEN_LIMIT * len(cpus),
+        "loadgen_limited": use["loadgen_cpu_pct"] >= LOADGEN_LIMIT * len(cpus),
         "complete": complete,
         "open_after": open_after,
         "not_back": None if complete else f"{open_after:,} of {sockets:,}",
@@ -409,11 +370,11 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "down_s": t_ready - t_term,
         "back_s": last_open - t_term if complete else float("nan"),
         "back_after_ready_s": last_open - t_ready if complete else float("nan"),
-        "drops": drops,
-        "failures": failures,
+        "drops": dict(drops),
+        "failures": dict(failures),
         "refused": failures.get("refused", 0),
         # In a 100 ms bin after the one it answered in (the clocks are read in two processes).
-        "refused_after_ready": sum(n for bin_, n in refused.items() if bin_ > ready_bin),
+        "refused_after_ready": sum(n for bin_, n in timeline["refused"].items() if bin_ > ready_bin),
         "server_full": failures.get("close 1013", 0),
         "unavailable": failures.get("http 503", 0),
         "other_failures": sum(other.values()),
@@ -427,13 +388,13 @@ def _storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "rejected": labelled(metrics, "webrtc_sockets_rejected_total"),
         "turned_away": metrics.get("webrtc_connections_turned_away_total", 0.0),
         "startup_cpu_s": ready.ticks["server"] / HZ,
-        "storm_cpu_pct": storm["server_cpu_pct"],
-        "storm_cpu_s": storm["server_cpu_s"],
-        "cpu_us_per_reconnect": 1e6 * storm["server_cpu_s"] / max(1, sockets),
-        "storm_seconds": storm["wall_s"],
-        "loadgen_cpu_pct": storm["loadgen_cpu_pct"],
-        "loadgen_cpu_us_per_reconnect": 1e6 * storm["loadgen_cpu_pct"] * storm["wall_s"] / 100 / max(1, sockets),
-        "other_cpu_pct": storm["other_cpu_pct"],
+        "storm_cpu_pct": use["server_cpu_pct"],
+        "storm_cpu_s": use["server_cpu_s"],
+        "cpu_us_per_reconnect": 1e6 * use["server_cpu_s"] / max(1, sockets),
+        "storm_seconds": use["wall_s"],
+        "loadgen_cpu_pct": use["loadgen_cpu_pct"],
+        "loadgen_cpu_us_per_reconnect": 1e6 * use["loadgen_cpu_pct"] * use["wall_s"] / 100 / max(1, sockets),
+        "other_cpu_pct": use["other_cpu_pct"],
         "rss_mib_after": at_back.rss / 1024,
         "timeline_opens_per_s": {str(k - math.floor(t_term)): v for k, v in sorted(per_second.items())},
     }
@@ -460,19 +421,29 @@ def _terminate(server: Server, timeout: float = 30) -> tuple[float, float, float
 
 
 def run_overload(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
-    """Capacity (each server, once) and the storm (each webrtc_app revision, once), as cfg.workloads
-    asks: {"capacity": {server: figures}, "storm": {server: figures}}."""
+    """Capacity (each server, once) and the storm (each webrtc_app revision, once), each on a fresh
+    server once the machine is quiet, as cfg.workloads asks: {"capacity": {server: figures},
+    "storm": {server: figures}}."""
     found: dict[str, dict[str, dict[str, Any]]] = {"capacity": {}, "storm": {}}
-    for subject in cfg.subjects if "capacity" in cfg.workloads else []:
-        figures = found["capacity"][subject.key] = measure_capacity(cfg, subject, f"cap{subject.tag}")
-        log(
-            f"capacity {subject.label}: {figures['sockets']:,} sockets, {figures['rss_kib_per_socket_held']:.1f} KiB each, "
-            f"{figures['hold_cpu_pct']:.2f}% of a core holding, overflow {figures['overflow_outcomes']}"
-        )
-    for subject in cfg.revisions if "storm" in cfg.workloads else []:
-        storm = found["storm"][subject.key] = measure_storm(cfg, subject, f"storm{subject.tag[1:]}")
-        log(
-            f"storm {subject.label}: {storm['sockets']:,} sockets, back {storm['back_s']:.1f} s after SIGTERM, failed tries "
-            f"{storm['failures']}, worst stall {storm['lag_max_ms']:.0f} ms"
-        )
+    sockets, limit = capacity_sockets(cfg)
+    plan = [("capacity", s, f"cap{s.tag}", limit) for s in cfg.subjects if "capacity" in cfg.workloads]
+    plan += [("storm", s, f"storm{s.tag[1:]}", None) for s in cfg.revisions if "storm" in cfg.workloads]
+    for what, subject, tag, most in plan:
+        wait_for_quiet(cfg)
+        with fresh(f"{what} against {subject.label} ({tag})") as procs:
+            server = start_server(cfg, subject, tag, most)
+            procs.append(server)
+            figures = found[what][subject.key] = (
+                capacity(cfg, server, tag, sockets) if what == "capacity" else storm(cfg, server, tag)
+            )
+        if what == "capacity":
+            log(
+                f"capacity {subject.label}: {figures['sockets']:,} sockets, {figures['rss_kib_per_socket_held']:.1f} KiB "
+                f"each, {figures['hold_cpu_pct']:.2f}% of a core holding, overflow {figures['overflow_outcomes']}"
+            )
+        else:
+            log(
+                f"storm {subject.label}: {figures['sockets']:,} sockets, back {figures['back_s']:.1f} s after SIGTERM, failed "
+                f"tries {figures['failures']}, worst stall {figures['lag_max_ms']:.0f} ms"
+            )
     return found

@@ -355,21 +355,24 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
     """The issue's targets (docs/benchmarks.md, "Targets"): what each is measured by, the figures, met or not."""
     rows: list[list[str]] = []
 
+    def met(target: str, result: str, ok: bool, how: str = "") -> None:
+        rows.append([target, result, ("yes" if ok else "**no**") + how])
+
     def compare(target: str, ours: float | None, theirs: float | None, unit: str, fmt: str) -> None:
-        if ours is None and theirs is None:
-            return
-        verdict = "–" if ours is None or theirs is None else "yes" if ours <= theirs else "**no**"
-        shown = [fmt.format(v) if v is not None else "–" for v in (ours, theirs)]
-        rows.append([target, f"{shown[0]} vs {shown[1]} {unit}", verdict])
+        shown = " vs ".join(fmt.format(v) if v is not None else "–" for v in (ours, theirs)) + f" {unit}"
+        if ours is None or theirs is None:
+            rows.extend([[target, shown, "–"]] if ours is not None or theirs is not None else [])
+        else:
+            met(target, shown, ours <= theirs)
 
     def values(workload: str, figure: str) -> tuple[float | None, float | None]:
         return _median(results, "webrtc_app", workload, figure), _median(results, "peerjs", workload, figure)
 
-    steps = cfg.idle_steps
-    if "idle" in cfg.workloads:
-        for step in steps:
-            target = f"handshake: server CPU per socket opened ≤ PeerJS (idle, up to {step:,})"
-            compare(target, *values("idle", f"cpu_us_per_open_{step}"), "µs", "{:.0f}")
+    steps, last = cfg.idle_steps, cfg.idle_steps[-1]
+    heartbeat = f"heartbeat CPU per 10,000 sockets < {HEARTBEAT_PCT_PER_10K:g}% of a core"
+    for step in steps if "idle" in cfg.workloads else []:
+        target = f"handshake: server CPU per socket opened ≤ PeerJS (idle, up to {step:,})"
+        compare(target, *values("idle", f"cpu_us_per_open_{step}"), "µs", "{:.0f}")
     if "calls" in cfg.workloads:
         a, b = values("calls", "calls_per_s")
         if a is not None and b:
@@ -378,29 +381,15 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
             )
         a, b = values("calls", "cpu_ms_per_call")
         compare("calls: server CPU per call ≤ PeerJS (informative)", a, b, "ms", "{:.2f}")
-        if a and b:
-            # What each server's core would allow if the load generator were not the limit: a
-            # derived figure, for when it is (on 2 cores it is).
-            rows.append(
-                [
-                    f"calls/s one core allows ≥ {CALLS_RATIO}× PeerJS (derived: 1,000 / server CPU ms per call)",
-                    f"{1000 / a:,.0f} vs {1000 / b:,.0f} ({b / a:.2f}×)",
-                    "yes (derived)" if b / a >= CALLS_RATIO else "**no** (derived)",
-                ]
-            )
+        if a and b:  # what each server's core would allow if the load generator were not the limit (on 2 cores it is)
+            target = f"calls/s one core allows ≥ {CALLS_RATIO}× PeerJS (derived: 1,000 / server CPU ms per call)"
+            met(target, f"{1000 / a:,.0f} vs {1000 / b:,.0f} ({b / a:.2f}×)", b / a >= CALLS_RATIO, " (derived)")
     if "idle" in cfg.workloads:
-        last = steps[-1]
         compare(f"idle: RSS KiB per socket ≤ PeerJS at {last:,}", *values("idle", f"rss_kib_per_socket_{last}"), "KiB", "{:.1f}")
         pct = _median(results, "webrtc_app", "idle", "idle_cpu_pct")
         if pct is not None:
             per10k = pct * 10_000 / last
-            rows.append(
-                [
-                    f"idle: heartbeat CPU per 10,000 sockets < {HEARTBEAT_PCT_PER_10K:g}% of a core (idle, {last:,} held)",
-                    f"{per10k:.2f}%",
-                    "yes" if per10k < HEARTBEAT_PCT_PER_10K else "**no**",
-                ]
-            )
+            met(f"idle: {heartbeat} (idle, {last:,} held)", f"{per10k:.2f}%", per10k < HEARTBEAT_PCT_PER_10K)
     mine, theirs = overload["capacity"].get("webrtc_app", {}), overload["capacity"].get("peerjs", {})
     if mine or theirs:
         n = mine.get("sockets") or theirs.get("sockets") or 0
@@ -410,36 +399,25 @@ def targets_table(cfg: Config, results: Results, overload: Overload) -> str:
         compare(f"handshake: server CPU per socket opened ≤ PeerJS (capacity, {n:,})", a, b, "µs", "{:.0f}")
         if mine:
             per10k = mine["hold_cpu_pct_per_10k"]
-            rows.append(
-                [
-                    f"capacity: heartbeat CPU per 10,000 sockets < {HEARTBEAT_PCT_PER_10K:g}% of a core ({n:,} held "
-                    f"{mine['hold_seconds']:.0f} s)",
-                    f"{per10k:.2f}% ({mine['projected_hold_cpu_pct']:.1f}% at {PROJECTED_SOCKETS:,})",
-                    "yes" if per10k < HEARTBEAT_PCT_PER_10K else "**no**",
-                ]
-            )
+            at = f"{per10k:.2f}% ({mine['projected_hold_cpu_pct']:.1f}% at {PROJECTED_SOCKETS:,})"
+            met(f"capacity: {heartbeat} ({n:,} held {mine['hold_seconds']:.0f} s)", at, per10k < HEARTBEAT_PCT_PER_10K)
     storm = overload["storm"].get("webrtc_app")
     if storm:
-        back = storm["back_s"]
+        back, complete = storm["back_s"], storm["complete"]
         wrong = storm["refused_after_ready"] + storm["server_full"] + storm["unavailable"] + storm["other_failures"]
-        rows += [
-            [
-                f"storm: all {storm['sockets']:,} back within {STORM_BACK_S} s of the restart",
-                f"{back:.1f} s" if storm["complete"] else f"{storm['open_after']:,} back after {cfg.storm['timeout']:g} s",
-                "yes" if storm["complete"] and back <= STORM_BACK_S else "**no**",
-            ],
-            [
-                "storm: nothing refused that would not be at steady state",
-                f"{wrong:,} (refused after the restart {storm['refused_after_ready']:,}, 1013 {storm['server_full']:,}, "
-                f"503 {storm['unavailable']:,}, other {storm['other_failures']:,})",
-                "yes" if wrong == 0 else "**no**",
-            ],
-            [
-                f"storm: no event-loop stall over {STORM_STALL_MS} ms",
-                f"{storm['lag_max_ms']:.0f} ms (a bare asyncio loop on the same CPU meanwhile: {storm['probe_lag_ms']:.0f} ms)",
-                "yes" if storm["lag_max_ms"] <= STORM_STALL_MS else "**no**",
-            ],
-        ]
+        late = f"{back:.1f} s" if complete else f"{storm['open_after']:,} back after {cfg.storm['timeout']:g} s"
+        met(
+            f"storm: all {storm['sockets']:,} back within {STORM_BACK_S} s of the restart",
+            late,
+            complete and back <= STORM_BACK_S,
+        )
+        kinds_of = (
+            f"(refused after the restart {storm['refused_after_ready']:,}, 1013 {storm['server_full']:,}, "
+            f"503 {storm['unavailable']:,}, other {storm['other_failures']:,})"
+        )
+        met("storm: nothing refused that would not be at steady state", f"{wrong:,} {kinds_of}", wrong == 0)
+        stall = f"{storm['lag_max_ms']:.0f} ms (a bare asyncio loop on the same CPU meanwhile: {storm['probe_lag_ms']:.0f} ms)"
+        met(f"storm: no event-loop stall over {STORM_STALL_MS} ms", stall, storm["lag_max_ms"] <= STORM_STALL_MS)
     return markdown(["target", "result (webrtc_app vs PeerJS)", "met"], rows)
 
 
