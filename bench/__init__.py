@@ -13,8 +13,7 @@ One concern per module, in the order a run goes through them:
     loadgen.py        the driver's side of the load generators (loadgen.mjs, loadgen/*.mjs): one or several side by side
     workloads.py      relay, calls and idle against one server: one measurement each
     overload.py       capacity (every socket the descriptors allow) and the reconnect storm, once each
-    cluster.py        the relay across nodes joined by a redis-server (``--cluster``)
-    scaling.py        the relay on one server of N worker processes sharing a port (``--scaling``)
+    cluster.py        the relay across nodes joined by a redis-server (``--cluster``), and ``--scaling``
     profiling.py      py-spy on webrtc_app, and its samples aggregated
     table.py          the one table model of the results: rows of figures over columns of rounds, medians, ratios, †
     report.py         every table of the results as markdown, from that model

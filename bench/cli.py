@@ -88,14 +88,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, command: str) -> int:
     """A whole run: set up (folders, npm packages, the revisions), the suite, then clean up."""
-    started = time.monotonic()
     cfg = build_config(args)
+    cfg.command, cfg.started, cfg.stamp = command, time.monotonic(), time.strftime("%Y%m%d-%H%M%S")
     nofile = raise_open_files(max(cfg.idle_steps))
     if cfg.loadgen_cpu is not None:
         os.sched_setaffinity(0, {cfg.loadgen_cpu})  # the driver stays off the server's CPU
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     cfg.out_dir = os.path.abspath(args.out)
-    cfg.log_dir = os.path.join(cfg.out_dir, f"logs-{stamp}")
+    cfg.log_dir = os.path.join(cfg.out_dir, f"logs-{cfg.stamp}")
     os.makedirs(cfg.log_dir, exist_ok=True)
     npm = shutil.which("npm")
     if not npm:
@@ -122,7 +121,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         facts = machine_facts(cfg)
         facts["open-file limit"] = str(nofile)
         suite = run_cluster_suite if cfg.cluster else run_suite
-        return suite(cfg, args, command, facts, stamp, started, tree_before)
+        return suite(cfg, args, facts, tree_before)
     finally:
         cfg.children.cleanup()
         for folder in temporary:

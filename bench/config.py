@@ -23,7 +23,7 @@ DEFAULT_WORKLOADS = WORKLOADS
 #: What --cluster alternates, in this order in every round (docs/benchmarks.md, "Across nodes").
 CLUSTER_VARIANTS = ("single", "single_redis", "cluster")
 CLUSTER_LABELS = {"single": "1 node", "single_redis": "1 node + Redis", "cluster": "2 nodes via Redis"}
-#: What --scaling measures by default: webrtc_app --processes N on one port (scaling.py).
+#: What --scaling measures by default: webrtc_app --processes N on one port (cluster.py).
 SCALING = (1, 2, 4)
 #: The Redis key prefix of the backplane (settings.REDIS_PREFIX), which the scaling variant reads.
 REDIS_PREFIX = "webrtc:"
@@ -99,6 +99,9 @@ class Config:
     event_timeout: float = 300
     warnings: list[str] = field(default_factory=list)
     children: Children = field(default_factory=Children)
+    command: str = ""  # as the results quote it
+    started: float = 0.0  # time.monotonic() at the start of the run
+    stamp: str = ""  # of its files in bench/out/
     # --cluster: the Redis backplane (cluster.py)
     cluster: bool = False
     redis_server: str = ""

@@ -534,7 +534,7 @@ CLUSTER_ROWS = [
     Row("redis_in_per_msg", "bytes into Redis per relayed msg", "{:.0f}"),
     Row("redis_out_per_msg", "bytes out of Redis per relayed msg", "{:.0f}"),
 ]
-#: The scaling table's rows (scaling.py), one column per process count; "{first}" is the first count's label.
+#: The scaling table's rows (cluster.py), one column per process count; "{first}" is the first count's label.
 SCALING_ROWS = [
     Row("relayed_per_s", "relayed msgs/s (all workers, both directions)", "{:,.0f}", "higher", dagger=DAGGER),
     Row("relayed_per_s", "speed-up against {first}", "{:.2f}", versus=lambda v, b: v / b),

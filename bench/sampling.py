@@ -26,43 +26,26 @@ def cpu_ticks(pid: int) -> int:
     return sum(user_system_ticks(pid))
 
 
-def wakeups(pid: int) -> int:
-    """How often the main thread of ``pid`` went to sleep and was woken again (its voluntary
-    context switches, /proc/<pid>/status): an event loop's wake-ups."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        match = re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status.read(), re.M)
-    return int(match.group(1)) if match else 0
-
-
-def rss_kib(pid: int) -> int:
-    """The resident memory of ``pid`` in KiB (VmRSS of /proc/<pid>/status)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        match = re.search(r"^VmRSS:\s+(\d+) kB", status.read(), re.M)
+def status(pid: int, field: str) -> int:
+    """A number of /proc/<pid>/status: VmRSS (KiB), voluntary_ctxt_switches (the main thread's
+    wake-ups: an event loop's), ..."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        match = re.search(rf"^{field}:\s+(\d+)", handle.read(), re.M)
     if not match:
-        raise BenchError(f"no VmRSS for pid {pid}")
+        raise BenchError(f"no {field} for pid {pid}")
     return int(match.group(1))
 
 
-def _busy(values: list[int]) -> int:
-    user, nice, system, _idle, _iowait, irq, softirq, steal = values[:8]
-    return user + nice + system + irq + softirq + steal
-
-
-def machine_busy_ticks() -> int:
-    """Busy ticks of all CPUs together (/proc/stat: everything but idle and iowait)."""
-    with open("/proc/stat", encoding="ascii") as stat:
-        return _busy([int(v) for v in stat.readline().split()[1:]])
-
-
-def cpu_busy_by_core() -> dict[int, int]:
-    """Busy ticks of each CPU (/proc/stat cpuN lines, everything but idle and iowait)."""
-    cores = {}
+def busy_ticks() -> tuple[int, dict[int, int]]:
+    """Busy ticks (everything but idle and iowait, /proc/stat) of all CPUs together, and of each."""
+    found: dict[int, int] = {}
     with open("/proc/stat", encoding="ascii") as stat:
         for line in stat:
-            match = re.match(r"cpu(\d+) (.*)", line)
+            match = re.match(r"cpu(\d*) (.*)", line)
             if match:
-                cores[int(match.group(1))] = _busy([int(v) for v in match.group(2).split()])
-    return cores
+                user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in match.group(2).split()[:8])
+                found[int(match.group(1) or -1)] = user + nice + system + irq + softirq + steal
+    return found.pop(-1), found
 
 
 @dataclass
@@ -84,10 +67,9 @@ def snapshot(pids: dict[str, int]) -> Snapshot:
         time.monotonic(),
         {role: user + system for role, (user, system) in split.items()},
         {role: system for role, (_, system) in split.items()},
-        {role: wakeups(pid) for role, pid in pids.items()},
-        machine_busy_ticks(),
-        cpu_busy_by_core(),
-        rss_kib(pids["server"]) if "server" in pids else 0,
+        {role: status(pid, "voluntary_ctxt_switches") for role, pid in pids.items()},
+        *busy_ticks(),
+        status(pids["server"], "VmRSS") if "server" in pids else 0,
     )
 
 
@@ -115,17 +97,14 @@ def spent(a: Snapshot, b: Snapshot) -> dict[str, float]:
 
 
 def wait_for_quiet(cfg: Config) -> float:
-    """Before a measurement, wait (bounded) until other processes use under cfg.quiet_pct of a core.
-
-    This machine may be shared (tests of other work); their CPU use is also reported for every
-    measurement (other_cpu_pct). Answers the share seen last, in % of one core.
-    """
+    """Before a measurement, wait (bounded) until other processes (tests of other work on a shared
+    machine) use under cfg.quiet_pct of a core; answers the share seen last, in % of one core."""
     deadline = time.monotonic() + min(cfg.quiet_wait, cfg.quiet_budget)
     started = time.monotonic()
     while True:
-        t0, b0 = time.monotonic(), machine_busy_ticks()
+        t0, b0 = time.monotonic(), busy_ticks()[0]
         time.sleep(0.5)
-        busy = 100 * (machine_busy_ticks() - b0) / HZ / (time.monotonic() - t0)
+        busy = 100 * (busy_ticks()[0] - b0) / HZ / (time.monotonic() - t0)
         if busy <= cfg.quiet_pct or time.monotonic() >= deadline:
             break
     waited = time.monotonic() - started - 0.5

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import PROJECT_DIR, log
 from bench.chart import chart
-from bench.cluster import measure_cluster
+from bench.cluster import measure_cluster, measure_scaling
 from bench.config import (
     CLUSTER_LABELS,
     CLUSTER_VARIANTS,
@@ -32,7 +32,6 @@ from bench.overload import run_overload
 from bench.profiling import run_cluster_profile, run_profile
 from bench.report import Results, cluster_layout_text, cluster_report, profile_report, report
 from bench.sampling import wait_for_quiet
-from bench.scaling import measure_scaling
 from bench.workloads import measure
 
 DOCS_FILE = os.path.join(PROJECT_DIR, "docs", "benchmarks.md")
@@ -132,15 +131,7 @@ def publish(
     return False
 
 
-def run_suite(
-    cfg: Config,
-    args: argparse.Namespace,
-    command: str,
-    facts: dict[str, str],
-    stamp: str,
-    started: float,
-    tree_before: str | None,
-) -> int:
+def run_suite(cfg: Config, args: argparse.Namespace, facts: dict[str, str], tree_before: str | None) -> int:
     """Rounds of every workload against webrtc_app then PeerJS, capacity and the storm once, the
     profile, and the results."""
     log("machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
@@ -155,13 +146,13 @@ def run_suite(
     other_cpu = max([other_cpu, *(figures.get("other_cpu_pct", 0.0) for once in overload.values() for figures in once.values())])
     profile = None if args.no_profile or not cfg.revisions else run_profile(cfg)
     check_tree(cfg, tree_before)
-    results_md = report(cfg, command, results, overload, facts, other_cpu, redone, time.monotonic() - started)
+    results_md = report(cfg, cfg.command, results, overload, facts, other_cpu, redone, time.monotonic() - cfg.started)
     profile_md = profile_report(cfg, profile, facts) if profile else None
-    data = {"command": command, "facts": facts, "results": results, "overload": overload, "profile": profile}
-    write(os.path.join(cfg.out_dir, f"results-{stamp}.json"), {**data, "warnings": cfg.warnings})
+    data = {"command": cfg.command, "facts": facts, "results": results, "overload": overload, "profile": profile}
+    write(os.path.join(cfg.out_dir, f"results-{cfg.stamp}.json"), {**data, "warnings": cfg.warnings})
     full = not cfg.quick and set(cfg.servers) == set(SERVERS) and set(cfg.workloads) >= set(DEFAULT_WORKLOADS)
     blocks = [(RESULTS_MARKERS, results_md)] + ([(PROFILE_MARKERS, profile_md)] if profile_md else [])
-    svg = chart(cfg, results, facts, command)
+    svg = chart(cfg, results, facts, cfg.command)
     if svg:
         write(os.path.join(cfg.out_dir, "benchmarks.svg"), svg)
     if publish(cfg, args, full, "results.md", results_md + "\n\n" + (profile_md or ""), blocks) and svg:
@@ -170,15 +161,7 @@ def run_suite(
     return 0
 
 
-def run_cluster_suite(
-    cfg: Config,
-    args: argparse.Namespace,
-    command: str,
-    facts: dict[str, str],
-    stamp: str,
-    started: float,
-    tree_before: str | None,
-) -> int:
+def run_cluster_suite(cfg: Config, args: argparse.Namespace, facts: dict[str, str], tree_before: str | None) -> int:
     """--cluster: alternate rounds of the relay on one node, one node with Redis, two nodes
     through Redis, and one server of 1, 2, 4 ... worker processes (--scaling); medians; writes
     the bench:cluster block of docs/benchmarks.md."""
@@ -202,9 +185,10 @@ def run_cluster_suite(
     results, other_cpu, redone = run_rounds(cfg, plan)
     profile = None if args.no_profile else run_cluster_profile(cfg)
     check_tree(cfg, tree_before)
-    results_md = cluster_report(cfg, command, results, facts, other_cpu, redone, time.monotonic() - started, profile)
-    data = {"command": command, "facts": facts, "layout": cfg.cluster_cpus, "results": results, "profile": profile}
-    write(os.path.join(cfg.out_dir, f"results-cluster-{stamp}.json"), {**data, "warnings": cfg.warnings})
+    elapsed = time.monotonic() - cfg.started
+    results_md = cluster_report(cfg, cfg.command, results, facts, other_cpu, redone, elapsed, profile)
+    data = {"command": cfg.command, "facts": facts, "layout": cfg.cluster_cpus, "results": results, "profile": profile}
+    write(os.path.join(cfg.out_dir, f"results-cluster-{cfg.stamp}.json"), {**data, "warnings": cfg.warnings})
     full = not cfg.quick and set(cfg.cluster_variants) == set(CLUSTER_VARIANTS) and bool(cfg.scaling)
     publish(cfg, args, full, "results-cluster.md", results_md, [(CLUSTER_MARKERS, results_md)])
     return 0
