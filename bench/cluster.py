@@ -187,20 +187,15 @@ def run_relay_across(
     expected = [result["data_messages"], result["acks"]] if across else [result["relayed"]]
     for n in range(len(nodes)):
         what = f"node {n + 1}: " if across else ""
-        check_count(
-            cfg, f"{what}webrtc_messages_relayed_total", metric_delta(m0[n], m1[n], "webrtc_messages_relayed_total"), expected[n]
-        )
         # PEER-UNAVAILABLE notices: none from the end of the probes (warm-up included) on.
-        check_count(
-            cfg,
-            f"{what}webrtc_messages_undelivered_total since the pairs were probed",
-            metric_delta(mp[n], m1[n], "webrtc_messages_undelivered_total"),
-            0,
-        )
+        checks = [
+            ("webrtc_messages_relayed_total", m0, expected[n], ""),
+            ("webrtc_messages_undelivered_total", mp, 0, " since the pairs were probed"),
+        ]
+        checks += [("webrtc_backplane_errors_total", m0, 0, "")] if redis_server else []
+        for name, before, want, since in checks:
+            check_count(cfg, f"{what}{name}{since}", metric_delta(before[n], m1[n], name), want)
         if redis_server:
-            check_count(
-                cfg, f"{what}webrtc_backplane_errors_total", metric_delta(m0[n], m1[n], "webrtc_backplane_errors_total"), 0
-            )
             check_count(cfg, f"{what}webrtc_backplane_connected", (m1[n] or {}).get("webrtc_backplane_connected"), 1)
     return across_figures(run)
 

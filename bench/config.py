@@ -108,7 +108,6 @@ class Config:
     layout: str = "apart"
     cluster_cpus: dict[str, int | None] = field(default_factory=dict)
     cluster_variants: tuple[str, ...] = ()
-    cluster_profile_relay: dict[str, Any] = field(default_factory=dict)
     cluster_light: dict[str, Any] = field(default_factory=dict)
     # --cluster --scaling: worker counts of one webrtc_app --processes N, and the CPUs that
     # every process of that variant may run on (all of them: the workers are not pinned).
@@ -200,8 +199,6 @@ def build_config(args: argparse.Namespace) -> Config:
         layout=args.cluster_layout,
         cluster_cpus=cluster_cpus,
         cluster_variants=tuple(v for v in CLUSTER_VARIANTS if v in variants),
-        # Across nodes a message costs 10-20 times more: the same sizes give seconds of samples.
-        cluster_profile_relay={**relay},
         # Light load: a few pairs, one message in flight each, so a round trip is not queueing.
         cluster_light={**relay, "pairs": 5, "messages": 200 if quick else 1000, "warmup": 20 if quick else 50, "window": 1},
         scaling=scaling,

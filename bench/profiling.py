@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from bench import PROJECT_DIR, BenchError, log
@@ -29,16 +30,13 @@ def py_spy_path(cfg: Config) -> str:
 
 
 class PySpy:
-    """``py-spy record`` on one process, writing ``path`` in ``fmt`` (raw or flamegraph) when stopped."""
+    """``py-spy record`` on one process, writing ``path`` in ``fmt`` (raw or flamegraph) when stopped.
+    It pauses the server for each sample (its default: its --nonblocking mode failed on most samples
+    here and the ones it kept were skewed); samples of the server waiting in epoll are left out."""
 
     def __init__(self, cfg: Config, label: str, pid: int, path: str, fmt: str = "raw", options: tuple[str, ...] = ()) -> None:
-        self.cfg = cfg
-        self.label = label
-        self.path = path
+        self.cfg, self.label, self.path = cfg, label, path
         self.log_path = os.path.join(cfg.log_dir, f"py-spy-{label}.log")
-        # py-spy pauses the server for each sample (its default): its --nonblocking mode
-        # failed on most samples here and the ones it kept were skewed. Samples of the
-        # server waiting in epoll are left out (no --idle).
         self.cmd = [py_spy_path(cfg), "record", "--pid", str(pid), "--rate", str(cfg.profile_rate), "--format", fmt]
         self.cmd += ["-o", path, *options]
         self.proc: subprocess.Popen[Any] | None = None
@@ -59,45 +57,40 @@ class PySpy:
             terminate(self.proc)
 
 
-def attach(spies: list[PySpy]) -> None:
-    """Start py-spy on each process (on the load generator's CPU) before the load starts."""
-    for spy in spies:
-        with open(spy.log_path, "wb") as out:
-            spy.proc = spy.cfg.children.spawn(spy.cmd, spy.cfg.loadgen_cpu, stdout=out, stderr=subprocess.STDOUT)
-    time.sleep(1.0)  # attach before the load starts
-    for spy in spies:
-        if spy.proc and spy.proc.poll() is not None:
-            raise BenchError(f"py-spy failed to start on {spy.label}:\n{spy.log_tail()}")
+def hooks(spies: list[PySpy]) -> tuple[Callable[[], None], Callable[[], None]]:
+    """What starts py-spy on each process (on the load generator's CPU) before the load starts,
+    and what stops it (it writes its file on Ctrl-C)."""
 
+    def attach() -> None:
+        for spy in spies:
+            with open(spy.log_path, "wb") as out:
+                spy.proc = spy.cfg.children.spawn(spy.cmd, spy.cfg.loadgen_cpu, stdout=out, stderr=subprocess.STDOUT)
+        time.sleep(1.0)
+        for spy in spies:
+            if spy.proc and spy.proc.poll() is not None:
+                raise BenchError(f"py-spy failed to start on {spy.label}:\n{spy.log_tail()}")
 
-def detach(spies: list[PySpy]) -> None:
-    """Stop py-spy on each process: it writes its file on Ctrl-C."""
-    for spy in spies:
-        if spy.proc:
-            spy.proc.send_signal(signal.SIGINT)
-    for spy in spies:
-        if spy.proc:
-            try:
-                spy.proc.wait(60)
-            finally:
-                terminate(spy.proc)
-    for spy in spies:
-        if not os.path.exists(spy.path):
-            raise BenchError(f"py-spy wrote no {spy.path}:\n{spy.log_tail()}")
+    def detach() -> None:
+        for spy in spies:
+            if spy.proc:
+                spy.proc.send_signal(signal.SIGINT)
+        for spy in spies:
+            if spy.proc:
+                try:
+                    spy.proc.wait(60)
+                finally:
+                    terminate(spy.proc)
+            if not os.path.exists(spy.path):
+                raise BenchError(f"py-spy wrote no {spy.path}:\n{spy.log_tail()}")
 
-
-def require_py_spy(cfg: Config) -> None:
-    if not os.path.exists(py_spy_path(cfg)):
-        raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
-
-
-# ---------------------------------------------------------------- runs under py-spy
+    return attach, detach
 
 
 def run_profile(cfg: Config) -> dict[str, Any]:
-    """webrtc_app sampled by py-spy under the relay load (Python frames, then native frames too,
-    then a flame graph) and while 10,000 sockets sit idle; answers the aggregated profiles."""
-    require_py_spy(cfg)
+    """webrtc_app (the first revision) sampled by py-spy under the relay load (Python frames, then
+    native frames too, then a flame graph) and while 10,000 sockets sit idle; answers the aggregated profiles."""
+    if not os.path.exists(py_spy_path(cfg)):
+        raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
     idle_args = {**cfg.idle, "steps": str(cfg.idle["steps"]).split(",")[-1]}
     passes = (
         # name, workload, py-spy format, options, output
@@ -108,17 +101,20 @@ def run_profile(cfg: Config) -> dict[str, Any]:
     )
     results: dict[str, Any] = {}
     for name, workload, fmt, options, filename in passes:
-        path = os.path.join(cfg.out_dir, filename)
+        path, tag = os.path.join(cfg.out_dir, filename), f"prof{name[0]}"
         wait_for_quiet(cfg)
         with fresh(f"profile ({name})") as procs:
             server = start_server(cfg, cfg.revisions[0], f"profile-{name}")
             procs.append(server)
             spy = PySpy(cfg, name, server.pid, path, fmt, options)
+            attach, detach = hooks([spy])
             try:
-                figures = _profiled(cfg, server, workload, f"prof{name[0]}", idle_args, spy)
-            except BaseException:
+                if workload == "relay":
+                    figures = run_relay(cfg, server, tag, cfg.profile_relay, on_ready=attach, on_measured=detach)
+                else:
+                    figures = run_idle(cfg, server, tag, idle_args, on_hold=attach, on_held=detach)
+            finally:
                 spy.kill()
-                raise
         figures["py_spy_errors"] = spy.errors()
         results[f"{workload}_{name}"] = figures
         shown = f"{figures['relayed_per_s']:,.0f} msgs/s" if workload == "relay" else f"{figures['idle_cpu_pct']:.1f}% CPU idle"
@@ -131,26 +127,22 @@ def run_profile(cfg: Config) -> dict[str, Any]:
     return results
 
 
-def _profiled(cfg: Config, server: Server, workload: str, tag: str, idle_args: dict[str, Any], spy: PySpy) -> dict[str, float]:
-    if workload == "relay":
-        return run_relay(cfg, server, tag, cfg.profile_relay, on_ready=lambda: attach([spy]), on_measured=lambda: detach([spy]))
-    return run_idle(cfg, server, tag, idle_args, on_hold=lambda: attach([spy]), on_held=lambda: detach([spy]))
-
-
 def run_cluster_profile(cfg: Config) -> dict[str, Any]:
     """py-spy on node 1 and node 2 at once (Python frames, --function) under the relay across nodes."""
-    require_py_spy(cfg)
+    if not os.path.exists(py_spy_path(cfg)):
+        raise BenchError("py-spy is not installed: pip install -r bench/requirements.txt")
     paths = {role: os.path.join(cfg.out_dir, f"profile-cluster-{role}.txt") for role in ("node1", "node2")}
     spies: list[PySpy] = []
 
-    def hooks(nodes: list[Server]) -> tuple[Any, Any]:
+    def on_nodes(nodes: list[Server]) -> tuple[Any, Any]:
         for (role, path), node in zip(paths.items(), nodes, strict=True):
             spies.append(PySpy(cfg, f"cluster-{role}", node.pid, path, options=("--function",)))
-        return lambda: attach(spies), lambda: detach(spies)
+        return hooks(spies)
 
     wait_for_quiet(cfg)
     try:
-        figures = measure_cluster(cfg, cfg.revisions[0], "cluster", "profc", cfg.cluster_profile_relay, hooks, light=False)
+        # Across nodes a message costs more: the relay's own sizes give seconds of samples.
+        figures = measure_cluster(cfg, cfg.revisions[0], "cluster", "profc", cfg.relay, on_nodes, light=False)
     finally:
         for spy in spies:
             spy.kill()
@@ -234,14 +226,14 @@ def native_groups(path: str) -> dict[str, Any]:
     }
 
 
-#: What a node of the backplane does, by the functions on a sample's stack (routing/redis.py),
+#: What a node of the backplane does, by the functions on a sample's stack (routing/redis/, routing/nodes.py),
 #: checked in this order: the first that matches names the sample's area.
 AREAS = (
     # Its inbox: redis-py reading each SPUBLISH pushed to it, then the batch decoded and delivered.
-    ("receive", ("RedisRouter._read ",)),
+    ("receive", ("Subscriber._read ",)),
     # Its outbox: the publisher task taking the loop iteration's batches, packing one SPUBLISH
     # per destination node and writing them (Outlet.send).
-    ("publish", ("RedisRouter._publisher ", "RedisRouter._publish ", "Outlet.send ")),
+    ("publish", ("Publisher.run ", "Publisher._publish ", "Outlet.send ")),
     # Redis's answers to those SPUBLISH (how many nodes heard each), read by each outlet.
     ("answers", ("Outlet._read ",)),
     ("websocket", ("(handlers/", "(tornado/")),
@@ -254,7 +246,7 @@ AREA_PARTS = {
         ("deliver", ("MemoryRouter.deliver ", "MemoryRouter.deliver_all ")),
     ),
     "publish": (("pack", ("pack_command",)), ("encode", ("Batch.encode ",))),
-    "websocket": (("relay", ("RedisRouter.relay ",)),),
+    "websocket": (("relay", ("NodeRouting.relay ",)),),
 }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import string
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -53,10 +54,10 @@ def columns_of(subjects: list[Subject], results: Results) -> tuple[list[Column],
     return columns, [Ratio(f"{first.label} / {c.label}", first, c) for c in others if first]
 
 
-def header(command: str, how: str, facts: dict[str, str], where: str) -> list[str]:
+def header(cfg: Config, how: str, facts: dict[str, str], where: str) -> list[str]:
     """The lines every results block starts with: the command and the machine."""
     return [
-        f"Command: `{command}` ({how})",
+        f"Command: `{cfg.command}` ({how}; {(time.monotonic() - cfg.started) / 60:.1f} minutes)",
         "",
         "Machine: " + "; ".join(f"{k}: {v}" for k, v in facts.items()) + f"; {where}.",
     ]
@@ -74,23 +75,23 @@ def disturbed(cfg: Config, other_cpu: float, redone: int) -> str:
 
 def result_rows(cfg: Config) -> list[Row]:
     """The rows of the results table, in order (the idle rows depend on --idle-steps)."""
-    rows = []
+    rows: list[Row] = []
+    own = {
+        "relay": [
+            Row("relayed_per_s", "relayed msgs/s (both directions)", "{:,.0f}", "higher", dagger="loadgen_cpu_pct"),
+            Row("rtt_p50_ms", "round trip p50 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
+            Row("rtt_p99_ms", "round trip p99 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
+            Row("cpu_us_per_msg", "server CPU µs per relayed msg", "{:.1f}", "lower"),
+        ],
+        "calls": [
+            Row("calls_per_s", "calls/s", "{:,.0f}", "higher", dagger="loadgen_cpu_pct"),
+            Row("setup_p50_ms", "set-up time p50 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
+            Row("setup_p99_ms", "set-up time p99 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
+            Row("cpu_ms_per_call", "server CPU ms per call", "{:.2f}", "lower"),
+        ],
+    }
     for workload, count in (("relay", cfg.relay_loadgens), ("calls", cfg.calls_loadgens)):
-        if workload == "relay":
-            rows += [
-                Row("relayed_per_s", "relayed msgs/s (both directions)", "{:,.0f}", "higher", dagger="loadgen_cpu_pct"),
-                Row("rtt_p50_ms", "round trip p50 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
-                Row("rtt_p99_ms", "round trip p99 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
-                Row("cpu_us_per_msg", "server CPU µs per relayed msg", "{:.1f}", "lower"),
-            ]
-        else:
-            rows += [
-                Row("calls_per_s", "calls/s", "{:,.0f}", "higher", dagger="loadgen_cpu_pct"),
-                Row("setup_p50_ms", "set-up time p50 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
-                Row("setup_p99_ms", "set-up time p99 (ms)", "{:.1f}", "lower", dagger="loadgen_cpu_pct"),
-                Row("cpu_ms_per_call", "server CPU ms per call", "{:.2f}", "lower"),
-            ]
-        rows += [
+        rows += own[workload] + [
             Row("server_cpu_pct", "server CPU (% of one core)", "{:.0f}"),
             Row("loadgen_cpu_pct", "load generator CPU (% of one core)", "{:.0f}"),
             # Several load generators side by side: each one's CPU too.
@@ -140,23 +141,14 @@ def pinning(cfg: Config) -> str:
     return f"server pinned to CPU {cfg.server_cpu}, load generator and driver to CPU {cfg.loadgen_cpu} (taskset)"
 
 
-def report(
-    cfg: Config,
-    command: str,
-    results: Results,
-    overload: Overload,
-    facts: dict[str, str],
-    other_cpu: float,
-    redone: int,
-    elapsed: float,
-) -> str:
+def report(cfg: Config, results: Results, overload: Overload, facts: dict[str, str], other_cpu: float, redone: int) -> str:
     """The block between the bench:results markers: command, machine, sizes, tables, warnings,
     then capacity, the storm and the targets."""
     relay, calls = cfg.relay, cfg.calls
     columns, ratios = columns_of(cfg.subjects, results)
     rows = result_rows(cfg)
     lines = [
-        *header(command, f"{rounds_text(cfg)}; {elapsed / 60:.1f} minutes", facts, pinning(cfg)),
+        *header(cfg, rounds_text(cfg), facts, pinning(cfg)),
         "",
         f"Sizes: relay {relay['pairs']} pairs × {relay['messages']:,} data messages of {relay['size']} bytes "
         f"(+{relay['warmup']} warm-up each), window {relay['window']}; calls {calls['calls']:,} "
@@ -602,14 +594,14 @@ def profile_areas_text(areas: dict[str, int]) -> str:
     total = areas.get("samples") or 1
     pct = lambda key: f"{100 * areas.get(key, 0) / total:.0f}%"  # noqa: E731
     return (
-        f"receiving its inbox (`RedisRouter._read`: redis-py reading each SPUBLISH pushed to it, then "
-        f"`RedisRouter._on_batch`) {pct('receive')}, of which the RESP reader {pct('receive_parser')}, decoding the "
+        f"receiving its inbox (`Subscriber._read`: redis-py reading each SPUBLISH pushed to it, then "
+        f"`NodeRouting.receive`) {pct('receive')}, of which the RESP reader {pct('receive_parser')}, decoding the "
         f"batches {pct('receive_decode')} and delivering to its sockets (`MemoryRouter.deliver` and `deliver_all`, "
-        f"the frames written included) {pct('receive_deliver')}; publishing (`RedisRouter._publisher`/`_publish`, "
+        f"the frames written included) {pct('receive_deliver')}; publishing (`Publisher.run`/`_publish`, "
         f"`Outlet.send`: one SPUBLISH per destination node and loop iteration) {pct('publish')}, of which packing the commands "
         f"{pct('publish_pack')} and encoding the batches {pct('publish_encode')}; reading Redis's answers to them "
         f"(`Outlet._read`) {pct('answers')}; the WebSocket side (reading, parsing and sending frames) "
-        f"{pct('websocket')}, of which routing each message (`RedisRouter.relay`: local fan-out and adding it to "
+        f"{pct('websocket')}, of which routing each message (`NodeRouting.relay`: local fan-out and adding it to "
         f"a batch) {pct('websocket_relay')}; the rest (the event loop and its timers) {pct('rest')}"
     )
 
@@ -617,52 +609,24 @@ def profile_areas_text(areas: dict[str, int]) -> str:
 def cluster_targets(single: Column | None, alone: Column | None, across: Column) -> list[list[str]]:
     """The targets of the issue "A backplane that scales", each against the medians measured."""
     rows = []
-    one, cross = single.value("us_total") if single else None, across.value("us_total")
+    one, cross, shared = single.value("us_total") if single else None, across.value("us_total"), alone and alone.value("us_total")
     if one and cross is not None:
-        ratio = cross / one
-        met = ("yes" if ratio <= 2 else "no") + (" (moonshot too)" if ratio <= 1.5 else "")
+        met = ("yes" if cross / one <= 2 else "no") + (" (moonshot too)" if cross / one <= 1.5 else "")
+        what = "CPU per relayed msg when every message crosses two nodes (nodes + redis-server) / 1 node's"
+        rows.append([what, f"{cross:.1f} / {one:.1f} µs = {cross / one:.2f}×", "at most 2× (moonshot 1.5×)", met])
+    if one and shared is not None:
+        what = "CPU per relayed msg of a node on a backplane with no other node (node + redis-server) / 1 node's"
+        rows.append([what, f"{shared:.1f} / {one:.1f} µs = {shared / one:.2f}×", "what one node costs (1×)", "–"])
+    light, far = single.value("light_rtt_p50_ms") if single else None, across.value("light_rtt_p50_ms")
+    if light is not None and far is not None:
+        what = "light load round trip p50 across two nodes, minus 1 node's"
         rows.append(
-            [
-                "CPU per relayed msg when every message crosses two nodes (nodes + redis-server) / 1 node's",
-                f"{cross:.1f} / {one:.1f} µs = {ratio:.2f}×",
-                "at most 2× (moonshot 1.5×)",
-                met,
-            ]
-        )
-    if one and alone and alone.value("us_total") is not None:
-        shared = alone.value("us_total")
-        rows.append(
-            [
-                "CPU per relayed msg of a node on a backplane with no other node (node + redis-server) / 1 node's",
-                f"{shared:.1f} / {one:.1f} µs = {shared / one:.2f}×",
-                "what one node costs (1×)",
-                "–",
-            ]
-        )
-    light, light_across = single.value("light_rtt_p50_ms") if single else None, across.value("light_rtt_p50_ms")
-    if light is not None and light_across is not None:
-        diff = light_across - light
-        rows.append(
-            [
-                "light load round trip p50 across two nodes, minus 1 node's",
-                f"{light_across:.2f} − {light:.2f} = {diff:+.2f} ms",
-                "within 1 ms",
-                "yes" if diff <= 1 else "no",
-            ]
+            [what, f"{far:.2f} − {light:.2f} = {far - light:+.2f} ms", "within 1 ms", "yes" if far - light <= 1 else "no"]
         )
     return rows
 
 
-def cluster_report(
-    cfg: Config,
-    command: str,
-    results: Results,
-    facts: dict[str, str],
-    other_cpu: float,
-    redone: int,
-    elapsed: float,
-    profile: dict[str, Any] | None,
-) -> str:
+def cluster_report(cfg: Config, results: Results, facts: dict[str, str], other_cpu: float, redone: int, profile: Any) -> str:
     """The block between the bench:cluster markers: command, machine, sizes, tables, profiles."""
     relay, light = cfg.relay, cfg.cluster_light
     revs = cfg.revisions
@@ -680,7 +644,7 @@ def cluster_report(
     attempts, unavailable, timeouts = probes(across)
     order = " ".join(string.ascii_uppercase[: len(revs) * (len(cfg.cluster_variants) + len(cfg.scaling))]) + " ..."
     lines = [
-        *header(command, f"{cfg.rounds} rounds, {order}; medians; {elapsed / 60:.1f} minutes", facts, cluster_layout_text(cfg)),
+        *header(cfg, f"{cfg.rounds} rounds, {order}; medians", facts, cluster_layout_text(cfg)),
         "",
         f"Sizes: relay {relay['pairs']} pairs × {relay['messages']:,} data messages of {relay['size']} bytes "
         f"(+{relay['warmup']} warm-up each), window {relay['window']}, in each variant: "

@@ -9,7 +9,6 @@ import argparse
 import functools
 import json
 import os
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -146,7 +145,7 @@ def run_suite(cfg: Config, args: argparse.Namespace, facts: dict[str, str], tree
     other_cpu = max([other_cpu, *(figures.get("other_cpu_pct", 0.0) for once in overload.values() for figures in once.values())])
     profile = None if args.no_profile or not cfg.revisions else run_profile(cfg)
     check_tree(cfg, tree_before)
-    results_md = report(cfg, cfg.command, results, overload, facts, other_cpu, redone, time.monotonic() - cfg.started)
+    results_md = report(cfg, results, overload, facts, other_cpu, redone)
     profile_md = profile_report(cfg, profile, facts) if profile else None
     data = {"command": cfg.command, "facts": facts, "results": results, "overload": overload, "profile": profile}
     write(os.path.join(cfg.out_dir, f"results-{cfg.stamp}.json"), {**data, "warnings": cfg.warnings})
@@ -185,8 +184,7 @@ def run_cluster_suite(cfg: Config, args: argparse.Namespace, facts: dict[str, st
     results, other_cpu, redone = run_rounds(cfg, plan)
     profile = None if args.no_profile else run_cluster_profile(cfg)
     check_tree(cfg, tree_before)
-    elapsed = time.monotonic() - cfg.started
-    results_md = cluster_report(cfg, cfg.command, results, facts, other_cpu, redone, elapsed, profile)
+    results_md = cluster_report(cfg, results, facts, other_cpu, redone, profile)
     data = {"command": cfg.command, "facts": facts, "layout": cfg.cluster_cpus, "results": results, "profile": profile}
     write(os.path.join(cfg.out_dir, f"results-cluster-{cfg.stamp}.json"), {**data, "warnings": cfg.warnings})
     full = not cfg.quick and set(cfg.cluster_variants) == set(CLUSTER_VARIANTS) and bool(cfg.scaling)
