@@ -6,10 +6,10 @@ One concern per module, in the order a run goes through them:
     run.py            the entry point (``python bench/run.py``)
     cli.py            the command line, and a run from setup to clean-up
     config.py         every option and its default (``Config``)
-    environment.py    what is measured and where: npm installs, a git revision, the machine's facts
+    environment.py    what is measured and where: npm installs, the revisions (--rev), the machine's facts
     processes.py      the processes it starts (webrtc_app, redis-server): pinned to a CPU, ended whatever happens
     sampling.py       CPU time and memory from /proc, and waiting for a quiet machine
-    servers.py        the servers under test: webrtc_app and the PeerJS server
+    servers.py        the processes of one measurement (webrtc_app, PeerJS, redis-server), checked as they stop
     loadgen.py        the driver's side of the load generators (loadgen.mjs, loadgen/*.mjs): one or several side by side
     workloads.py      relay, calls and idle against one server: one measurement each
     overload.py       capacity (every socket the descriptors allow) and the reconnect storm, once each

@@ -271,8 +271,7 @@ def measure_cluster(
     nodes through Redis; every process started fresh and stopped afterwards (nodes first, then redis-server)."""
     cpus = cfg.cluster_cpus
     with fresh(f"relay, {CLUSTER_LABELS[variant]}, {subject.label} ({tag})") as procs:
-        redis_server = start_redis(cfg, tag) if variant != "single" else None
-        procs += [redis_server] if redis_server else []
+        redis_server = procs.add(start_redis(cfg, tag)) if variant != "single" else None
         url = redis_server.url if redis_server else None
         if variant == "cluster":
             nodes = [start_webrtc(cfg, f"{tag}-node{n}", cpus[f"node{n}"], url, folder=subject.folder) for n in (1, 2)]
@@ -394,11 +393,9 @@ def measure_scaling(cfg: Config, subject: Subject, processes: int, tag: str) -> 
     The server is ready once wait_for_workers() says so: with several workers /metrics labels
     every series by worker, so it has no webrtc_backplane_connected of its own to wait for."""
     with fresh(f"relay, {scaling_label(processes)}, {subject.label} ({tag})") as procs:
-        redis_server = start_redis(cfg, tag, cfg.scaling_cpus)
-        procs.append(redis_server)
+        redis_server = procs.add(start_redis(cfg, tag, cfg.scaling_cpus))
         args = ("--redis", redis_server.url, *(("--processes", str(processes)) if processes > 1 else ()))
-        server = start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info", folder=subject.folder)
-        procs.append(server)
+        server = procs.add(start_webrtc(cfg, tag, cfg.scaling_cpus, args=args, log_level="info", folder=subject.folder))
         workers = wait_for_workers(cfg, server, processes, redis_server)
         run = run_scaled_relay(cfg, server, workers, redis_server, tag, cfg.relay)
         with redis_server.client() as client:

@@ -431,8 +431,7 @@ def run_overload(cfg: Config) -> dict[str, dict[str, dict[str, Any]]]:
     for what, subject, tag, most in plan:
         wait_for_quiet(cfg)
         with fresh(f"{what} against {subject.label} ({tag})") as procs:
-            server = start_server(cfg, subject, tag, most)
-            procs.append(server)
+            server = procs.add(start_server(cfg, subject, tag, most))
             figures = found[what][subject.key] = (
                 capacity(cfg, server, tag, sockets) if what == "capacity" else storm(cfg, server, tag)
             )

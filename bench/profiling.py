@@ -104,8 +104,7 @@ def run_profile(cfg: Config) -> dict[str, Any]:
         path, tag = os.path.join(cfg.out_dir, filename), f"prof{name[0]}"
         wait_for_quiet(cfg)
         with fresh(f"profile ({name})") as procs:
-            server = start_server(cfg, cfg.revisions[0], f"profile-{name}")
-            procs.append(server)
+            server = procs.add(start_server(cfg, cfg.revisions[0], f"profile-{name}"))
             spy = PySpy(cfg, name, server.pid, path, fmt, options)
             attach, detach = hooks([spy])
             try:

@@ -178,12 +178,19 @@ def stop_checked(process: HelperProcess) -> None:
         raise BenchError(f"{process.name} stopped with exit status {status}:\n{text[-3000:]}")
 
 
+class Processes(list[HelperProcess]):
+    def add(self, process: P) -> P:
+        """``process``, now one of the measurement's."""
+        self.append(process)
+        return process
+
+
 @contextlib.contextmanager
-def fresh(what: str) -> Iterator[list[HelperProcess]]:
-    """The processes of one measurement, which the body starts and appends: stopped afterwards,
-    the last first, and checked (stop_checked) if the body succeeded. A BenchError or Redis error
-    of the body comes back as a BenchError that says ``what`` and ends with each one's log."""
-    procs: list[HelperProcess] = []
+def fresh(what: str) -> Iterator[Processes]:
+    """The processes of one measurement, which the body starts and add()s: stopped afterwards, the
+    last first, and checked (stop_checked) if the body succeeded. A BenchError or Redis error of
+    the body comes back as a BenchError that says ``what`` and ends with each one's log."""
+    procs = Processes()
     try:
         yield procs
     except BaseException as exc:

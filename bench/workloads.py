@@ -194,8 +194,7 @@ def run_idle(
 def measure(cfg: Config, subject: Subject, workload: str, tag: str) -> dict[str, float]:
     """One workload against a freshly started server, stopped afterwards."""
     with fresh(f"{workload} against {subject.label} ({tag})") as procs:
-        server = start_server(cfg, subject, tag)
-        procs.append(server)
+        server = procs.add(start_server(cfg, subject, tag))
         if workload == "relay":
             return run_relay(cfg, server, tag, cfg.relay, cfg.relay_loadgens)
         if workload == "calls":
