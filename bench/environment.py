@@ -28,6 +28,11 @@ def version_of(cmd: list[str]) -> str:
         return "?"
 
 
+def git(*args: str) -> str:
+    """What ``git ARGS`` prints about this repository (stripped)."""
+    return version_of(["git", "-C", PROJECT_DIR, *args])
+
+
 def npm_version(cfg: Config, folder: str, package: str) -> str:
     """The version of an npm ``package`` installed in cfg.npm_dir/``folder``."""
     try:
@@ -49,12 +54,9 @@ def machine_facts(cfg: Config) -> dict[str, str]:
         mem_kib = int(meminfo.readline().split()[1])
     tornado = version_of([cfg.python, "-c", "import tornado; print(tornado.version)"])
     first = cfg.revisions[0] if cfg.revisions else None
-    commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--short", first.commit if first and first.commit else "HEAD"])
-    dirty = 0
-    if first and not first.commit:
-        # Uncommitted changes to the server's files (tracked or not), outside bench/ and this doc.
-        status = version_of(["git", "-C", PROJECT_DIR, "status", "--porcelain", "--", ".", ":!bench", ":!docs/benchmarks.md"])
-        dirty = bool(status.strip())
+    commit = git("rev-parse", "--short", first.commit if first and first.commit else "HEAD")
+    # Uncommitted changes to the server's files (tracked or not), outside bench/ and this doc.
+    dirty = bool(first and not first.commit and git("status", "--porcelain", "--", ".", ":!bench", ":!docs/benchmarks.md"))
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{cpu_model}, {os.cpu_count()} cores",
@@ -84,13 +86,8 @@ def install_node_packages(cfg: Config, npm: str, peer_spec: str | None, ws_spec:
         with open(os.path.join(path, "package.json"), "w", encoding="utf-8") as handle:
             json.dump({"name": f"bench-{folder}", "private": True}, handle)
         log(f"npm install {spec} in {path}")
-        result = subprocess.run(
-            [npm, "install", "--no-audit", "--no-fund", "--loglevel", "error", spec],
-            cwd=path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        command = [npm, "install", "--no-audit", "--no-fund", "--loglevel", "error", spec]
+        result = subprocess.run(command, cwd=path, capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             raise BenchError(f"npm install {spec} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
 
@@ -100,13 +97,7 @@ def tree_state() -> str:
     digest = hashlib.sha1()
     for cmd in (["rev-parse", "HEAD"], ["diff", "HEAD", "--", ".", ":!bench", ":!docs/benchmarks.md"]):
         digest.update(subprocess.run(["git", "-C", PROJECT_DIR, *cmd], capture_output=True, timeout=60).stdout)
-    untracked = subprocess.run(
-        ["git", "-C", PROJECT_DIR, "ls-files", "--others", "--exclude-standard", "--", ".", ":!bench"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    ).stdout.split()
-    for name in untracked:
+    for name in git("ls-files", "--others", "--exclude-standard", "--", ".", ":!bench").split():
         try:
             with open(os.path.join(PROJECT_DIR, name), "rb") as handle:
                 digest.update(name.encode() + handle.read())
@@ -125,10 +116,10 @@ def revisions(revs: list[str], temporary: list[str]) -> list[Subject]:
         return [Subject("webrtc_app", "webrtc_app", "webrtc_app", "w")]
     subjects: list[Subject] = []
     for n, rev in enumerate(revs):
-        commit = version_of(["git", "-C", PROJECT_DIR, "rev-parse", "--verify", f"{rev}^{{commit}}"])
+        commit = git("rev-parse", "--verify", f"{rev}^{{commit}}")
         if not re.fullmatch(r"[0-9a-f]{40}", commit):
             raise BenchError(f"{rev!r} is not a revision of {PROJECT_DIR}")
-        label = f"webrtc_app@{version_of(['git', '-C', PROJECT_DIR, 'rev-parse', '--short', commit])}" if n else "webrtc_app"
+        label = f"webrtc_app@{git('rev-parse', '--short', commit)}" if n else "webrtc_app"
         if label in (s.label for s in subjects):
             raise BenchError(f"--rev {rev}: {label} is measured already")
         folder = tempfile.mkdtemp(prefix="webrtc-bench-server-")
