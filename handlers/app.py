@@ -25,6 +25,7 @@ from handlers.protocol.connection import Limits
 from handlers.signaling import SignalingSocket, SocketContext
 from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
 from handlers.streamws import SignalingHandler
+from handlers.transport import PendingWrites
 from routing import Router
 from routing.memory import MemoryRouter
 from services.descriptors import open_files_limit, socket_capacity
@@ -77,6 +78,7 @@ class WebRTCApplication(Application):
             socket_limit=self.socket_limit,
             id_pattern=re.compile(config.ID_PATTERN) if config.ID_PATTERN else None,
             log_access=self.log_access,
+            writes=PendingWrites(),
         )
         self.metrics_registry: CollectorRegistry | None = (
             make_registry(self.context, self.loop_lag, self.open_files) if config.METRICS else None

@@ -27,6 +27,7 @@ from routing import BAD_REQUEST, BAD_REQUEST_CODE, Router, check_ids, server_not
 from routing.limits import ALLOW, CLOSE, NOTICE, RateLimiter
 
 if TYPE_CHECKING:
+    from handlers.transport import PendingWrites
     from services.heartbeat import Heartbeat
     from services.metrics import Stats
 
@@ -59,6 +60,8 @@ class SocketContext:
     id_pattern: re.Pattern[str] | None
     #: The access log: (status, method, uri, remote ip, seconds).
     log_access: Callable[[int, str, str, str | None, float], None]
+    #: The sockets with frames to write at the end of this loop iteration (the transports').
+    writes: PendingWrites
 
 
 class MissingArgumentError(LookupError):

@@ -29,6 +29,34 @@ CLOSE_WAIT = 5.0
 SEND_BUFFER = 128 * 1024
 
 
+class PendingWrites:
+    """The sockets that queued frames during this loop iteration: one callback at its end
+    writes them all, in the order they queued (one event-loop callback per iteration, not one
+    per socket: with thousands of sockets a heartbeat tick or a busy relay queues many)."""
+
+    __slots__ = ("sockets", "loop")
+
+    def __init__(self) -> None:
+        self.sockets: list[Transport] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, socket: Transport) -> None:
+        if not self.sockets:
+            if self.loop is None:
+                self.loop = asyncio.get_running_loop()
+            self.loop.call_soon(self.flush)
+        self.sockets.append(socket)
+
+    def flush(self) -> None:
+        sockets, self.sockets = self.sockets, []
+        for socket in sockets:
+            try:
+                socket._flush()
+            except Exception:  # noqa: BLE001 - one socket's failure is not the others'
+                log.exception("writing to a signaling socket failed")
+                socket._finish()
+
+
 class Transport(SignalingSocket, Connection):
     """A signaling socket over the protocol core; subclasses implement :meth:`_write`,
     :meth:`_start_reading` and :meth:`_release`."""
@@ -107,7 +135,7 @@ class Transport(SignalingSocket, Connection):
     def flush_soon(self) -> None:
         """Connection's hook: the outbox has its first frame; it leaves at the end of this loop
         iteration, with every frame queued meanwhile, in one write."""
-        self.loop.call_soon(self._flush)
+        self.context.writes.add(self)
 
     def _flush(self) -> None:
         if self._finished:
