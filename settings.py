@@ -128,8 +128,9 @@ MAX_UNSENT = 4 * 1024 * 1024
 MAX_UNSENT_TOTAL = 64 * 1024 * 1024
 #: Connections whose request head is still being read, each holding a descriptor until its
 #: head arrives. In all (and never more than half the socket limit): at the cap no connection
-#: is accepted until a head is done (they wait in the kernel's backlog). From one address (0:
-#: no cap; behind a proxy, XHEADERS, only the total counts): past it, 503 at once.
+#: is accepted until a head is done (they wait in the kernel's backlog), and those idle for a
+#: second are dropped. From one address (0: no cap; behind a proxy, XHEADERS, only the total
+#: counts): past it, and its oldest head idle for a second, 503 for the next.
 MAX_PENDING_HEADS = 2000
 MAX_PENDING_HEADS_PER_ADDRESS = 500
 #: Largest HTTP request body accepted (pages' forms, ICE tokens), in bytes.

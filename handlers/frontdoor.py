@@ -102,13 +102,15 @@ class FrontDoor:
         # proxy (XHEADERS) every connection comes from the proxy: then only the total counts.
         # At most half the socket limit (or one accept batch) in all: the rest of the
         # descriptors stay for sockets. At the cap the door stops accepting, and connections
-        # wait in the kernel's backlog until heads complete; past the cap for one address, a
-        # connection from it is answered 503 at once.
+        # wait in the kernel's backlog until heads complete. An address holding the cap for one
+        # address whose oldest head has sent nothing for IDLE_HEAD seconds (a slow or idle
+        # client) gets 503 for the next; a burst of clients that send their heads at once (a
+        # restart's reconnections from behind one NAT) is never refused.
         self.max_heads = min(config.MAX_PENDING_HEADS, max(ACCEPT_BATCH, app.socket_limit // 2))
         self.max_heads_per_address = 0 if self.xheaders else config.MAX_PENDING_HEADS_PER_ADDRESS
         #: The heads being read, oldest first.
         self.heads: dict[HeadReader, None] = {}
-        self.heads_by_address: dict[str, int] = {}
+        self.heads_by_address: dict[str, dict[HeadReader, None]] = {}  # oldest first
         self._held_back = False  # not accepting: max_heads heads are being read
         self._turns = 0
         self._spare: int | None = None
@@ -184,12 +186,16 @@ class FrontDoor:
             self.server._handle_connection(connection, address)
             return
         host = address[0] if isinstance(address, tuple) else ""
-        if self.max_heads_per_address and self.heads_by_address.get(host, 0) >= self.max_heads_per_address:
-            self.stats.turned_away += 1
-            self._answer_busy(connection)  # this address has too many heads unread: try again later
-            return
-        self.heads_by_address[host] = self.heads_by_address.get(host, 0) + 1
-        self.heads[HeadReader(self, connection, address, self.header_timeout)] = None
+        own = self.heads_by_address.get(host)
+        if own is not None and self.max_heads_per_address and len(own) >= self.max_heads_per_address:
+            oldest = next(iter(own))
+            if self.loop.time() - oldest.accepted >= IDLE_HEAD and oldest.idle():
+                self.stats.turned_away += 1
+                self._answer_busy(connection)  # this address holds heads it does not send: later
+                return
+        head = HeadReader(self, connection, address, self.header_timeout)
+        self.heads[head] = None
+        self.heads_by_address.setdefault(host, {})[head] = None
 
     def _drop_idle_heads(self) -> bool:
         """At the cap: drop the heads whose clients have sent nothing for IDLE_HEAD seconds or
@@ -229,11 +235,11 @@ class FrontDoor:
             if self._spare is not None:  # not paused for want of descriptors (_resume watches then)
                 self._watch()
         host = address[0] if isinstance(address, tuple) else ""
-        left = self.heads_by_address.get(host, 1) - 1
-        if left > 0:
-            self.heads_by_address[host] = left
-        else:
-            self.heads_by_address.pop(host, None)
+        own = self.heads_by_address.get(host)
+        if own is not None:
+            own.pop(head, None)
+            if not own:
+                del self.heads_by_address[host]
 
     def lean_socket(self, head: HeadReader) -> LeanSocket | None:
         """The lean transport for this request head, or None: Tornado serves it."""
