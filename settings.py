@@ -127,11 +127,11 @@ MAX_MESSAGE_SIZE = 64 * 1024
 MAX_UNSENT = 4 * 1024 * 1024
 MAX_UNSENT_TOTAL = 64 * 1024 * 1024
 #: Connections whose request head is still being read, each holding a descriptor until its
-#: head arrives. In all (and never more than half the socket limit): at the cap no connection
-#: is accepted until a head is done (they wait in the kernel's backlog), and those idle for a
-#: second are dropped. From one address (0: no cap; behind a proxy, XHEADERS, only the total
-#: counts): past it, and its oldest head idle for a second, 503 for the next.
-MAX_PENDING_HEADS = 2000
+#: head arrives. Past MAX_PENDING_HEADS, or when sockets and heads reach the socket limit, the
+#: heads that have sent nothing for a second are dropped to make room (the server never stops
+#: accepting). From one address (0: no cap; behind a proxy, XHEADERS, only the total counts):
+#: past it, and its oldest head silent for half of HEADER_TIMEOUT, 503 for the next.
+MAX_PENDING_HEADS = 10000
 MAX_PENDING_HEADS_PER_ADDRESS = 500
 #: Largest HTTP request body accepted (pages' forms, ICE tokens), in bytes.
 MAX_BODY_SIZE = 64 * 1024

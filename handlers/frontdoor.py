@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import inspect
+import itertools
 import logging
 import os
 import socket
@@ -100,18 +101,21 @@ class FrontDoor:
         # Connections whose first head is still being read, in all and by address: each holds
         # a descriptor, so an idle client must not be able to take them all cheaply. Behind a
         # proxy (XHEADERS) every connection comes from the proxy: then only the total counts.
-        # At most half the socket limit (or one accept batch) in all: the rest of the
-        # descriptors stay for sockets. At the cap the door stops accepting, and connections
-        # wait in the kernel's backlog until heads complete. An address holding the cap for one
-        # address whose oldest head has sent nothing for IDLE_HEAD seconds (a slow or idle
-        # client) gets 503 for the next; a burst of clients that send their heads at once (a
-        # restart's reconnections from behind one NAT) is never refused.
-        self.max_heads = min(config.MAX_PENDING_HEADS, max(ACCEPT_BATCH, app.socket_limit // 2))
+        # The door never stops accepting (a full backlog drops connections in the kernel, which
+        # clients see as resets): when the heads reach MAX_PENDING_HEADS, or descriptors get
+        # scarce (sockets and heads at the socket limit), the heads that have sent nothing for
+        # IDLE_HEAD seconds are dropped to make room. An address holding
+        # MAX_PENDING_HEADS_PER_ADDRESS heads whose oldest has sent nothing for half of
+        # HEADER_TIMEOUT (no browser waits that long) gets 503 for the next; a burst of clients
+        # that send their heads (a restart's reconnections from behind one NAT) is never refused.
+        self.max_heads = config.MAX_PENDING_HEADS
         self.max_heads_per_address = 0 if self.xheaders else config.MAX_PENDING_HEADS_PER_ADDRESS
+        self.address_patience = config.HEADER_TIMEOUT / 2
+        self.socket_limit = app.socket_limit
+        self.router = app.router
         #: The heads being read, oldest first.
         self.heads: dict[HeadReader, None] = {}
         self.heads_by_address: dict[str, dict[HeadReader, None]] = {}  # oldest first
-        self._held_back = False  # not accepting: max_heads heads are being read
         self._turns = 0
         self._spare: int | None = None
         self._pause = 0.0
@@ -163,9 +167,9 @@ class FrontDoor:
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
-            if len(self.heads) >= self.max_heads and not self._drop_idle_heads():
-                self._hold_back()
-                return
+            heads = len(self.heads)
+            if heads and (heads >= self.max_heads or heads + self.router.open_sockets >= self.socket_limit):
+                self._drop_idle_heads()
             try:
                 connection, address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -189,7 +193,7 @@ class FrontDoor:
         own = self.heads_by_address.get(host)
         if own is not None and self.max_heads_per_address and len(own) >= self.max_heads_per_address:
             oldest = next(iter(own))
-            if self.loop.time() - oldest.accepted >= IDLE_HEAD and oldest.idle():
+            if self.loop.time() - oldest.accepted >= self.address_patience and oldest.idle():
                 self.stats.turned_away += 1
                 self._answer_busy(connection)  # this address holds heads it does not send: later
                 return
@@ -198,11 +202,12 @@ class FrontDoor:
         self.heads_by_address.setdefault(host, {})[head] = None
 
     def _drop_idle_heads(self) -> bool:
-        """At the cap: drop the heads whose clients have sent nothing for IDLE_HEAD seconds or
-        more (slow or idle clients), oldest first, to make room; answer whether any went."""
+        """Heads or descriptors scarce: drop the heads whose clients have sent nothing for
+        IDLE_HEAD seconds or more (slow or idle clients), oldest first, to make room; answer
+        whether any went."""
         now = self.loop.time()
         idle = []
-        for head in self.heads:  # oldest first
+        for head in itertools.islice(self.heads, ACCEPT_BATCH):  # the oldest, a batch at most per call
             if now - head.accepted < IDLE_HEAD:
                 break
             if head.idle():
@@ -212,28 +217,10 @@ class FrontDoor:
             head._drop()
         return bool(idle)
 
-    def _hold_back(self) -> None:
-        """max_heads heads are being read: accept again once one is done, or once some may
-        have been idle long enough to be dropped."""
-        if not self._held_back:
-            self._held_back = True
-            self._unwatch()
-            self.loop.call_later(IDLE_HEAD, self._look_again)
-
-    def _look_again(self) -> None:
-        if self._held_back:
-            self._held_back = False
-            if self._spare is not None:
-                self._watch()  # _accept drops the idle heads, or holds back again
-
     def head_done(self, head: HeadReader) -> None:
         """A head has been read (or given up on): its place is free."""
         self.heads.pop(head, None)
         address = head.address
-        if self._held_back and len(self.heads) < self.max_heads:
-            self._held_back = False
-            if self._spare is not None:  # not paused for want of descriptors (_resume watches then)
-                self._watch()
         host = address[0] if isinstance(address, tuple) else ""
         own = self.heads_by_address.get(host)
         if own is not None:
@@ -288,8 +275,7 @@ class FrontDoor:
             self._pause = min(MAX_PAUSE, self._pause * 2)
             self.loop.call_later(self._pause, self._resume)
             return
-        if not self._held_back:
-            self._watch()
+        self._watch()
 
     def _answer_busy(self, connection: socket.socket) -> None:
         with connection:

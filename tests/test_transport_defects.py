@@ -286,10 +286,11 @@ def test_idle_connections_cannot_keep_others_out():
 
 
 def test_one_address_with_too_many_heads_unread_is_answered_503():
-    env = {"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_MAX_PENDING_HEADS_PER_ADDRESS": "5"}
+    # HEADER_TIMEOUT 4 s: an address's oldest head may be silent for 2 s before it counts.
+    env = {"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_MAX_PENDING_HEADS_PER_ADDRESS": "5", "WEBRTC_HEADER_TIMEOUT": "4"}
     with ServerProcess(env=env) as server:
         idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(5)]
-        time.sleep(1.3)  # they have sent nothing for over a second
+        time.sleep(2.3)  # they have sent nothing for over two seconds
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         assert read_response(extra).startswith(b"HTTP/1.1 503")
         extra.close()
