@@ -130,7 +130,8 @@ MAX_UNSENT_TOTAL = 64 * 1024 * 1024
 #: head arrives. Past MAX_PENDING_HEADS, or when sockets and heads reach the socket limit, the
 #: heads that have sent nothing for a second are dropped to make room (the server never stops
 #: accepting). From one address (0: no cap; behind a proxy, XHEADERS, only the total counts):
-#: past it, and its oldest head silent for half of HEADER_TIMEOUT, 503 for the next.
+#: past it, its oldest head silent for half of HEADER_TIMEOUT and no head from it in that
+#: time, 503 for the next.
 MAX_PENDING_HEADS = 10000
 MAX_PENDING_HEADS_PER_ADDRESS = 500
 #: Largest HTTP request body accepted (pages' forms, ICE tokens), in bytes.

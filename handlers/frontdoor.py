@@ -24,6 +24,7 @@ import errno
 import inspect
 import itertools
 import logging
+import math
 import os
 import socket
 from typing import Any, cast
@@ -106,8 +107,10 @@ class FrontDoor:
         # scarce (sockets and heads at the socket limit), the heads that have sent nothing for
         # IDLE_HEAD seconds are dropped to make room. An address holding
         # MAX_PENDING_HEADS_PER_ADDRESS heads whose oldest has sent nothing for half of
-        # HEADER_TIMEOUT (no browser waits that long) gets 503 for the next; a burst of clients
-        # that send their heads (a restart's reconnections from behind one NAT) is never refused.
+        # HEADER_TIMEOUT (no browser waits that long), and none of whose heads arrived in that
+        # time, gets 503 for the next; a burst of clients that send their heads (a restart's
+        # reconnections from behind one NAT, even from a client too busy to send them at once)
+        # is never refused.
         self.max_heads = config.MAX_PENDING_HEADS
         self.max_heads_per_address = 0 if self.xheaders else config.MAX_PENDING_HEADS_PER_ADDRESS
         self.address_patience = config.HEADER_TIMEOUT / 2
@@ -116,6 +119,8 @@ class FrontDoor:
         #: The heads being read, oldest first.
         self.heads: dict[HeadReader, None] = {}
         self.heads_by_address: dict[str, dict[HeadReader, None]] = {}  # oldest first
+        #: When a head last arrived from an address that holds heads (it is making progress).
+        self.heard_from: dict[str, float] = {}
         self._turns = 0
         self._spare: int | None = None
         self._pause = 0.0
@@ -193,7 +198,9 @@ class FrontDoor:
         own = self.heads_by_address.get(host)
         if own is not None and self.max_heads_per_address and len(own) >= self.max_heads_per_address:
             oldest = next(iter(own))
-            if self.loop.time() - oldest.accepted >= self.address_patience and oldest.idle():
+            now = self.loop.time()
+            patience = self.address_patience
+            if now - oldest.accepted >= patience and now - self.heard_from.get(host, -math.inf) >= patience and oldest.idle():
                 self.stats.turned_away += 1
                 self._answer_busy(connection)  # this address holds heads it does not send: later
                 return
@@ -227,6 +234,9 @@ class FrontDoor:
             own.pop(head, None)
             if not own:
                 del self.heads_by_address[host]
+                self.heard_from.pop(host, None)
+            elif head.buffer:
+                self.heard_from[host] = self.loop.time()
 
     def lean_socket(self, head: HeadReader) -> LeanSocket | None:
         """The lean transport for this request head, or None: Tornado serves it."""
