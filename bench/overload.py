@@ -387,6 +387,8 @@ def storm(cfg: Config, server: Server, tag: str) -> dict[str, Any]:
         "probe_lag_ms": probe_lag,
         "rejected": labelled(metrics, "webrtc_sockets_rejected_total"),
         "turned_away": metrics.get("webrtc_connections_turned_away_total", 0.0),
+        "busy_address": metrics.get("webrtc_busy_address_refusals_total", float("nan")),
+        "idle_heads_dropped": metrics.get("webrtc_idle_heads_dropped_total", float("nan")),
         "startup_cpu_s": ready.ticks["server"] / HZ,
         "storm_cpu_pct": use["server_cpu_pct"],
         "storm_cpu_s": use["server_cpu_s"],

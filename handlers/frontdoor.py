@@ -202,6 +202,7 @@ class FrontDoor:
             patience = self.address_patience
             if now - oldest.accepted >= patience and now - self.heard_from.get(host, -math.inf) >= patience and oldest.idle():
                 self.stats.turned_away += 1
+                self.stats.busy_address += 1
                 self._answer_busy(connection)  # this address holds heads it does not send: later
                 return
         head = HeadReader(self, connection, address, self.header_timeout)

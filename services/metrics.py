@@ -28,6 +28,8 @@ class Stats:
         self.relayed_bytes = 0
         #: Connections answered 503 at once: out of descriptors, or too many request heads unread.
         self.turned_away = 0
+        #: … of which for the heads their address holds and does not send (not for descriptors).
+        self.busy_address = 0
         #: Connections dropped at the cap of heads being read, having sent nothing for a second.
         self.idle_heads_dropped = 0
 
@@ -65,6 +67,11 @@ class AppCollector:
             "webrtc_connections_turned_away",
             "Connections answered 503 at once: out of descriptors, or too many request heads unread.",
             value=stats.turned_away,
+        )
+        yield CounterMetricFamily(
+            "webrtc_busy_address_refusals",
+            "Connections answered 503 because their address holds MAX_PENDING_HEADS_PER_ADDRESS heads it does not send.",
+            value=stats.busy_address,
         )
         yield CounterMetricFamily(
             "webrtc_idle_heads_dropped",

@@ -294,6 +294,7 @@ def test_one_address_with_too_many_heads_unread_is_answered_503():
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         assert read_response(extra).startswith(b"HTTP/1.1 503")
         extra.close()
+        assert metric(server, "webrtc_busy_address_refusals_total") == 1
         for sock in idle:
             sock.close()
 
