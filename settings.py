@@ -127,8 +127,8 @@ MAX_MESSAGE_SIZE = 64 * 1024
 MAX_UNSENT = 4 * 1024 * 1024
 MAX_UNSENT_TOTAL = 64 * 1024 * 1024
 #: Connections whose request head is still being read, each holding a descriptor until its
-#: head arrives. Past MAX_PENDING_HEADS, or when sockets and heads reach the socket limit, the
-#: heads that have sent nothing for a second are dropped to make room (the server never stops
+#: head arrives. Past MAX_PENDING_HEADS, or when the process runs out of descriptors, one head
+#: that has sent nothing for a second is dropped for each newcomer (the server never stops
 #: accepting). From one address (0: no cap; behind a proxy, XHEADERS, only the total counts):
 #: past it, its oldest head silent for half of HEADER_TIMEOUT and no head from it in that
 #: time, 503 for the next.

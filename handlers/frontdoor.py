@@ -103,9 +103,9 @@ class FrontDoor:
         # a descriptor, so an idle client must not be able to take them all cheaply. Behind a
         # proxy (XHEADERS) every connection comes from the proxy: then only the total counts.
         # The door never stops accepting (a full backlog drops connections in the kernel, which
-        # clients see as resets): when the heads reach MAX_PENDING_HEADS, or descriptors get
-        # scarce (sockets and heads at the socket limit), the heads that have sent nothing for
-        # IDLE_HEAD seconds are dropped to make room. An address holding
+        # clients see as resets): when the heads reach MAX_PENDING_HEADS, or accept() runs out
+        # of descriptors, a head that has sent nothing for IDLE_HEAD seconds is dropped for
+        # each newcomer, oldest first. An address holding
         # MAX_PENDING_HEADS_PER_ADDRESS heads whose oldest has sent nothing for half of
         # HEADER_TIMEOUT (no browser waits that long), and none of whose heads arrived in that
         # time, gets 503 for the next; a burst of clients that send their heads (a restart's
@@ -114,8 +114,6 @@ class FrontDoor:
         self.max_heads = config.MAX_PENDING_HEADS
         self.max_heads_per_address = 0 if self.xheaders else config.MAX_PENDING_HEADS_PER_ADDRESS
         self.address_patience = config.HEADER_TIMEOUT / 2
-        self.socket_limit = app.socket_limit
-        self.router = app.router
         #: The heads being read, oldest first.
         self.heads: dict[HeadReader, None] = {}
         self.heads_by_address: dict[str, dict[HeadReader, None]] = {}  # oldest first
@@ -172,9 +170,8 @@ class FrontDoor:
 
     def _accept(self, sock: socket.socket) -> None:
         for _ in range(ACCEPT_BATCH):
-            heads = len(self.heads)
-            if heads and (heads >= self.max_heads or heads + self.router.open_sockets >= self.socket_limit):
-                self._drop_idle_heads()
+            if len(self.heads) >= self.max_heads:
+                self._drop_idle_heads(1)  # one idle head makes room for the newcomer, if any is idle
             try:
                 connection, address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -183,6 +180,8 @@ class FrontDoor:
                 continue  # the client gave up while waiting in the backlog
             except OSError as error:
                 if error.errno in OUT_OF_DESCRIPTORS:
+                    if self._drop_idle_heads(1):
+                        continue  # its descriptor is free now: take the newcomer
                     self._turn_away(sock)
                 else:
                     log.warning("accept() failed: %s", error)
@@ -209,10 +208,11 @@ class FrontDoor:
         self.heads[head] = None
         self.heads_by_address.setdefault(host, {})[head] = None
 
-    def _drop_idle_heads(self) -> bool:
-        """Heads or descriptors scarce: drop the heads whose clients have sent nothing for
-        IDLE_HEAD seconds or more (slow or idle clients), oldest first, to make room; answer
-        whether any went."""
+    def _drop_idle_heads(self, wanted: int) -> bool:
+        """Heads or descriptors scarce: drop up to ``wanted`` heads whose clients have sent
+        nothing for IDLE_HEAD seconds or more (slow or idle clients), oldest first, to make
+        room for as many newcomers; answer whether any went. Only as many as are needed: every
+        one dropped may be a client that comes back."""
         now = self.loop.time()
         idle = []
         for head in itertools.islice(self.heads, ACCEPT_BATCH):  # the oldest, a batch at most per call
@@ -220,6 +220,8 @@ class FrontDoor:
                 break
             if head.idle():
                 idle.append(head)
+                if len(idle) >= wanted:
+                    break
         for head in idle:
             self.stats.idle_heads_dropped += 1
             head._drop()

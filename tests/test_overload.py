@@ -142,6 +142,26 @@ def test_slow_and_idle_clients_are_closed_after_the_header_timeout():
         print(f"\n50 slow clients and an idle one closed {took:.1f} s after they stopped sending (timeout 1 s)")
 
 
+def test_out_of_descriptors_a_connection_that_sent_nothing_makes_room_for_a_newcomer():
+    # Idle connections (a slowloris, or clients gone quiet) hold every descriptor: the next
+    # client is not answered 503 while one of them has been silent for a second.
+    env = {"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_MAX_PENDING_HEADS_PER_ADDRESS": "0"}
+    with ServerProcess(env=env, spawn=limited(256, 256)) as server:
+        server.wait_for_line("open files:")
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=5) for _ in range(300)]
+        time.sleep(1.5)
+
+        async def newcomer() -> str:
+            return await attempt(f"{server.ws}/wscall?id=newcomer&peer_id=nobody", [])
+
+        assert asyncio.run(newcomer()) == "open"
+        dropped = metric(server, "webrtc_idle_heads_dropped_total")
+        assert 1 <= dropped <= 5, dropped  # only as many as the newcomers needed (the metric read is one)
+        assert metric(server, "webrtc_busy_address_refusals_total") == 0
+        for sock in idle:
+            sock.close()
+
+
 def test_event_loop_lag_is_measured():
     with ServerProcess(env={"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_STATUS_LOG_INTERVAL": "1"}) as server:
         line = server.wait_for_line(r"status: .*event loop lag up to \d+ ms", timeout=10)

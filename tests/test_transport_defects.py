@@ -294,7 +294,6 @@ def test_one_address_with_too_many_heads_unread_is_answered_503():
         extra = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         assert read_response(extra).startswith(b"HTTP/1.1 503")
         extra.close()
-        assert metric(server, "webrtc_busy_address_refusals_total") == 1
         for sock in idle:
             sock.close()
 
@@ -307,6 +306,7 @@ def test_one_address_with_too_many_heads_unread_is_answered_503():
                 ws.close()
 
         wait_until(welcome, 10, "a new socket from the address")
+        assert metric(server, "webrtc_busy_address_refusals_total") >= 1  # (and welcome() may have met one)
 
 
 def test_an_address_whose_heads_keep_arriving_is_not_refused_for_its_slow_ones():
