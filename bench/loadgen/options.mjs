@@ -34,6 +34,11 @@ export const DEFAULTS = {
   'overflow-wait-ms': 10000, // an overflow socket with no verdict after this long is "hung"
   // storm: the longest wait for every socket to come back after the restart (s)
   'storm-timeout': 120,
+  // storm: reconnections whose handshake is under way at once in this process; the others wait
+  // their turn. Each of the many clients one process stands for sends its request head as soon
+  // as it connects; a single Node process that started thousands of connections in one turn
+  // of its loop would send their heads seconds later (see docs/benchmarks.md, "storm").
+  'storm-in-flight': 400,
   cork: -1, // 1: a socket's frames of one turn of the event loop go out in one write (-1: on for relay only)
   // PeerJS clients send {"type":"HEARTBEAT"} every pingInterval ms (peerjs' default 5000)
   'peerjs-heartbeat-ms': 5000,

@@ -40,6 +40,14 @@ function count(table, kind) {
   table[kind] = (table[kind] || 0) + 1;
 }
 
+/** Reconnections whose handshake is under way, and those waiting for their turn. */
+const gate = { inFlight: 0, waiting: [] };
+
+function released() {
+  gate.inFlight -= 1;
+  while (gate.inFlight < opts['storm-in-flight'] && gate.waiting.length > 0) gate.waiting.shift().open();
+}
+
 class StormSocket {
   constructor(id, peerId) {
     this.url = `${opts.url}/wscall?id=${encodeURIComponent(id)}&peer_id=${encodeURIComponent(peerId)}`;
@@ -66,10 +74,28 @@ class StormSocket {
 
   connect() {
     this.timer = null;
+    if (gate.inFlight >= opts['storm-in-flight']) {
+      gate.waiting.push(this);
+      return;
+    }
+    this.open();
+  }
+
+  open() {
+    if (this.stopping) return;
+    gate.inFlight += 1;
+    let handshaking = true;
+    const done = () => {
+      if (handshaking) {
+        handshaking = false;
+        released();
+      }
+    };
     let failure = null;
     const ws = new WebSocket(this.url, CLIENT_OPTIONS);
     this.ws = ws;
     ws.on('open', () => {
+      done();
       this.openedAt = performance.now();
       if (this.firstOpen) {
         this.firstOpen.resolve();
@@ -93,6 +119,7 @@ class StormSocket {
       failure = classify(error);
     });
     ws.on('close', (code) => {
+      done();
       if (ws !== this.ws) return;
       const wasOpen = this.isOpen;
       const openFor = wasOpen ? performance.now() - this.openedAt : 0;
