@@ -169,9 +169,10 @@ class FrontDoor:
             return False
 
     def _accept(self, sock: socket.socket) -> None:
+        some_idle = True  # until a look finds none: heads do not age within one callback
         for _ in range(ACCEPT_BATCH):
-            if len(self.heads) >= self.max_heads:
-                self._drop_idle_heads(1)  # one idle head makes room for the newcomer, if any is idle
+            if some_idle and len(self.heads) >= self.max_heads:
+                some_idle = self._drop_an_idle_head()  # it makes room for the newcomer
             try:
                 connection, address = sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -180,7 +181,7 @@ class FrontDoor:
                 continue  # the client gave up while waiting in the backlog
             except OSError as error:
                 if error.errno in OUT_OF_DESCRIPTORS:
-                    if self._drop_idle_heads(1):
+                    if some_idle and self._drop_an_idle_head():
                         continue  # its descriptor is free now: take the newcomer
                     self._turn_away(sock)
                 else:
@@ -208,24 +209,19 @@ class FrontDoor:
         self.heads[head] = None
         self.heads_by_address.setdefault(host, {})[head] = None
 
-    def _drop_idle_heads(self, wanted: int) -> bool:
-        """Heads or descriptors scarce: drop up to ``wanted`` heads whose clients have sent
-        nothing for IDLE_HEAD seconds or more (slow or idle clients), oldest first, to make
-        room for as many newcomers; answer whether any went. Only as many as are needed: every
-        one dropped may be a client that comes back."""
+    def _drop_an_idle_head(self) -> bool:
+        """Heads or descriptors scarce, a newcomer waiting: drop the oldest head whose client
+        has sent nothing for IDLE_HEAD seconds or more (slow or idle), and answer whether there
+        was one. One for one: every head dropped may be a client that comes back."""
         now = self.loop.time()
-        idle = []
-        for head in itertools.islice(self.heads, ACCEPT_BATCH):  # the oldest, a batch at most per call
+        for head in itertools.islice(self.heads, ACCEPT_BATCH):  # the oldest, a batch at most per look
             if now - head.accepted < IDLE_HEAD:
                 break
             if head.idle():
-                idle.append(head)
-                if len(idle) >= wanted:
-                    break
-        for head in idle:
-            self.stats.idle_heads_dropped += 1
-            head._drop()
-        return bool(idle)
+                self.stats.idle_heads_dropped += 1
+                head._drop()
+                return True
+        return False
 
     def head_done(self, head: HeadReader) -> None:
         """A head has been read (or given up on): its place is free."""

@@ -30,7 +30,8 @@ class Stats:
         self.turned_away = 0
         #: … of which for the heads their address holds and does not send (not for descriptors).
         self.busy_address = 0
-        #: Connections dropped at the cap of heads being read, having sent nothing for a second.
+        #: Connections dropped for a newcomer (past MAX_PENDING_HEADS, or out of descriptors),
+        #: having sent nothing for a second.
         self.idle_heads_dropped = 0
 
 
@@ -75,7 +76,7 @@ class AppCollector:
         )
         yield CounterMetricFamily(
             "webrtc_idle_heads_dropped",
-            "Connections that sent nothing, dropped to make room for new ones at MAX_PENDING_HEADS.",
+            "Connections that sent nothing, dropped to make room for new ones (past MAX_PENDING_HEADS, or out of descriptors).",
             value=stats.idle_heads_dropped,
         )
         yield GaugeMetricFamily(
