@@ -103,6 +103,9 @@ ID_PATTERN = ""
 #: Most sockets one id may hold at once (devices, tabs), on every node of a backplane
 #: together; the next gets 4429 TOO-MANY-SOCKETS.
 MAX_SOCKETS_PER_ID = 16
+#: Most ids in one room (``/wsroom``), on every node of a backplane together; the id that would
+#: be one too many is closed with 4409 ROOM-FULL. Six is the mesh the room page carries.
+MAX_ROOM_MEMBERS = 6
 #: Most sockets this process holds; the next gets 1013 SERVER-FULL. The process also holds no
 #: more than its open-file limit allows (raised to the hard limit at start), less
 #: RESERVED_DESCRIPTORS kept for pages, Redis, logs and refusing clearly (never more than a

@@ -24,7 +24,7 @@ from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler
 from handlers.protocol.connection import Limits
 from handlers.signaling import SignalingSocket, SocketContext
 from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
-from handlers.streamws import SignalingHandler
+from handlers.streamws import RoomHandler, SignalingHandler
 from handlers.transport import PendingWrites
 from routing import Router
 from routing.memory import MemoryRouter
@@ -68,7 +68,7 @@ class WebRTCApplication(Application):
         self.socket_limit = socket_capacity(config.MAX_SOCKETS, self.open_files, config.RESERVED_DESCRIPTORS)
         self.loop_lag = LoopLag()
         # Our own heartbeat (one timer for all sockets) replaces per-socket pings.
-        self.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, router.local_sessions)
+        self.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, self.signaling_sockets)
         self.context = SocketContext(
             config=config,
             router=router,
@@ -80,6 +80,8 @@ class WebRTCApplication(Application):
             log_access=self.log_access,
             writes=PendingWrites(),
         )
+        #: The room sockets' (``/wsroom``): the same limits and services, the router's rooms.
+        self.room_context = self.context.for_rooms()
         self.metrics_registry: CollectorRegistry | None = (
             make_registry(self.context, self.loop_lag, self.open_files) if config.METRICS else None
         )
@@ -90,8 +92,8 @@ class WebRTCApplication(Application):
         return self.context.id_pattern
 
     def signaling_sockets(self) -> list[SignalingSocket]:
-        """This process' open signaling sockets."""
-        return self.router.local_sessions()
+        """This process' open signaling sockets, room sockets included."""
+        return self.router.local_sessions() + self.router.rooms.members()
 
     def start_services(self) -> None:
         """Start the periodic duties on the running loop (idempotent)."""
@@ -163,6 +165,7 @@ def make_app(
         URLSpec(r"/wscall", SignalingHandler, name="caller_ws"),
         URLSpec(r"/wsrecieve", SignalingHandler, name="reciever_ws"),
         URLSpec(r"/wsreceive", SignalingHandler, name="receiver_ws"),
+        URLSpec(r"/wsroom", RoomHandler, name="room_ws"),
         URLSpec(re.escape(config.ICE_URL), IceServersHandler, name="ice_url"),
         URLSpec(r"/connections", ConnectionsHandler, name="clients_url"),
         URLSpec(r"/healthz", HealthHandler, name="health"),

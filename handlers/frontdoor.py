@@ -35,8 +35,8 @@ from tornado.ioloop import IOLoop
 from tornado.platform.asyncio import BaseAsyncIOLoop
 from tornado.tcpserver import TCPServer
 
-from handlers.app import WebRTCApplication
-from handlers.leanws import HeadReader, LeanSocket, PrefixedIOStream, lean_socket
+from handlers.app import SIGNALING_ROUTES, WebRTCApplication
+from handlers.leanws import HeadReader, LeanRoomSocket, LeanSocket, PrefixedIOStream, Routes, lean_socket
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ class FrontDoor:
         self.xheaders = bool(server.xheaders)
         # Over TLS the bytes cannot be read before Tornado's SSL stream: Tornado serves all.
         self.lean = server.ssl_options is None
-        self.paths = frozenset(app.reverse_url(name).encode() for name in ("caller_ws", "reciever_ws", "receiver_ws"))
+        calls, rooms = (LeanSocket, app.context), (LeanRoomSocket, app.room_context)
+        self.routes: Routes = {app.reverse_url(name).encode(): calls for name in SIGNALING_ROUTES}
+        self.routes[app.reverse_url("room_ws").encode()] = rooms
         # Connections whose first head is still being read, in all and by address: each holds
         # a descriptor, so an idle client must not be able to take them all cheaply. Behind a
         # proxy (XHEADERS) every connection comes from the proxy: then only the total counts.
@@ -239,7 +241,7 @@ class FrontDoor:
 
     def lean_socket(self, head: HeadReader) -> LeanSocket | None:
         """The lean transport for this request head, or None: Tornado serves it."""
-        return lean_socket(self.context, head, self.paths, self.xheaders)
+        return lean_socket(head, self.routes, self.xheaders)
 
     def to_tornado(self, connection: socket.socket, address: Any, prefix: bytes) -> None:
         """Tornado's HTTP server serves the connection, from the bytes already read on."""

@@ -27,6 +27,7 @@ from tornado.iostream import IOStream
 
 from handlers import speedups
 from handlers.protocol.handshake import HandshakeError, Headers, Request, check_upgrade, forwarded_ip, switching_protocols
+from handlers.rooms import RoomRules
 from handlers.signaling import SocketContext
 from handlers.transport import READ_CHUNK, SEND_BUFFER, Transport
 
@@ -187,12 +188,18 @@ class HeadReader:
         self.sock.close()
 
 
-def lean_socket(context: SocketContext, head: HeadReader, paths: frozenset[bytes], xheaders: bool) -> LeanSocket | None:
-    """Start a LeanSocket for a well-formed WebSocket upgrade to a signaling route, or answer
-    None for anything else (Tornado serves it, and answers the errors)."""
+#: The socket routes the lean path serves: path -> the socket's class and its context.
+Routes = dict[bytes, tuple["type[LeanSocket]", SocketContext]]
+
+
+def lean_socket(head: HeadReader, routes: Routes, xheaders: bool) -> LeanSocket | None:
+    """Start a LeanSocket (or LeanRoomSocket) for a well-formed WebSocket upgrade to a socket
+    route, or answer None for anything else (Tornado serves it, and answers the errors)."""
     path, _, _ = head.url.partition(b"?")
-    if head.method != b"GET" or path not in paths:
+    route = routes.get(path) if head.method == b"GET" else None
+    if route is None:
         return None
+    kind, context = route
     headers = Headers((name.decode("latin1"), value.decode("latin1")) for name, value in head.headers)
     if "Content-Length" in headers or "Transfer-Encoding" in headers:
         return None
@@ -215,7 +222,7 @@ def lean_socket(context: SocketContext, head: HeadReader, paths: frozenset[bytes
             except UnicodeDecodeError:
                 return None  # as Tornado always did: accepted there, then closed with 4400
     leftover = bytes(head.buffer[head.buffer.index(b"\r\n\r\n") + 4 :])
-    lean = LeanSocket(context, head.sock, request, leftover)
+    lean = kind(context, head.sock, request, leftover)
     lean.start(accept)
     return lean
 
@@ -294,3 +301,9 @@ class LeanSocket(Transport):
         self.loop.remove_reader(self.fd)
         self.loop.remove_writer(self.fd)
         self.sock.close()
+
+
+class LeanRoomSocket(RoomRules, LeanSocket):
+    """A room socket over a raw socket."""
+
+    __slots__ = RoomRules.ROOM_ATTRIBUTES

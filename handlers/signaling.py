@@ -11,13 +11,14 @@ is what they share.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -62,6 +63,27 @@ class SocketContext:
     log_access: Callable[[int, str, str, str | None, float], None]
     #: The sockets with frames to write at the end of this loop iteration (the transports').
     writes: PendingWrites
+    #: Where this kind of socket's messages go, how many sockets an id holds, and how a socket
+    #: leaves: the router's (``/wscall``), or its rooms' (``/wsroom``, see :meth:`for_rooms`).
+    relay: Callable[[Any, str], object] = field(init=False)
+    count: Callable[[str], int] = field(init=False)
+    leave: Callable[[Any], None] = field(init=False)
+
+    def __post_init__(self) -> None:
+        router = self.router
+        self.relay, self.count, self.leave = router.relay, router.count, router.leave
+
+    def for_rooms(self) -> SocketContext:
+        """The context of the room sockets: the same limits and services, the router's rooms."""
+        rooms = self.router.rooms
+        context = copy.copy(self)
+        context.relay, context.count, context.leave = rooms.relay, rooms.count, rooms.leave
+        return context
+
+    @property
+    def open_sockets(self) -> int:
+        """Sockets of both kinds this process holds (MAX_SOCKETS counts them together)."""
+        return self.router.open_sockets + self.router.rooms.open_sockets
 
 
 class MissingArgumentError(LookupError):
@@ -153,12 +175,10 @@ class SignalingSocket:
     # --- the rules ------------------------------------------------------------------------
 
     async def admit(self) -> None:
-        """Check the ids, the limits and the policy, then join the router (or close)."""
+        """Check the ids, the limits and the policy, then enter (or close)."""
         context = self.context
         config = context.config
-        self.id = self.get_query_argument("id", "") or ""
-        self.peer_id = self.get_query_argument("peer_id", "") or ""
-        problem = check_ids(self.id, self.peer_id, config.MAX_ID_LENGTH, context.id_pattern)
+        problem = self._read_names()
         if problem:
             return self.refuse(BAD_REQUEST_CODE, BAD_REQUEST, problem)
         if not self._within_limits():
@@ -175,7 +195,7 @@ class SignalingSocket:
         if not allowed:
             return self.refuse(FORBIDDEN_CODE, FORBIDDEN, "has_socket_pass said no")
         # Again: other sockets may have joined while an asynchronous hook was thinking. From
-        # here to join() nothing awaits, so the limits hold.
+        # here to joining nothing awaits, so the limits hold.
         if not self._within_limits():
             return
         if config.RATE_LIMIT > 0:
@@ -183,24 +203,33 @@ class SignalingSocket:
         self.session_id = uuid.uuid4().hex
         self.heard = context.heartbeat.tick
         self._joined = True
-        reachable = context.router.join(self)
-        # Across nodes: wait until other nodes can reach this socket; the transport holds
-        # its messages until admit() returns, so none is relayed before.
+        await self._enter()
+
+    def _read_names(self) -> str | None:
+        """Read the socket's names from the query; answers what is wrong with them, if anything."""
+        context = self.context
+        self.id = self.get_query_argument("id", "") or ""
+        self.peer_id = self.get_query_argument("peer_id", "") or ""
+        return check_ids(self.id, self.peer_id, context.config.MAX_ID_LENGTH, context.id_pattern)
+
+    async def _enter(self) -> None:
+        """Join the router; across nodes, wait until other nodes can reach this socket (the
+        transport holds its messages until admit() returns, so none is relayed before)."""
+        reachable = self.context.router.join(self)
         if reachable is not None and not await reachable:
             self._leave()
-            limit = config.MAX_SOCKETS_PER_ID
+            limit = self.context.config.MAX_SOCKETS_PER_ID
             return self.refuse(TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {limit} sockets in the cluster")
         self.ready = True
         log.debug("open %r -> %r (session %s)", self.id, self.peer_id, self.session_id)
 
     def _within_limits(self) -> bool:
         context = self.context
-        router = context.router
-        if router.open_sockets >= context.socket_limit:
+        if context.open_sockets >= context.socket_limit:
             self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{context.socket_limit} sockets open")
             return False
         limit = context.config.MAX_SOCKETS_PER_ID
-        if router.count(self.id) >= limit:
+        if context.count(self.id) >= limit:
             self.refuse(TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS, f"id already has {limit} sockets")
             return False
         return True
@@ -225,7 +254,7 @@ class SignalingSocket:
                 return self.limited(verdict)
         # len() is the UTF-8 size of ASCII text (isascii() is a flag check), the usual case.
         context.stats.relayed_bytes += len(message) if message.isascii() else len(message.encode("utf-8"))
-        context.router.relay(self, message)
+        context.relay(self, message)
 
     def heard_from(self) -> None:
         """A ping or a pong from the client: it is alive; a ping costs what a message does."""
@@ -274,5 +303,5 @@ class SignalingSocket:
     def _leave(self) -> None:
         if self._joined:
             self._joined = False
-            self.context.router.leave(self)
+            self.context.leave(self)
             log.debug("closed %r (session %s)", self.id, self.session_id)

@@ -23,6 +23,7 @@ from tornado.web import RequestHandler
 
 from handlers import speedups
 from handlers.protocol.handshake import HandshakeError, Headers, Request, check_upgrade
+from handlers.rooms import RoomRules
 from handlers.signaling import SocketContext
 from handlers.transport import READ_CHUNK, SEND_BUFFER, Transport
 
@@ -40,8 +41,11 @@ class SignalingHandler(RequestHandler):
 
     application: WebRTCApplication
 
+    def socket_kind(self) -> tuple[type[StreamSocket], SocketContext]:
+        return StreamSocket, self.application.context
+
     def get(self) -> None:
-        context = self.application.context
+        kind, context = self.socket_kind()
         tornado_request = self.request
         request = Request(
             "GET",
@@ -66,7 +70,7 @@ class SignalingHandler(RequestHandler):
         self.set_header("Connection", "Upgrade")
         self.set_header("Sec-WebSocket-Accept", accept)
         self.finish()
-        StreamSocket(context, self.detach(), request).start()
+        kind(context, self.detach(), request).start()
 
 
 class StreamSocket(Transport):
@@ -133,3 +137,16 @@ class StreamSocket(Transport):
 
     def _release(self) -> None:
         self.stream.close()
+
+
+class StreamRoomSocket(RoomRules, StreamSocket):
+    """A room socket over a Tornado IOStream."""
+
+    __slots__ = RoomRules.ROOM_ATTRIBUTES
+
+
+class RoomHandler(SignalingHandler):
+    """``/wsroom`` on Tornado's side."""
+
+    def socket_kind(self) -> tuple[type[StreamSocket], SocketContext]:
+        return StreamRoomSocket, self.application.room_context

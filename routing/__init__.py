@@ -21,7 +21,10 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from routing.rooms import Rooms
 
 SERVER_NOTICE = "SERVER_NOTICE"
 PEER_UNAVAILABLE = "PEER-UNAVAILABLE"
@@ -80,6 +83,8 @@ class Router(Protocol[S]):
 
     #: This process' name on a backplane ("" for a router without one).
     node: str
+    #: The room sockets (``/wsroom``), a world apart: routing/rooms.py.
+    rooms: Rooms[Any]
 
     @property
     def relayed(self) -> int:
@@ -147,7 +152,12 @@ def check_ids(my_id: str, peer_id: str, max_length: int, pattern: re.Pattern[str
         return "missing id"
     if my_id == peer_id:
         return "id equals peer_id"
-    for name, value in (("id", my_id), ("peer_id", peer_id)):
+    return check_names((("id", my_id), ("peer_id", peer_id)), max_length, pattern)
+
+
+def check_names(named: tuple[tuple[str, str], ...], max_length: int, pattern: re.Pattern[str] | None) -> str | None:
+    """Why one of the ``(name, value)`` pairs breaks the id rules (an empty value passes)."""
+    for name, value in named:
         if len(value) > max_length:
             return f"{name} longer than {max_length} characters"
         if not value.isprintable():

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Generic
+from typing import Any, Generic
 
 from routing import PEER_UNAVAILABLE_NOTICE, BackplaneFigures, S
+from routing.rooms import LocalRoster, Rooms
 
 
 class MemoryRouter(Generic[S]):
@@ -27,6 +28,8 @@ class MemoryRouter(Generic[S]):
         self.undelivered = 0
         #: Copies handed to peer sockets here (rule 1), whichever node the sender is on.
         self.delivered = 0
+        #: The room sockets (routing/rooms.py), a world apart from the conversations'.
+        self.rooms: Rooms[Any] = Rooms(self.node, LocalRoster())
 
     def join(self, session: S) -> None:
         conversations = self._ids.setdefault(session.id, {})

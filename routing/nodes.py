@@ -15,11 +15,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Generic
+from typing import Any, Generic
 
 from routing import PEER_UNAVAILABLE_NOTICE, S, wire
 from routing.directory import Directory
 from routing.memory import MemoryRouter
+from routing.rooms import LocalRoster, Rooms
 
 #: Most messages waiting to be published; past it, cross-node copies are shed and counted.
 OUTBOX_LIMIT = 50_000
@@ -147,6 +148,9 @@ class NodeRouting(Generic[S]):
         self.node = node
         self.clock = clock
         self.local: MemoryRouter[S] = MemoryRouter()
+        #: The room sockets (routing/rooms.py): their roster is given by the backplane.
+        self.rooms: Rooms[Any] = Rooms(node, LocalRoster(), self.batch)
+        self.local.rooms = self.rooms
         self.mirror = Mirror(node)
         self.directory = self.mirror.directory
         self._wake = wake
@@ -265,6 +269,16 @@ class NodeRouting(Generic[S]):
                 local.notify(fields[i + 1], fields[i + 2], PEER_UNAVAILABLE_NOTICE)
             elif kind == "a":
                 self.acked(fields[i + 1])
+            elif kind == "R":
+                name, from_id, to, length = fields[i + 1], fields[i + 2], fields[i + 3], int(fields[i + 6])
+                text = texts[offset : offset + length]
+                offset += length
+                if not self.rooms.deliver(name, from_id, to, text) and fields[i + 5] == "1":
+                    self.batch(sender).room_unavailable(name, from_id, fields[i + 4], to)
+            elif kind == "Q":
+                self.rooms.unavailable(fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4])
+            elif kind == "P":
+                self.rooms.pair(sender, fields[i + 1], fields[i + 2], int(fields[i + 3]), int(fields[i + 4]))
             i += 1 + wire.FIELDS[kind]
 
     def answered(self, seq: str, delivered: int) -> None:
@@ -321,3 +335,4 @@ class NodeRouting(Generic[S]):
 
     def forget_node(self, node: str) -> None:
         self.directory.forget_node(node)
+        self.rooms.forget_node(node)

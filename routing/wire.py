@@ -25,6 +25,15 @@ Frames, each a kind and its fields:
 * ``u`` A B: deliver the PEER-UNAVAILABLE notice to A's sockets talking to B here.
 * ``a`` session: this node has added ``session`` to its directory (a join waits for these).
 
+Room frames (routing/rooms.py):
+
+* ``R`` room from to session ask length: a room message (the frame as members get it) from
+  ``from``'s socket ``session``, to ``to``'s sockets and ``from``'s there ("" : to every
+  socket there). ``ask`` ``1``: answer a ``Q`` if none of ``to``'s sockets is there.
+* ``Q`` room from session to: none of ``to``'s sockets took the message of ``session``.
+* ``P`` room id version seq: the sending node has a socket of ``id`` in ``room`` since
+  ``version`` (``seq``: the id's join version), or, with ``seq`` ``-1``, no longer has one.
+
 Directory events go on one channel per id instead (``event``): ``j`` node id session peer
 when a socket joins, ``l`` node id session when it leaves.
 """
@@ -90,6 +99,20 @@ class Batch:
         self.fields += ("a", session_id)
         self._run = None
 
+    def room_message(self, room: str, sender: str, to: str, session_id: str, ask: bool, text: str) -> None:
+        self.fields += ("R", room, sender, to, session_id, "1" if ask else "0", str(len(text)))
+        self.texts.append(text)
+        self.messages += 1
+        self._run = None
+
+    def room_unavailable(self, room: str, sender: str, session_id: str, to: str) -> None:
+        self.fields += ("Q", room, sender, session_id, to)
+        self._run = None
+
+    def room_pair(self, room: str, id: str, version: int, seq: int) -> None:
+        self.fields += ("P", room, id, str(version), str(seq))
+        self._run = None
+
     def encode(self, sender: str) -> bytes:
         return f"{sender}\n{SEP.join(self.fields)}\n{''.join(self.texts)}".encode()
 
@@ -103,7 +126,7 @@ def decode(payload: bytes) -> tuple[str, list[str], str]:
 
 
 #: Fields each frame kind carries after its kind.
-FIELDS = {"m": 6, "+": 1, "n": 2, "r": 2, "u": 2, "a": 1}
+FIELDS = {"m": 6, "+": 1, "n": 2, "r": 2, "u": 2, "a": 1, "R": 6, "Q": 4, "P": 4}
 
 
 def joined(node: str, my_id: str, session_id: str, peer_id: str) -> str:

@@ -54,6 +54,19 @@ class AppCollector:
             "Messages no peer socket received (PEER-UNAVAILABLE notices).",
             value=router.undelivered,
         )
+        rooms = router.rooms
+        yield GaugeMetricFamily("webrtc_room_sockets", "Room sockets open on this process.", value=rooms.open_sockets)
+        yield GaugeMetricFamily("webrtc_rooms", "Rooms with a socket on this process.", value=len(rooms.rooms))
+        yield CounterMetricFamily(
+            "webrtc_room_messages", "Room messages received from this process' sockets.", value=rooms.relayed
+        )
+        yield CounterMetricFamily(
+            "webrtc_room_copies_delivered", "Copies of room messages handed to this process' sockets.", value=rooms.delivered
+        )
+        yield CounterMetricFamily(
+            "webrtc_room_copies_forwarded", "Copies of room messages sent to other nodes (one per node).", value=rooms.forwarded
+        )
+        yield CounterMetricFamily("webrtc_room_frames_refused", "Room frames refused with BAD-MESSAGE.", value=rooms.refused)
         yield CounterMetricFamily(
             "webrtc_relayed_bytes", "UTF-8 bytes of the messages received for relaying.", value=stats.relayed_bytes
         )

@@ -13,6 +13,7 @@ import unittest
 import test_caller
 import test_connections
 import test_reciever
+import test_rooms
 import test_signaling
 
 from processes import MissingProgram, RedisServer
@@ -58,7 +59,22 @@ class TestConnectionsOnTwoNodes(test_connections.TestConnections):
     pass
 
 
+class TestRoomsOnTwoNodes(test_rooms.TestRooms):
+    pass
+
+
+class TestRoomRaceOnTwoNodes(test_rooms.TestRoomRace):
+    pass
+
+
+class TestRoomCopiesOnTwoNodes(test_rooms.TestRoomCopies):
+    pass
+
+
 ON_TWO_NODES = [
+    TestRoomCopiesOnTwoNodes,
+    TestRoomsOnTwoNodes,
+    TestRoomRaceOnTwoNodes,
     TestCallerAppOnTwoNodes,
     TestRecieverAppOnTwoNodes,
     TestDeliveryOnTwoNodes,

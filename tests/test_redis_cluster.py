@@ -14,6 +14,7 @@ import test_caller
 import test_cluster
 import test_connections
 import test_reciever
+import test_rooms
 import test_signaling
 
 from processes import MissingProgram, RedisCluster
@@ -67,6 +68,14 @@ class TestExactOnACluster(test_cluster.TestExactAcrossNodes):
     pass
 
 
+class TestRoomsOnACluster(test_rooms.TestRooms):
+    pass
+
+
+class TestRoomRaceOnACluster(test_rooms.TestRoomRace):
+    pass
+
+
 class TestTheClusterIsReal(test_signaling.BasicTestCase):
     @test_signaling.testing.gen_test
     async def test_the_nodes_see_a_cluster_and_use_every_shard(self):
@@ -88,6 +97,8 @@ class TestTheClusterIsReal(test_signaling.BasicTestCase):
 
 
 ON_A_CLUSTER = [
+    TestRoomsOnACluster,
+    TestRoomRaceOnACluster,
     TestCallerAppOnACluster,
     TestRecieverAppOnACluster,
     TestDeliveryOnACluster,

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import uuid
 from collections.abc import Callable
 from typing import Generic
@@ -46,8 +47,10 @@ from routing.redis.common import COMMAND_TIMEOUT, JOIN_WAIT, STOP_WAIT, Keys, Li
 from routing.redis.jobs import DirectoryJobs, Register, Unregister
 from routing.redis.presence import Presence
 from routing.redis.publisher import Publisher
+from routing.redis.rooms import RedisRoster, RoomJoin, RoomLeave
 from routing.redis.shards import Topology
 from routing.redis.subscriber import Subscriber
+from routing.rooms import JoinAnswer
 
 
 class RedisRouter(Generic[S]):
@@ -65,8 +68,10 @@ class RedisRouter(Generic[S]):
         self.relay: Callable[[S, str], None] = self.routing.relay
         self.local = self.routing.local
         self.directory = self.routing.directory
+        self.rooms = self.routing.rooms
         self.topology = Topology(url, f"webrtc-node-{self.node}")
         self.jobs = DirectoryJobs(self.topology, self.keys, self.link)
+        self.rooms.roster = RedisRoster(self.jobs, self.keys, self.link)
         self.publisher = Publisher(self.routing, self._wake, self.topology, self.keys, self.link)
         self.presence = Presence(self.routing, self.publisher, self.topology, self.keys, self.link, node_ttl)
         self.subscriber = Subscriber(
@@ -137,10 +142,29 @@ class RedisRouter(Generic[S]):
         await self.presence.refresh()
         for session in self.local.local_sessions():
             self.jobs.put(Register(session, 0))
+        await self._rejoin_rooms()
         for name, value in list(self._shared.items()):
             self._settle(name, await self._agree(name, value))
         await self.presence.discover()
         await self.topology.client.spublish(self.keys.control, f"hello{wire.SEP}{self.node}")
+
+    async def _rejoin_rooms(self) -> None:
+        """The roster again as this node has it: its pairs added (Redis may have lost them, or
+        a node may have reaped us), and the pairs of ids gone meanwhile removed."""
+        loop = asyncio.get_running_loop()
+        here = self.rooms.pairs_here()
+        listed: set[str] = await self.topology.client.smembers(self.keys.node_rooms(self.node))
+        for entry in listed:
+            room, _, id = entry.partition(wire.SEP)
+            if (room, id) not in here:
+                self.jobs.put(RoomLeave(room, id, self.node, lambda answer: None))
+        for room, id in sorted(here):
+            answered: asyncio.Future[JoinAnswer] = loop.create_future()
+            answered.add_done_callback(functools.partial(self._rejoined, room, id))
+            self.jobs.put(RoomJoin(room, id, 0, answered))
+
+    def _rejoined(self, room: str, id: str, answered: asyncio.Future[JoinAnswer]) -> None:
+        self.rooms.rejoined(room, id, answered.result())
 
     # --- values the nodes agree on ----------------------------------------------------------
 

@@ -49,6 +49,14 @@ class Keys:
     def node_sessions(self, node: str) -> str:
         return self.channel("node-sessions", node)
 
+    def room(self, kind: str, room: str) -> str:
+        """A key of one room ("members", "pairs", "version"): every one on the room's shard."""
+        return self.channel(f"room-{kind}", room)
+
+    def node_rooms(self, node: str) -> str:
+        """The rooms where ``node`` has sockets ("room NUL id"), for reaping it."""
+        return self.channel("node-rooms", node)
+
     def shared(self, name: str) -> str:
         return f"{self.prefix}shared:{name}"
 

@@ -18,6 +18,7 @@ from routing import wire
 from routing.nodes import NodeRouting
 from routing.redis.common import COMMAND_TIMEOUT, Keys, Link, log
 from routing.redis.publisher import Publisher
+from routing.redis.rooms import forget_rooms
 from routing.redis.shards import Address, Topology
 
 
@@ -124,3 +125,4 @@ class Presence:
         pipe.delete(keys.presence(node))
         pipe.srem(keys.nodes, node)
         await pipe.execute()
+        await forget_rooms(client, keys, node)

@@ -1,0 +1,175 @@
+"""The rooms' roster in Redis: who is in each room, in what order, on which nodes.
+
+Three keys per room, all on the room's shard (one hash tag): ``room-members`` (id -> the
+version at which it joined), ``room-pairs`` ("id NUL node" -> the version at which the id got
+a socket on that node) and ``room-version`` (a counter every change bumps). A script adds or
+removes a pair and answers the room as it stands, in one step: two newcomers on two nodes
+racing for the last place cannot both get it. Each node also lists its pairs (``node-rooms``)
+so that the node that reaps it can remove them. What a node does with the answers is
+routing/rooms.py; the jobs run in the directory's queue (jobs.py), in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from routing import wire
+from routing.redis.common import COMMAND_TIMEOUT, Keys, Link
+from routing.redis.jobs import DirectoryJobs
+from routing.rooms import FULL, JoinAnswer, LeaveAnswer, Snapshot
+
+#: Seconds the version of an empty room is kept (a node's mirror may still hold its changes).
+VERSION_KEPT = 86400
+
+#: KEYS members, pairs, version; ARGV id, node, limit. Answers {-1} when the room has limit
+#: ids and ``id`` is not one, else {version, members (flat), pairs (flat)}.
+JOIN = r"""
+local id, node, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local seq = redis.call('HGET', KEYS[1], id)
+if not seq and limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
+  return {-1}
+end
+local version = redis.call('INCR', KEYS[3])
+redis.call('PERSIST', KEYS[3])
+if not seq then
+  redis.call('HSET', KEYS[1], id, version)
+end
+redis.call('HSETNX', KEYS[2], id .. '\0' .. node, version)
+return {version, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+"""
+
+#: KEYS members, pairs, version; ARGV id, node, kept. Answers {0} if the pair was not there,
+#: else {version, the nodes still in the room}.
+LEAVE = r"""
+local id, node = ARGV[1], ARGV[2]
+if redis.call('HDEL', KEYS[2], id .. '\0' .. node) == 0 then
+  return {0}
+end
+local version = redis.call('INCR', KEYS[3])
+local mine, gone, nodes, seen = id .. '\0', 1, {}, {}
+for _, key in ipairs(redis.call('HKEYS', KEYS[2])) do
+  if string.sub(key, 1, #mine) == mine then
+    gone = 0
+  end
+  local other = string.sub(key, string.find(key, '\0', 1, true) + 1)
+  if not seen[other] then
+    seen[other] = true
+    nodes[#nodes + 1] = other
+  end
+end
+if gone == 1 then
+  redis.call('HDEL', KEYS[1], id)
+end
+if #nodes == 0 then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+return {version, nodes}
+"""
+
+
+def _pairs(flat: list[str]) -> Iterator[tuple[str, str]]:
+    return zip(flat[::2], flat[1::2], strict=True)
+
+
+@dataclass
+class RoomJoin:
+    """A socket of ``id`` joins ``room`` on this node."""
+
+    room: str
+    id: str
+    limit: int
+    answered: asyncio.Future[JoinAnswer]
+
+    def commands(self, pipe: Any, keys: Keys) -> None:
+        room = self.room
+        args = (self.id, keys.node, self.limit)
+        pipe.execute_command(
+            "EVAL", JOIN, 3, keys.room("members", room), keys.room("pairs", room), keys.room("version", room), *args
+        )
+        pipe.sadd(keys.node_rooms(keys.node), f"{room}{wire.SEP}{self.id}")
+
+    def done(self, replies: Iterator[Any]) -> None:
+        reply = next(replies, None)
+        next(replies, None)
+        if not self.answered.done():
+            self.answered.set_result(self.answer(reply))
+
+    @staticmethod
+    def answer(reply: Any) -> JoinAnswer:
+        if not isinstance(reply, list) or not reply:
+            return None
+        if reply[0] == -1:
+            return FULL
+        members = {id: int(seq) for id, seq in _pairs(reply[1])}
+        pairs: dict[tuple[str, str], int] = {}
+        for key, version in _pairs(reply[2]):
+            id, _, node = key.partition(wire.SEP)
+            pairs[(id, node)] = int(version)
+        return Snapshot(int(reply[0]), members, pairs)
+
+
+@dataclass
+class RoomLeave:
+    """``id`` has no socket left in ``room`` on ``node``."""
+
+    room: str
+    id: str
+    node: str
+    left: Callable[[LeaveAnswer], None]
+
+    def commands(self, pipe: Any, keys: Keys) -> None:
+        room = self.room
+        args = (self.id, self.node, VERSION_KEPT * 1000)
+        pipe.execute_command(
+            "EVAL", LEAVE, 3, keys.room("members", room), keys.room("pairs", room), keys.room("version", room), *args
+        )
+        pipe.srem(keys.node_rooms(self.node), f"{room}{wire.SEP}{self.id}")
+
+    def done(self, replies: Iterator[Any]) -> None:
+        reply = next(replies, None)
+        next(replies, None)
+        if isinstance(reply, list) and len(reply) == 2:
+            self.left((int(reply[0]), list(reply[1])))
+        else:
+            self.left(None)
+
+
+class RedisRoster:
+    """routing.rooms.Roster over the directory's job queue."""
+
+    def __init__(self, jobs: DirectoryJobs, keys: Keys, link: Link) -> None:
+        self.jobs = jobs
+        self.keys = keys
+        self.link = link
+
+    async def join(self, room: str, id: str, node: str, limit: int) -> JoinAnswer:
+        if not self.link.connected:
+            return None
+        answered: asyncio.Future[JoinAnswer] = asyncio.get_running_loop().create_future()
+        self.jobs.put(RoomJoin(room, id, limit, answered))
+        try:
+            return await asyncio.wait_for(answered, COMMAND_TIMEOUT)
+        except TimeoutError:
+            return None
+
+    def leave(self, room: str, id: str, node: str, done: Callable[[LeaveAnswer], None]) -> None:
+        self.jobs.put(RoomLeave(room, id, node, done))
+
+
+async def forget_rooms(client: Any, keys: Keys, node: str) -> None:
+    """Remove every pair of ``node`` (it is gone; every node forgets it in its own mirror)."""
+    entries: set[str] = await client.smembers(keys.node_rooms(node))
+    if entries:
+        pipe = client.pipeline(transaction=False)
+        for entry in sorted(entries):
+            room, _, id = entry.partition(wire.SEP)
+            pipe.execute_command(
+                "EVAL", LEAVE, 3, keys.room("members", room), keys.room("pairs", room), keys.room("version", room),
+                id, node, VERSION_KEPT * 1000,
+            )  # fmt: skip
+        await pipe.execute()
+    await client.delete(keys.node_rooms(node))

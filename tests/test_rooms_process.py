@@ -1,0 +1,80 @@
+"""Rooms across real server processes on one redis-server: a node killed, frozen or stopped
+with members in a room; the others hear them leave."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from contextlib import ExitStack
+
+import pytest
+from conftest import running
+from test_cluster_process import NODE_TTL, node
+from websockets.sync.client import connect
+
+from processes import RedisServer, wait_until
+
+
+@pytest.fixture
+def redis():
+    with running(RedisServer()) as server:
+        yield server
+
+
+def enter(stack: ExitStack, server, my_id: str, room: str = "R") -> tuple[object, dict]:
+    ws = stack.enter_context(connect(f"{server.ws}/wsroom?id={my_id}&room={room}"))
+    return ws, json.loads(ws.recv(timeout=10))
+
+
+def next_event(ws, timeout: float) -> dict:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def test_members_on_a_killed_node_leave_for_the_others_once_it_is_reaped(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice, roster = enter(stack, one, "alice")
+        assert roster["members"] == []
+        bob, roster = enter(stack, two, "bob")
+        assert roster["members"] == ["alice"]
+        assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
+        bob.send('{"to": "alice", "hello": 1}')
+        assert next_event(alice, 5)["data"] == {"to": "alice", "hello": 1}
+        os.kill(two.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        start = time.monotonic()
+        # As its sockets leave the directory: once its presence expires (NODE_TTL and a refresh).
+        assert next_event(alice, NODE_TTL * 4 / 3 + 3) == {"msg_type": "ROOM", "event": "left", "room": "R", "id": "bob"}
+        assert time.monotonic() - start < NODE_TTL * 4 / 3 + 3
+        # Its place is free again, in the roster too.
+        carol, roster = enter(stack, one, "carol")
+        assert roster["members"] == ["alice"]
+
+
+def test_members_of_a_stopped_node_leave_at_once(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice, _ = enter(stack, one, "alice")
+        bob, _ = enter(stack, two, "bob")
+        assert next_event(alice, 5)["event"] == "joined"
+        two.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        assert next_event(alice, 3) == {"msg_type": "ROOM", "event": "left", "room": "R", "id": "bob"}
+        wait_until(lambda: two.proc.poll() is not None, 10, "the node to stop")  # type: ignore[union-attr]
+        dave, roster = enter(stack, one, "dave")
+        assert roster["members"] == ["alice"]
+
+
+def test_a_frozen_node_is_reaped_and_its_members_come_back_when_it_wakes(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice, _ = enter(stack, one, "alice")
+        bob, _ = enter(stack, two, "bob")
+        assert next_event(alice, 5)["event"] == "joined"
+        pid = two.proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            assert next_event(alice, NODE_TTL * 4 / 3 + 3)["event"] == "left"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        # Awake, it finds it was reaped, registers its sockets again and says so.
+        assert next_event(alice, NODE_TTL * 4 / 3 + 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
+        bob.send('{"back": true}')
+        assert next_event(alice, 5)["data"] == {"back": True}
