@@ -290,12 +290,17 @@ class Rooms(Generic[M]):
         if texts:
             member.send_all(texts)
         self._changed(room, member.id)
-        if member.id not in room.announced and self.outbox is not None:
+        if member.id not in room.announced:
             room.announced.add(member.id)
-            seq = answer.members.get(member.id, answer.version)
-            for node in room.nodes:
-                self.outbox(node).room_pair(room.name, member.id, answer.version, seq)
+            self._announce(room, member.id, answer)
         return ""
+
+    def _announce(self, room: Room[M], id: str, answer: Snapshot) -> None:
+        """Tell the other nodes in the room that ``id`` has a socket here (as of ``answer``)."""
+        if self.outbox is not None:
+            seq = answer.members.get(id, answer.version)
+            for node in room.nodes:
+                self.outbox(node).room_pair(room.name, id, answer.version, seq)
 
     def leave(self, member: M) -> None:
         """Forget a closed socket (idempotent)."""
@@ -376,10 +381,7 @@ class Rooms(Generic[M]):
         if room is None or not isinstance(answer, Snapshot) or id not in room.ready:
             return
         self._load(room, answer)
-        if self.outbox is not None:
-            seq = answer.members.get(id, answer.version)
-            for node in room.nodes:
-                self.outbox(node).room_pair(name, id, answer.version, seq)
+        self._announce(room, id, answer)
 
     def pairs_here(self) -> set[tuple[str, str]]:
         """(room, id) of every id with a socket here."""
@@ -442,6 +444,7 @@ class Rooms(Generic[M]):
                 held.append((sender, text))
             else:
                 self.held_dropped += 1
+                continue
             self.delivered += 1
 
     # --- a frame from one of this node's sockets ------------------------------------------

@@ -32,13 +32,19 @@ def next_event(ws, timeout: float) -> dict:
     return json.loads(ws.recv(timeout=timeout))
 
 
+def alice_and_bob(stack: ExitStack, one, two) -> tuple[object, object]:
+    """alice in room R on node one, bob on node two, and alice has heard bob join."""
+    alice, roster = enter(stack, one, "alice")
+    assert roster["members"] == []
+    bob, roster = enter(stack, two, "bob")
+    assert roster["members"] == ["alice"]
+    assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
+    return alice, bob
+
+
 def test_members_on_a_killed_node_leave_for_the_others_once_it_is_reaped(redis):
     with node(redis) as one, node(redis) as two, ExitStack() as stack:
-        alice, roster = enter(stack, one, "alice")
-        assert roster["members"] == []
-        bob, roster = enter(stack, two, "bob")
-        assert roster["members"] == ["alice"]
-        assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
+        alice, bob = alice_and_bob(stack, one, two)
         bob.send('{"to": "alice", "hello": 1}')
         assert next_event(alice, 5)["data"] == {"to": "alice", "hello": 1}
         os.kill(two.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
@@ -53,9 +59,7 @@ def test_members_on_a_killed_node_leave_for_the_others_once_it_is_reaped(redis):
 
 def test_members_of_a_stopped_node_leave_at_once(redis):
     with node(redis) as one, node(redis) as two, ExitStack() as stack:
-        alice, _ = enter(stack, one, "alice")
-        bob, _ = enter(stack, two, "bob")
-        assert next_event(alice, 5)["event"] == "joined"
+        alice, bob = alice_and_bob(stack, one, two)
         two.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         assert next_event(alice, 3) == {"msg_type": "ROOM", "event": "left", "room": "R", "id": "bob"}
         wait_until(lambda: two.proc.poll() is not None, 10, "the node to stop")  # type: ignore[union-attr]
@@ -65,9 +69,7 @@ def test_members_of_a_stopped_node_leave_at_once(redis):
 
 def test_a_frozen_node_is_reaped_and_its_members_come_back_when_it_wakes(redis):
     with node(redis) as one, node(redis) as two, ExitStack() as stack:
-        alice, _ = enter(stack, one, "alice")
-        bob, _ = enter(stack, two, "bob")
-        assert next_event(alice, 5)["event"] == "joined"
+        alice, bob = alice_and_bob(stack, one, two)
         pid = two.proc.pid  # type: ignore[union-attr]
         os.kill(pid, signal.SIGSTOP)
         try:

@@ -71,6 +71,12 @@ return {version, nodes}
 """
 
 
+def run_script(pipe: Any, keys: Keys, script: str, room: str, *args: str | int) -> None:
+    """Queue ``script`` (JOIN or LEAVE) on ``pipe`` with the three keys of ``room``, all on its shard."""
+    members, pairs, version = (keys.room(kind, room) for kind in ("members", "pairs", "version"))
+    pipe.execute_command("EVAL", script, 3, members, pairs, version, *args)
+
+
 def _pairs(flat: list[str]) -> Iterator[tuple[str, str]]:
     return zip(flat[::2], flat[1::2], strict=True)
 
@@ -85,12 +91,8 @@ class RoomJoin:
     answered: asyncio.Future[JoinAnswer]
 
     def commands(self, pipe: Any, keys: Keys) -> None:
-        room = self.room
-        args = (self.id, keys.node, self.limit)
-        pipe.execute_command(
-            "EVAL", JOIN, 3, keys.room("members", room), keys.room("pairs", room), keys.room("version", room), *args
-        )
-        pipe.sadd(keys.node_rooms(keys.node), f"{room}{wire.SEP}{self.id}")
+        run_script(pipe, keys, JOIN, self.room, self.id, keys.node, self.limit)
+        pipe.sadd(keys.node_rooms(keys.node), f"{self.room}{wire.SEP}{self.id}")
 
     def done(self, replies: Iterator[Any]) -> None:
         reply = next(replies, None)
@@ -122,12 +124,8 @@ class RoomLeave:
     left: Callable[[LeaveAnswer], None]
 
     def commands(self, pipe: Any, keys: Keys) -> None:
-        room = self.room
-        args = (self.id, self.node, VERSION_KEPT * 1000)
-        pipe.execute_command(
-            "EVAL", LEAVE, 3, keys.room("members", room), keys.room("pairs", room), keys.room("version", room), *args
-        )
-        pipe.srem(keys.node_rooms(self.node), f"{room}{wire.SEP}{self.id}")
+        run_script(pipe, keys, LEAVE, self.room, self.id, self.node, VERSION_KEPT * 1000)
+        pipe.srem(keys.node_rooms(self.node), f"{self.room}{wire.SEP}{self.id}")
 
     def done(self, replies: Iterator[Any]) -> None:
         reply = next(replies, None)
@@ -167,9 +165,6 @@ async def forget_rooms(client: Any, keys: Keys, node: str) -> None:
         pipe = client.pipeline(transaction=False)
         for entry in sorted(entries):
             room, _, id = entry.partition(wire.SEP)
-            pipe.execute_command(
-                "EVAL", LEAVE, 3, keys.room("members", room), keys.room("pairs", room), keys.room("version", room),
-                id, node, VERSION_KEPT * 1000,
-            )  # fmt: skip
+            run_script(pipe, keys, LEAVE, room, id, node, VERSION_KEPT * 1000)
         await pipe.execute()
     await client.delete(keys.node_rooms(node))
