@@ -2,18 +2,18 @@
 // controls, the quality panel and the invite.
 
 import { Call } from "./call.js";
-import { canChooseSpeaker, DevicePickers, remembered } from "./devices.js";
+import { DevicePickers } from "./devices.js";
 import { showInvite } from "./invite.js";
+import { applyMute, fetchIceServers, openMedia, sendableVideoCodecs, wireMedia, wireMediaControls } from "./local.js";
 import { LocalMedia } from "./media.js";
 import { QualityPanel } from "./quality.js";
-import { Signaling } from "./signaling.js";
-import { addChatLine, elements, offerOnlyCodecs, setCameraOff, setInCall, setMuted, setSharing, setStatus, wirePanels } from "./ui.js";
+import { pageSession, Signaling } from "./signaling.js";
+import { addChatLine, elements, offerOnlyCodecs, setInCall, setStatus, wirePanels } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 // A call whose ICE restarts did not bring media back is replaced by a new connection, this
 // many times in a row at most; then the page says it failed.
 const MAX_RENEWALS = 3;
-const pageSession = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
 
 const media = new LocalMedia();
 const state = {
@@ -26,6 +26,7 @@ const state = {
   renewals: 0, // new connections made in a row after the path broke
   cameraProblem: null, // why getUserMedia failed, shown until a call connects
   cameraOff: false,
+  speaker: null, // the chosen speaker's deviceId (null: the browser's default)
   elsewhere: false, // another tab of ours took the call: this one stays out until Restart call
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
@@ -34,74 +35,16 @@ const signaling = new Signaling(config.wsUri);
 const pickers = new DevicePickers({ camera: elements.camera, microphone: elements.microphone, speaker: elements.speaker });
 const quality = new QualityPanel(() => state.call);
 window.webrtcApp = { config, state, signaling, media, pickers, quality }; // for the console and the end-to-end tests
-
-function parseResolution(value) {
-  const [width, height] = value.split("x").map(Number);
-  return { width: { ideal: width }, height: { ideal: height } };
-}
-
-async function fetchIceServers() {
-  try {
-    // The id names us in time-limited TURN credentials, when the server hands those out.
-    const url = `${config.iceUrl}?id=${encodeURIComponent(config.myId)}`;
-    const response = await fetch(url, { method: "POST", body: config.icePass });
-    if (response.ok) return await response.json();
-    console.warn("ICE servers refused:", response.status);
-  } catch (error) {
-    console.warn("ICE servers unavailable:", error);
-  }
-  return [];
-}
-
-// The remembered camera and microphone (devices.js), else the browser's; without a camera,
-// the microphone alone; without either, the page still receives.
-async function openMedia() {
-  const problem = await media.open({
-    camera: remembered("camera"),
-    microphone: remembered("microphone"),
-    video: parseResolution(elements.resolution.value),
-  });
-  if (problem && problem.audioOnly) {
-    // Start video tries the camera again (allowed or plugged in since): sent in the same call.
-    state.cameraOff = true;
-    media.cameraOff = true;
-    setCameraOff(true);
-  }
-  if (problem) {
-    state.cameraProblem = problem.audioOnly
-      ? `Camera unavailable (${problem.error.name}): the call goes on with sound and chat.`
-      : `Camera or microphone unavailable (${problem.error.name}): you can still see and chat with ${peerName()}.`;
-    setStatus("camera-refused", state.cameraProblem);
-    addChatLine("system", "", state.cameraProblem);
-  }
-  showPreview();
-  const speaker = remembered("speaker");
-  if (speaker && canChooseSpeaker) await useSpeaker(speaker).catch(() => {}); // that speaker is gone: the default plays
-  await pickers.use(devicesInUse());
-}
-
-function showPreview() {
-  const track = media.videoTrack;
-  if (elements.localVideo.srcObject && elements.localVideo.srcObject.getVideoTracks()[0] === track) return;
-  elements.localVideo.srcObject = track ? new MediaStream([track]) : null;
-}
-
-// The deviceIds the page uses now, for the pickers (a shared screen is no camera).
-function devicesInUse() {
-  const idOf = (track) => (track ? track.getSettings().deviceId : undefined);
-  return { camera: media.sharing ? undefined : idOf(media.videoTrack), microphone: idOf(media.audioTrack) };
-}
-
-async function useSpeaker(deviceId) {
-  await elements.remoteVideo.setSinkId(deviceId);
-  await pickers.use({ speaker: deviceId });
-}
-
-// The video codecs this browser can send (Firefox without its OpenH264 plugin has no H264).
-function sendableVideoCodecs() {
-  if (!window.RTCRtpSender || !RTCRtpSender.getCapabilities) return null;
-  return RTCRtpSender.getCapabilities("video").codecs.map((codec) => codec.mimeType.split("/")[1].toUpperCase());
-}
+// What local.js needs of this page: its one call, and the remote video.
+const page = {
+  config,
+  media,
+  pickers,
+  state,
+  calls: () => (state.call ? [state.call] : []),
+  sinks: () => [elements.remoteVideo],
+  whom: () => peerName(),
+};
 
 // Perfect negotiation needs one polite side: the larger id yields.
 function polite() {
@@ -193,7 +136,7 @@ function newCall(peerSession, { startedByUs = false } = {}) {
   call.addEventListener("bye", ({ detail }) => {
     if (call === state.call) peerHungUp(detail.reason === "left");
   });
-  if (state.muted) applyMute();
+  if (state.muted) applyMute(page);
   return call;
 }
 
@@ -351,32 +294,6 @@ function leavePage() {
   signaling.stop();
 }
 
-function applyMute() {
-  for (const track of media.stream.getAudioTracks()) track.enabled = !state.muted;
-  setMuted(state.muted);
-}
-
-// A device or the screen changed what we send: the call sends it on the same transceiver.
-function wireMedia() {
-  media.addEventListener("track", ({ detail }) => {
-    showPreview();
-    if (detail.kind === "audio") applyMute();
-    if (state.call) state.call.replaceTrack(detail.kind, detail.track).catch((error) => console.warn("cannot send the new track", error));
-    pickers.use(devicesInUse());
-  });
-  media.addEventListener("sharing", ({ detail }) => setSharing(detail));
-  pickers.addEventListener("pick", async ({ detail: { role, deviceId } }) => {
-    try {
-      if (role === "camera") await media.useCamera(deviceId);
-      else if (role === "microphone") await media.useMicrophone(deviceId);
-      else await useSpeaker(deviceId);
-    } catch (error) {
-      addChatLine("system", "", `Cannot use that ${role} (${error.name}).`);
-      pickers.refresh();
-    }
-  });
-}
-
 function wireControls() {
   elements.hangup.addEventListener("click", () => {
     if (state.call) state.call.signal({ type: "hang-up" });
@@ -394,57 +311,6 @@ function wireControls() {
       return;
     }
     restartCall();
-  });
-  elements.mute.addEventListener("click", () => {
-    state.muted = !state.muted;
-    applyMute();
-  });
-  elements.cameraOff.addEventListener("click", async () => {
-    state.cameraOff = !state.cameraOff;
-    setCameraOff(state.cameraOff);
-    try {
-      await media.setCameraOff(state.cameraOff);
-    } catch (error) {
-      addChatLine("system", "", `Cannot start the camera (${error.name}).`);
-      state.cameraOff = true;
-      setCameraOff(true);
-    }
-  });
-  if (navigator.mediaDevices.getDisplayMedia) {
-    elements.share.addEventListener("click", async () => {
-      try {
-        if (media.sharing) await media.stopSharing();
-        else await media.shareScreen();
-      } catch (error) {
-        addChatLine("system", "", `Screen not shared (${error.name}).`);
-      }
-    });
-  } else {
-    elements.share.hidden = true; // phones: no screen sharing in the browser
-  }
-  elements.resolution.addEventListener("change", async () => {
-    try {
-      await media.setResolution(parseResolution(elements.resolution.value));
-    } catch (error) {
-      addChatLine("system", "", `This camera cannot use that resolution (${error.name}).`);
-    }
-  });
-  elements.codec.addEventListener("change", async () => {
-    const codec = elements.codec.value;
-    state.preferences.codec = codec;
-    const call = state.call;
-    if (!call) return;
-    await call.setCodec(codec);
-    if (!codec || call.pc.connectionState !== "connected") return;
-    // Both browsers must have the codec: say so when the peer's lacks it.
-    const used = await call.codecSettled(codec);
-    if (call === state.call && used && used !== codec) {
-      addChatLine("system", "", `${peerName()}'s browser cannot use ${codec}: the call goes on with ${used}.`);
-    }
-  });
-  elements.bandwidth.addEventListener("change", () => {
-    state.preferences.bandwidth = elements.bandwidth.value;
-    if (state.call) state.call.setBandwidth(elements.bandwidth.value);
   });
   elements.chatForm.addEventListener("submit", (event) => {
     event.preventDefault();
@@ -514,12 +380,13 @@ async function start() {
   offerOnlyCodecs(sendableVideoCodecs());
   wirePanels();
   wireControls();
-  wireMedia();
+  wireMediaControls(page);
+  wireMedia(page);
   wireSignaling();
   if (config.inviteUrl) showInvite(new URL(config.inviteUrl, location.href).href, elements.invite);
   quality.start();
   setStatus("starting", "Starting camera…");
-  const [iceServers] = await Promise.all([fetchIceServers(), openMedia()]);
+  const [iceServers] = await Promise.all([fetchIceServers(config), openMedia(page)]);
   state.iceServers = iceServers;
   signaling.connect();
 }

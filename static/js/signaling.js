@@ -2,8 +2,13 @@
 
 import { RECONNECT, reconnectDelay } from "./backoff.js";
 
-// Refusals that retrying cannot fix: bad ids, forbidden, too many sockets for this id.
-const FINAL_CODES = new Set([4400, 4403, 4429]);
+// Refusals that retrying cannot fix: bad ids, forbidden, too many sockets for this id, and
+// (rooms) the room is full: the page says so and offers to try again.
+const FINAL_CODES = new Set([4400, 4403, 4409, 4429]);
+
+// This page's session: every message it sends carries it, so that the far side tells this
+// page from another tab (or a reload) of the same id.
+export const pageSession = crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
 
 // Events: "open"; "message" (detail: the parsed message); "notice" (detail: the server
 // notice's text, e.g. "PEER-UNAVAILABLE"); "close" (detail: {code, reason, retryInMs}).
