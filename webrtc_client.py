@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""A Python peer for webrtc_app: joins a call through /wscall like a page does (aiortc).
+"""A Python peer for webrtc_app: joins a call through /wscall like a page does (aiortc), or
+a room through /wsroom like the room page does.
 
 It speaks the pages' protocol (docs/protocol.md), so bots, recorders and tests can call a
 browser or each other:
 
     python webrtc_client.py ws://127.0.0.1:8888 --id bot --peer alice
+    python webrtc_client.py ws://127.0.0.1:8888 --id bot --room standup
 
 It sends a test video track (the eight colour bars, scrolling), counts the frames it receives
 (recording them too with --record FILE), and answers every chat line on the ``chat`` data channel with
@@ -52,6 +54,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 log = logging.getLogger("webrtc_client")
 
 ChatReply = Callable[[str], "str | None | Awaitable[str | None]"]
+OnVideo = Callable[[MediaStreamTrack], None]
 
 # Reconnection policy: the same numbers as static/js/backoff.js (a test checks they agree).
 RECONNECT_BASE = 1.0  # the first retry waits up to this long (seconds)
@@ -62,7 +65,7 @@ RECONNECT_STABLE = 10.0  # a socket open this long was a success: the next drop 
 RETRY_AFTER_MAX = 600.0  # a longer Retry-After is taken as this
 TRY_AGAIN_LATER = 1013
 # Refusals that retrying cannot fix (docs/protocol.md), as the pages stop on them too.
-FINAL_CLOSE_CODES = {4400: "BAD-REQUEST", 4403: "FORBIDDEN", 4429: "TOO-MANY-SOCKETS"}
+FINAL_CLOSE_CODES = {4400: "BAD-REQUEST", 4403: "FORBIDDEN", 4409: "ROOM-FULL", 4429: "TOO-MANY-SOCKETS"}
 # How long a recovery waits for the signaling socket to come back before it goes on anyway.
 REOPEN_TIMEOUT = 15.0
 
@@ -186,53 +189,55 @@ class CountingTrack(MediaStreamTrack):
         return frame
 
 
-class PythonPeer:
-    """One side of a call, driven through the webrtc_app signaling socket.
+class SignalingClient:
+    """A signaling socket that stays open until ``stop()``, reconnecting with the pages' policy.
 
-    ``await peer.run()`` connects (and reconnects) until ``peer.stop()``. Progress is visible
-    through ``connected`` (an asyncio.Event set when media flows both ways is possible),
-    ``frames_received``, ``chat_received`` and ``notices``.
+    Subclasses say what to do once it is open (``_on_open``) and with each text frame
+    (``_on_frame``). ``signaling_open`` is set while a socket is open; ``notices`` collects the
+    server's SERVER_NOTICE texts.
     """
 
-    def __init__(
-        self,
-        server: str,
-        my_id: str,
-        peer_id: str,
-        *,
-        route: str = "/wscall",
-        ice_servers: list[dict[str, Any]] | None = None,
-        reply: ChatReply | None = echo_reply,
-        record: str | None = None,
-        loopback: bool = True,
-    ) -> None:
-        self.url = f"{server.rstrip('/')}{route}?{urlencode({'id': my_id, 'peer_id': peer_id})}"
-        self.my_id, self.peer_id = my_id, peer_id
-        self.ice_servers = ice_servers or []
-        self.reply = reply
-        self.record = record
+    def __init__(self, url: str, my_id: str, loopback: bool) -> None:
+        self.url = url
+        self.my_id = my_id
         self.session = uuid.uuid4().hex
-        self.polite = my_id > peer_id  # the same rule as the pages
-        self.pc: RTCPeerConnection | None = None
-        self.channel: Any = None
         self.ws: ClientConnection | None = None
-        self.recorder: MediaRecorder | None = None
-        self.connected = asyncio.Event()
         self.stopped = asyncio.Event()
         self.signaling_open = asyncio.Event()
-        self.frames_received = 0
-        self.recoveries = 0  # connections replaced after the path broke
-        self.chat_received: list[str] = []
         self.notices: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._making_offer = False
-        self._peer_session: str | None = None
-        self._started_by_us = False  # the current call came from our start-call (restart)
         self._reopen_now = False
         if loopback:
             allow_loopback_candidates()
 
-    # --- signaling ----------------------------------------------------------------------
+    async def _on_open(self) -> None:
+        """The socket is open (again)."""
+
+    async def _on_frame(self, frame: str) -> None:
+        raise NotImplementedError
+
+    def _read(self, frame: str) -> dict[str, Any] | None:
+        """A frame's JSON object, or None for what is not one and for a SERVER_NOTICE (kept in ``notices``)."""
+        try:
+            message = json.loads(frame)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        if message.get("msg_type") == "SERVER_NOTICE":
+            self.notices.append(str(message.get("message")))
+            return None
+        return message
+
+    async def _send_json(self, message: dict[str, Any]) -> bool:
+        """Send ``message`` with this client's session; False when no socket is open."""
+        if self.ws is None:
+            return False
+        try:
+            await self.ws.send(json.dumps({**message, "session": self.session}))
+        except ConnectionClosed:
+            return False
+        return True
 
     async def run(self) -> None:
         """Stay connected to the server until stop(), reconnecting after a drop.
@@ -246,7 +251,7 @@ class PythonPeer:
                 async with connect(self.url, open_timeout=10) as ws:
                     self.ws, opened_at = ws, time.monotonic()
                     self.signaling_open.set()
-                    await self._send({"type": "username", "date": _now_ms()})
+                    await self._on_open()
                     async for frame in ws:
                         if isinstance(frame, str):
                             await self._on_frame(frame)
@@ -296,6 +301,104 @@ class PythonPeer:
         while self.ws is None or self.ws is old:
             await asyncio.sleep(0.05)
 
+    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_tasks(self) -> None:
+        """End what the calls left running (a track's reader, a chat reply), not later on a closed loop."""
+        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def media_connection(ice_servers: list[dict[str, Any]], on_video: OnVideo) -> tuple[RTCPeerConnection, Any]:
+    """A connection as the pages make one: the colour bars out, the far side's audio and video
+    in (``on_video`` gets its video track), and the negotiated "chat" data channel."""
+    pc = RTCPeerConnection(RTCConfiguration([RTCIceServer(**server) for server in ice_servers]))
+    pc.addTrack(ColourBars())
+    pc.addTransceiver("audio", direction="recvonly")
+    # The pages open the same negotiated channel: no in-band announcement needed.
+    channel = pc.createDataChannel("chat", negotiated=True, id=0)
+
+    @pc.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "video":
+            on_video(track)
+
+    return pc, channel
+
+
+async def add_candidate(pc: RTCPeerConnection | None, candidate: dict[str, Any]) -> None:
+    """Apply a page's trickled ``new-ice-candidate`` (``{candidate, sdpMid, sdpMLineIndex}``)."""
+    text = candidate.get("candidate") or ""
+    if pc is None or not text or pc.remoteDescription is None:
+        return
+    parsed = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
+    parsed.sdpMid = candidate.get("sdpMid")
+    parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
+    with contextlib.suppress(ValueError):
+        await pc.addIceCandidate(parsed)
+
+
+async def chat_answer(reply: ChatReply | None, text: str) -> str | None:
+    """What ``reply`` answers to a chat line (a function or a coroutine function), or None."""
+    answer = reply(text) if reply is not None else None
+    if isinstance(answer, Awaitable):
+        answer = await answer
+    return answer or None
+
+
+async def count_frames(track: MediaStreamTrack, count: Callable[[], None]) -> None:
+    """Read ``track`` to its end, calling ``count`` for each frame."""
+    with contextlib.suppress(MediaStreamError):
+        while True:
+            await track.recv()
+            count()
+
+
+class PythonPeer(SignalingClient):
+    """One side of a call, driven through the webrtc_app signaling socket.
+
+    ``await peer.run()`` connects (and reconnects) until ``peer.stop()``. Progress is visible
+    through ``connected`` (an asyncio.Event set when media flows both ways is possible),
+    ``frames_received``, ``chat_received`` and ``notices``.
+    """
+
+    def __init__(
+        self,
+        server: str,
+        my_id: str,
+        peer_id: str,
+        *,
+        route: str = "/wscall",
+        ice_servers: list[dict[str, Any]] | None = None,
+        reply: ChatReply | None = echo_reply,
+        record: str | None = None,
+        loopback: bool = True,
+    ) -> None:
+        super().__init__(f"{server.rstrip('/')}{route}?{urlencode({'id': my_id, 'peer_id': peer_id})}", my_id, loopback)
+        self.peer_id = peer_id
+        self.ice_servers = ice_servers or []
+        self.reply = reply
+        self.record = record
+        self.polite = my_id > peer_id  # the same rule as the pages
+        self.pc: RTCPeerConnection | None = None
+        self.channel: Any = None
+        self.recorder: MediaRecorder | None = None
+        self.connected = asyncio.Event()
+        self.frames_received = 0
+        self.recoveries = 0  # connections replaced after the path broke
+        self.chat_received: list[str] = []
+        self._making_offer = False
+        self._peer_session: str | None = None
+        self._started_by_us = False  # the current call came from our start-call (restart)
+
+    async def _on_open(self) -> None:
+        await self._send({"type": "username", "date": _now_ms()})
+
     async def stop(self) -> None:
         self.stopped.set()
         # Say goodbye, as a page does when its tab closes: the peer ends its call at once.
@@ -303,32 +406,14 @@ class PythonPeer:
         await self._close_call()
         if self.ws is not None:
             await self.ws.close()
-        # What the call left running (a track's reader, a chat reply) ends with the peer, not
-        # later on a closed loop.
-        tasks = [task for task in self._tasks if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._cancel_tasks()
 
     async def _send(self, message: dict[str, Any]) -> bool:
-        if self.ws is None:
-            return False
-        full = {**message, "name": self.my_id, "target": self.peer_id, "session": self.session}
-        try:
-            await self.ws.send(json.dumps(full))
-        except ConnectionClosed:
-            return False
-        return True
+        return await self._send_json({**message, "name": self.my_id, "target": self.peer_id})
 
     async def _on_frame(self, frame: str) -> None:
-        try:
-            message = json.loads(frame)
-        except json.JSONDecodeError:
-            return
-        if not isinstance(message, dict):
-            return
-        if message.get("msg_type") == "SERVER_NOTICE":
-            self.notices.append(str(message.get("message")))
+        message = self._read(frame)
+        if message is None:
             return
         if message.get("target") != self.my_id or message.get("name") != self.peer_id:
             return
@@ -350,14 +435,14 @@ class PythonPeer:
             if self._is_current(session) and self.pc and self.pc.signalingState == "have-local-offer":
                 await self.pc.setRemoteDescription(RTCSessionDescription(**message["sdp"]))
         elif kind == "new-ice-candidate":
-            await self._on_candidate(message.get("candidate") or {})
+            await add_candidate(self.pc, message.get("candidate") or {})
         elif kind == "hang-up":
             # A page of the peer's that our call is not with (a tab that gave the call up) says nothing of ours.
             if self._peer_session is None or session is None or session == self._peer_session:
                 await self._close_call()
                 log.info("%s %s", self.peer_id, "left" if message.get("reason") == "left" else "hung up")
         elif kind == "message":
-            await self._on_chat(message)
+            await self._on_chat(message, on_channel=False)
 
     # --- the call -----------------------------------------------------------------------
 
@@ -370,19 +455,9 @@ class PythonPeer:
 
     async def _new_call(self, peer_session: str | None) -> RTCPeerConnection:
         await self._close_call()
-        config = RTCConfiguration([RTCIceServer(**server) for server in self.ice_servers])
-        pc = RTCPeerConnection(config)
+        pc, self.channel = media_connection(self.ice_servers, lambda track: self._spawn(self._consume(track)))
         self.pc, self._peer_session = pc, peer_session
-        pc.addTrack(ColourBars())
-        pc.addTransceiver("audio", direction="recvonly")
-        # The pages open the same negotiated channel: no in-band announcement needed.
-        self.channel = pc.createDataChannel("chat", negotiated=True, id=0)
         self.channel.on("message", lambda data: self._spawn(self._on_channel_message(data)))
-
-        @pc.on("track")
-        def on_track(track: MediaStreamTrack) -> None:
-            if track.kind == "video":
-                self._spawn(self._consume(track))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -444,26 +519,13 @@ class PythonPeer:
         await pc.setLocalDescription(await pc.createAnswer())
         await self._send({"type": "video-answer", "sdp": _description(pc)})
 
-    async def _on_candidate(self, candidate: dict[str, Any]) -> None:
-        text = candidate.get("candidate") or ""
-        if self.pc is None or not text or self.pc.remoteDescription is None:
-            return
-        parsed = candidate_from_sdp(text.split(":", 1)[1] if text.startswith("candidate:") else text)
-        parsed.sdpMid = candidate.get("sdpMid")
-        parsed.sdpMLineIndex = candidate.get("sdpMLineIndex")
-        with contextlib.suppress(ValueError):
-            await self.pc.addIceCandidate(parsed)
-
     async def _consume(self, track: MediaStreamTrack) -> None:
         if self.record:
             self.recorder = MediaRecorder(self.record)
             self.recorder.addTrack(CountingTrack(track, self._count_frame))
             await self.recorder.start()
             return
-        with contextlib.suppress(MediaStreamError):
-            while True:
-                await track.recv()
-                self._count_frame()
+        await count_frames(track, self._count_frame)
 
     def _count_frame(self) -> None:
         self.frames_received += 1
@@ -479,10 +541,10 @@ class PythonPeer:
 
     # --- chat ---------------------------------------------------------------------------
 
-    async def send_chat(self, text: str) -> bool:
-        """Send a chat line: on the data channel when open, else through the server."""
+    async def send_chat(self, text: str, on_channel: bool = True) -> bool:
+        """Send a chat line: on the data channel when open (and ``on_channel``), else through the server."""
         message = {"type": "message", "name": self.my_id, "target": self.peer_id, "text": text, "date": _now_ms()}
-        if self.channel is not None and self.channel.readyState == "open":
+        if on_channel and self.channel is not None and self.channel.readyState == "open":
             self.channel.send(json.dumps(message))
             return True
         return await self._send(message)
@@ -491,27 +553,166 @@ class PythonPeer:
         with contextlib.suppress(ValueError):
             message = json.loads(data)
             if isinstance(message, dict) and message.get("type") == "message":
-                await self._on_chat(message)
+                await self._on_chat(message, on_channel=True)
             elif isinstance(message, dict) and message.get("type") == "hang-up":  # the page closes
                 await self._close_call()
                 log.info("%s left", self.peer_id)
 
-    async def _on_chat(self, message: dict[str, Any]) -> None:
+    async def _on_chat(self, message: dict[str, Any], on_channel: bool) -> None:
         text = message.get("text")
         if not isinstance(text, str):
             return
         self.chat_received.append(text)
-        if self.reply is not None:
-            answer = self.reply(text)
-            if asyncio.iscoroutine(answer) or isinstance(answer, asyncio.Future):
-                answer = await answer
-            if answer:
-                await self.send_chat(answer)
+        answer = await chat_answer(self.reply, text)
+        if answer:
+            # The way the line came: a page sends through the server while its channel is not
+            # open yet, and a message on a channel the far side has not opened may be lost.
+            await self.send_chat(answer, on_channel=on_channel)
 
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+
+class RoomMember:
+    """Another member of the bot's room, and the bot's connection with it."""
+
+    def __init__(self, member_id: str) -> None:
+        self.id = member_id
+        self.pc: RTCPeerConnection | None = None
+        self.session: str | None = None  # the page session the connection is with
+
+
+class RoomPeer(SignalingClient):
+    """A bot in a room (``/wsroom``, docs/protocol.md "Rooms"): one connection per other member,
+    made as the room page makes them.
+
+    It offers to every member it finds when it arrives (``members``) and answers a newcomer's
+    offer (``joined``, then the offer); it sends each of them the colour bars, counts each one's
+    frames (``frames_received[id]``) and answers the room's chat lines to everyone (``reply``).
+    ``members`` holds the other ids present, in the order they joined; ``chat_received`` the
+    lines heard, as (from, text).
+    """
+
+    def __init__(
+        self,
+        server: str,
+        my_id: str,
+        room: str,
+        *,
+        ice_servers: list[dict[str, Any]] | None = None,
+        reply: ChatReply | None = echo_reply,
+        loopback: bool = True,
+    ) -> None:
+        super().__init__(f"{server.rstrip('/')}/wsroom?{urlencode({'id': my_id, 'room': room})}", my_id, loopback)
+        self.room = room
+        self.ice_servers = ice_servers or []
+        self.reply = reply
+        self.members: dict[str, RoomMember] = {}
+        self.frames_received: dict[str, int] = {}
+        self.chat_received: list[tuple[str, str]] = []
+        self.admitted = asyncio.Event()  # set once the server said who is here
+
+    def connected(self) -> list[str]:
+        """The members whose connection with the bot is up."""
+        return [
+            member.id for member in self.members.values() if member.pc is not None and member.pc.connectionState == "connected"
+        ]
+
+    async def stop(self) -> None:
+        self.stopped.set()
+        for member in list(self.members.values()):
+            await self._close(member)
+        if self.ws is not None:
+            await self.ws.close()  # the others hear "left"
+        await self._cancel_tasks()
+
+    async def _on_frame(self, frame: str) -> None:
+        message = self._read(frame)
+        if message is None or message.get("msg_type") != "ROOM" or message.get("room") != self.room:
+            return
+        event, member_id = message.get("event"), message.get("id")
+        if event == "members":
+            # (Re)admitted: the others saw us leave and come back, so every connection starts
+            # over, offered by us.
+            ids = [id for id in message.get("members") or [] if isinstance(id, str)]
+            for gone in set(self.members) - set(ids):
+                await self._close(self.members.pop(gone))
+            self.admitted.set()
+            for id in ids:
+                await self._offer(self.members.setdefault(id, RoomMember(id)))
+        elif event == "joined" and isinstance(member_id, str):
+            # A newcomer, or a member back: its offer follows.
+            await self._close(self.members.setdefault(member_id, RoomMember(member_id)))
+        elif event == "left" and member_id in self.members:
+            await self._close(self.members.pop(member_id))
+        elif event == "message":
+            await self._on_message(message.get("from"), message.get("data"))
+
+    async def _on_message(self, sender: Any, data: Any) -> None:
+        member = self.members.get(sender) if isinstance(sender, str) else None
+        if member is None or not isinstance(data, dict):
+            return  # nobody we know of (our own other device's copies included), or not ours to read
+        kind, session = data.get("type"), data.get("session")
+        pc = member.pc
+        if kind == "video-offer" and isinstance(data.get("sdp"), dict):
+            await self._on_offer(member, data["sdp"], session)
+        elif kind == "video-answer" and pc is not None and pc.signalingState == "have-local-offer":
+            if member.session in (None, session):
+                member.session = session
+                await pc.setRemoteDescription(RTCSessionDescription(**data["sdp"]))
+        elif kind == "new-ice-candidate" and member.session == session:
+            await add_candidate(pc, data.get("candidate") or {})
+        elif kind == "start-call":
+            await self._close(member)  # the member starts over: its offer follows
+        elif kind == "message" and isinstance(data.get("text"), str):
+            await self._on_chat(member.id, data["text"])
+
+    async def _on_offer(self, member: RoomMember, sdp: dict[str, Any], session: Any) -> None:
+        pc = member.pc
+        if pc is not None and member.session == session and _is_ice_restart(pc, sdp.get("sdp", "")):
+            # The member lost its path and restarts ICE, which aiortc cannot: a new connection,
+            # as the room page's renewal (start-call, then our offer).
+            await self._send_json({"type": "start-call", "to": member.id, "date": _now_ms()})
+            await self._offer(member)
+            return
+        collision = pc is not None and pc.signalingState != "stable"
+        if collision and self.my_id < member.id:
+            return  # the impolite side keeps its own offer
+        if pc is None or collision or member.session not in (None, session) or pc.connectionState in ("failed", "closed"):
+            pc = await self._connect(member)  # aiortc cannot roll back: a fresh connection answers
+        member.session = session if isinstance(session, str) else None
+        await pc.setRemoteDescription(RTCSessionDescription(**sdp))
+        await pc.setLocalDescription(await pc.createAnswer())
+        await self._send_json({"type": "video-answer", "sdp": _description(pc), "to": member.id})
+
+    async def _connect(self, member: RoomMember) -> RTCPeerConnection:
+        await self._close(member)
+        pc, _channel = media_connection(
+            self.ice_servers, lambda track: self._spawn(count_frames(track, lambda: self._count(member.id)))
+        )
+        member.pc = pc
+        return pc
+
+    async def _offer(self, member: RoomMember) -> None:
+        pc = await self._connect(member)
+        # aiortc gathers every candidate before it answers: they travel in the SDP.
+        await pc.setLocalDescription(await pc.createOffer())
+        await self._send_json({"type": "video-offer", "sdp": _description(pc), "to": member.id})
+
+    def _count(self, member_id: str) -> None:
+        self.frames_received[member_id] = self.frames_received.get(member_id, 0) + 1
+
+    async def _close(self, member: RoomMember) -> None:
+        pc, member.pc, member.session = member.pc, None, None
+        if pc is not None:
+            await pc.close()
+
+    async def _on_chat(self, sender: str, text: str) -> None:
+        self.chat_received.append((sender, text))
+        answer = await chat_answer(self.reply, text)
+        if answer:
+            await self.send_chat(answer)
+
+    async def send_chat(self, text: str) -> bool:
+        """A chat line to everyone in the room."""
+        return await self._send_json({"type": "message", "text": text, "date": _now_ms()})
 
 
 def _ice_ufrags(sdp: str) -> set[str]:
@@ -544,34 +745,41 @@ def fetch_ice_servers(server: str, token: str, ice_url: str = "/ice_servers", my
         return json.load(response)
 
 
+def _report(peer: PythonPeer | RoomPeer) -> tuple[tuple[Any, ...], str]:
+    """The status line for ``peer``, and what it depends on (a new line whenever that changes)."""
+    signaling = "open" if peer.signaling_open.is_set() else "closed"
+    if isinstance(peer, RoomPeer):
+        members, connected = sorted(peer.members), sorted(peer.connected())
+        frames = ",".join(f"{id}:{peer.frames_received.get(id, 0)}" for id in members) or "-"
+        state: tuple[Any, ...] = (signaling, tuple(members), tuple(connected), len(peer.chat_received))
+        line = (
+            f"signaling={signaling} room={peer.room} members={len(members)} connected={len(connected)} frames received={frames}"
+        )
+        return state, f"{line} chat lines={state[3]}"
+    state = (signaling, peer.connected.is_set(), len(peer.chat_received), peer.recoveries)
+    line = f"signaling={signaling} connected={state[1]} frames received={peer.frames_received} chat lines={state[2]}"
+    return state, f"{line} recoveries={state[3]}"
+
+
 async def _main(args: argparse.Namespace) -> None:
     ice_servers = fetch_ice_servers(args.server, args.ice_token, my_id=args.id) if args.ice_token else []
-    peer = PythonPeer(
-        args.server,
-        args.id,
-        args.peer,
-        route="/wsrecieve" if args.role == "receiver" else "/wscall",
-        ice_servers=ice_servers,
-        reply=None if args.no_echo else echo_reply,
-        record=args.record,
-    )
+    reply = None if args.no_echo else echo_reply
+    peer: PythonPeer | RoomPeer
+    if args.room:
+        peer = RoomPeer(args.server, args.id, args.room, ice_servers=ice_servers, reply=reply)
+    else:
+        route = "/wsrecieve" if args.role == "receiver" else "/wscall"
+        peer = PythonPeer(args.server, args.id, args.peer, route=route, ice_servers=ice_servers, reply=reply, record=args.record)
     runner = asyncio.ensure_future(peer.run())
     last: tuple[Any, ...] | None = None
     reported = 0.0
     try:
         while not runner.done():
             # A line at once, whenever the call's state changes, and every report_every seconds.
-            state = (peer.signaling_open.is_set(), peer.connected.is_set(), len(peer.chat_received), peer.recoveries)
+            state, line = _report(peer)
             now = time.monotonic()
             if state != last or now - reported >= args.report_every:
-                log.info(
-                    "signaling=%s connected=%s frames received=%d chat lines=%d recoveries=%d",
-                    "open" if state[0] else "closed",
-                    state[1],
-                    peer.frames_received,
-                    state[2],
-                    state[3],
-                )
+                log.info("%s", line)
                 last, reported = state, now
             await asyncio.wait([runner], timeout=0.25)
         runner.result()  # a refusal (SignalingRefused) ends the program with its message
@@ -581,13 +789,15 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Join a webrtc_app call from Python.")
+    parser = argparse.ArgumentParser(description="Join a webrtc_app call, or a room, from Python.")
     parser.add_argument("server", help="the server's websocket base, e.g. ws://127.0.0.1:8888")
     parser.add_argument("--id", required=True, help="this peer's id")
-    parser.add_argument("--peer", required=True, help="the id to call or to wait for")
+    whom = parser.add_mutually_exclusive_group(required=True)
+    whom.add_argument("--peer", help="the id to call or to wait for")
+    whom.add_argument("--room", help="join this room as a bot: video to every member, echo on the room's chat")
     parser.add_argument("--role", choices=("caller", "receiver"), default="caller", help="which socket route to use")
     parser.add_argument("--ice-token", help="token for the ICE endpoint (else no STUN/TURN)")
-    parser.add_argument("--record", metavar="FILE", help="record the received video (e.g. call.mp4)")
+    parser.add_argument("--record", metavar="FILE", help="record the received video (e.g. call.mp4; calls only)")
     parser.add_argument("--no-echo", action="store_true", help="do not answer chat lines")
     parser.add_argument("--report-every", type=float, default=5.0, metavar="SECONDS", help="log a status line this often")
     args = parser.parse_args()

@@ -11,13 +11,14 @@ from typing import Any
 
 
 class PeerThread:
-    """A PythonPeer running on its own event loop in a thread (Playwright's sync API owns this one)."""
+    """A PythonPeer (or, with ``room=True``, a RoomPeer: ``PeerThread(ws, id, room, room=True)``)
+    running on its own event loop in a thread (Playwright's sync API owns this one)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, room: bool = False, **kwargs: Any) -> None:
         import webrtc_client  # here: importing this module must not need aiortc
 
         self.loop = asyncio.new_event_loop()
-        self.peer = webrtc_client.PythonPeer(*args, **kwargs)
+        self.peer = (webrtc_client.RoomPeer if room else webrtc_client.PythonPeer)(*args, **kwargs)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from browser import REFUSE_CAMERA_JS
 from conftest import require
@@ -154,3 +156,60 @@ def test_the_command_line_bot_reports_at_once_and_counts_what_it_records(server,
     assert counted > 0 and recorded > 0
     assert abs(counted - recorded) <= max(5, counted // 10), (counted, recorded)
     assert os.path.getsize(recording) > 0
+
+
+# --- the bot in a room ---------------------------------------------------------------------------
+
+
+def test_the_bot_in_a_room_with_two_pages_sends_bars_counts_frames_and_echoes(server, pages):
+    # The bot is there first (the first page offers to it), the second page comes after (the
+    # bot's "members" lists the first one: it offers to it; the second offers to the bot).
+    first = pages(f"{server.http}/room?id=room-ann&room=bots")
+    bot = PeerThread(server.ws, "room-bot", "bots", room=True)
+    try:
+        bot.wait(bot.peer.admitted.is_set, "the bot's admission")
+        second = pages(f"{server.http}/room?id=room-ben&room=bots")
+        for page, other in ((first, "room-ben"), (second, "room-ann")):
+            bot_tile = page.wait_room_tiles(["room-bot", other])["room-bot"]
+            assert (bot_tile["width"], bot_tile["height"]) == (320, 240)  # the bot's colour bars
+            page.wait_room_videos_advance(["room-bot"])
+            page.wait_state("connected")
+        bot.wait(lambda: sorted(bot.peer.connected()) == ["room-ann", "room-ben"], "both connections")
+        bot.wait(lambda: all(bot.peer.frames_received.get(id, 0) >= 10 for id in ("room-ann", "room-ben")), "both pages' video")
+        first.send_chat("hello bot <b>")
+        for page in (first, second):
+            page.wait_chat("echo: hello bot <b>")
+        assert bot.peer.chat_received == [("room-ann", "hello bot <b>")]
+        second.wait_chat("hello bot <b>")
+        bot.stop()  # it leaves: its tile goes from both pages
+        for page in (first, second):
+            page.wait_for("() => !document.querySelector('#tiles .tile[data-id=\"room-bot\"]')", timeout_ms=3000)
+    finally:
+        bot.stop()
+
+
+def test_the_command_line_bot_joins_a_room(server, pages):
+    import subprocess
+    import sys
+    import time
+
+    from processes import PROJECT_DIR, clean_environment
+
+    command = [sys.executable, "webrtc_client.py", server.ws, "--id", "cli-room-bot", "--room", "cli-room", "--report-every", "1"]
+    started = time.monotonic()
+    cli = subprocess.Popen(command, cwd=PROJECT_DIR, env=clean_environment(), stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        assert cli.stderr is not None
+        page = pages(f"{server.http}/room?id=cli-ann&room=cli-room")
+        page.wait_room_tiles(["cli-room-bot"])
+        lines.append(cli.stderr.readline())
+        while not re.search(r"room=cli-room members=1 connected=1 frames received=cli-ann:[1-9]", lines[-1]):
+            assert time.monotonic() - started < 30, lines
+            lines.append(cli.stderr.readline())
+        page.send_chat("hi cli")
+        page.wait_chat("echo: hi cli")
+    finally:
+        cli.terminate()
+        cli.wait(15)
+    page.wait_for("() => !document.querySelector('#tiles .tile[data-id=\"cli-room-bot\"]')", timeout_ms=3000)
