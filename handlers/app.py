@@ -20,7 +20,7 @@ from tornado.web import Application, RequestHandler, URLSpec
 
 import settings
 from handlers.ice import IceServersHandler
-from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler
+from handlers.pages import CallerPageHandler, HomeHandler, ReceiverPageHandler, RoomPageHandler
 from handlers.protocol.connection import Limits
 from handlers.signaling import SignalingSocket, SocketContext
 from handlers.status import ConnectionsHandler, HealthHandler, MetricsHandler
@@ -162,6 +162,7 @@ def make_app(
         URLSpec(r"/call", CallerPageHandler, name="caller_page"),
         URLSpec(r"/recieve", ReceiverPageHandler, name="reciever_page"),
         URLSpec(r"/receive", ReceiverPageHandler, name="receiver_page"),
+        URLSpec(r"/room", RoomPageHandler, name="room_page"),
         URLSpec(r"/wscall", SignalingHandler, name="caller_ws"),
         URLSpec(r"/wsrecieve", SignalingHandler, name="reciever_ws"),
         URLSpec(r"/wsreceive", SignalingHandler, name="receiver_ws"),

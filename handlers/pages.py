@@ -8,7 +8,7 @@ from urllib.parse import urlencode
 
 from tornado.web import RequestHandler
 
-from routing import check_ids
+from routing import check_ids, check_room
 
 if TYPE_CHECKING:
     from handlers.app import WebRTCApplication
@@ -49,12 +49,20 @@ class PageHandler(RequestHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Permissions-Policy", "camera=(self), microphone=(self)")
 
+    def render_start(self, problem: str | None = None, my_id: str = "", peer_id: str = "", room: str = "") -> None:
+        """The start form, filled in with what the person asked for (and why it cannot open)."""
+        if problem:
+            self.set_status(400)
+        max_members = self.application.config.MAX_ROOM_MEMBERS
+        self.render("start.html", problem=problem, my_id=my_id, peer_id=peer_id, room=room, max_members=max_members)
+
 
 class HomeHandler(PageHandler):
-    """``/``: a form to start a call or wait for one."""
+    """``/``: a form to start a call, wait for one or join a room (``/?room=R``: the room's
+    invite, with the room filled in)."""
 
     def get(self) -> None:
-        self.render("start.html", problem=None, my_id="", peer_id="")
+        self.render_start(room=self.get_argument("room", ""))
 
 
 class CallPageHandler(PageHandler):
@@ -70,9 +78,9 @@ class CallPageHandler(PageHandler):
         peer_id = self.get_argument("peer_id", "")
         problem = check_ids(my_id, peer_id, config.MAX_ID_LENGTH, self.application.id_pattern)
         if problem:
-            self.set_status(400)
-            self.render("start.html", problem=problem, my_id=my_id, peer_id=peer_id)
+            self.render_start(problem, my_id, peer_id)
             return
+        # base.html takes the original's arguments (tests/test_caller.py renders it with them).
         self.render(
             "base.html",
             ws_uri=relative_url(self.reverse_url(self.ws_url_name), id=my_id, peer_id=peer_id),
@@ -103,3 +111,38 @@ class CallerPageHandler(CallPageHandler):
 class ReceiverPageHandler(CallPageHandler):
     ws_url_name = "reciever_ws"
     title = "Receiver"
+
+
+class RoomPageHandler(PageHandler):
+    """``/room?id=ME&room=ROOM``: the room page, a group call (GET and POST alike)."""
+
+    def get(self) -> None:
+        config = self.application.config
+        my_id = self.get_argument("id", "")
+        room = self.get_argument("room", "")
+        problem = check_room(my_id, room, config.MAX_ID_LENGTH, self.application.id_pattern)
+        if problem:
+            self.render_start(problem, my_id, room=room)
+            return
+        page_config = {
+            "wsUri": relative_url(self.reverse_url("room_ws"), id=my_id, room=room),
+            "myId": my_id,
+            "room": room,
+            "maxMembers": config.MAX_ROOM_MEMBERS,
+            "iceUrl": config.ICE_URL,
+            "icePass": config.get_ice_pass(),
+            # The start form with the room filled in: whoever opens it picks an id of their own.
+            "inviteUrl": relative_url(self.reverse_url("home"), room=room),
+        }
+        self.render(
+            "room.html",
+            page_config=page_config,
+            module="/static/js/room.js",
+            my_id=my_id,
+            room=room,
+            title=f"Room {room}",
+            invite_title="Invite to this room",
+            invite_text="Send this link to whoever should join",
+        )
+
+    post = get

@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from handlers.signaling import SignalingSocket
-from routing import check_names
+from routing import check_room
 from routing.rooms import ROOM_FULL, ROOM_FULL_CODE, ROSTER_UNAVAILABLE_CODE
 
 if TYPE_CHECKING:
@@ -45,11 +45,7 @@ class RoomRules(SignalingSocket):
         context = self.context
         self.id = self.get_query_argument("id", "") or ""
         self.room = self.get_query_argument("room", "") or ""
-        if not self.id:
-            return "missing id"
-        if not self.room:
-            return "missing room"
-        return check_names((("id", self.id), ("room", self.room)), context.config.MAX_ID_LENGTH, context.id_pattern)
+        return check_room(self.id, self.room, context.config.MAX_ID_LENGTH, context.id_pattern)
 
     async def _enter(self) -> None:
         """Join the room: once the roster answered, the socket has its ``members`` frame."""

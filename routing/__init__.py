@@ -155,6 +155,15 @@ def check_ids(my_id: str, peer_id: str, max_length: int, pattern: re.Pattern[str
     return check_names((("id", my_id), ("peer_id", peer_id)), max_length, pattern)
 
 
+def check_room(my_id: str, room: str, max_length: int, pattern: re.Pattern[str] | None = None) -> str | None:
+    """Why ``my_id``/``room`` cannot open a room socket or the room page, or None if they can."""
+    if not my_id:
+        return "missing id"
+    if not room:
+        return "missing room"
+    return check_names((("id", my_id), ("room", room)), max_length, pattern)
+
+
 def check_names(named: tuple[tuple[str, str], ...], max_length: int, pattern: re.Pattern[str] | None) -> str | None:
     """Why one of the ``(name, value)`` pairs breaks the id rules (an empty value passes)."""
     for name, value in named:

@@ -77,6 +77,12 @@ REMOTE_PICTURE_JS = """() => { const v = document.getElementById('remote-video')
     return {r: r / n, g: gr / n, b: b / n, saturation: sat / n, corner: (red(30, 0) + red(31, 0) + red(30, 1) + red(31, 1)) / 4,
             width: v.videoWidth, height: v.videoHeight}; }"""
 
+# A room page's tiles: {id: {width, height, time, state, muted}} for every other member's tile.
+ROOM_TILES_JS = """() => Object.fromEntries([...document.querySelectorAll('#tiles .tile:not(.self)')].map(t => {
+    const v = t.querySelector('video');
+    return [t.dataset.id, {width: v.videoWidth, height: v.videoHeight, time: v.currentTime, state: t.dataset.state || '',
+                           muted: !t.querySelector('.badge-muted').hidden}]; }))"""
+
 
 class CallPage:
     """A caller or receiver page, whatever the browser. Subclasses implement the primitives."""
@@ -278,6 +284,38 @@ class CallPage:
 
     def seen_texts(self) -> list[str]:
         return self.js("() => window.seenTexts")
+
+    # --- the room page --------------------------------------------------------------------
+
+    def room_tiles(self) -> dict[str, dict[str, Any]]:
+        """The other members' tiles (see ROOM_TILES_JS)."""
+        return self.js(ROOM_TILES_JS)
+
+    def wait_room_tiles(self, ids: list[str], timeout_ms: int = 30000) -> dict[str, dict[str, Any]]:
+        """Wait until the other members' tiles are exactly ``ids``, each playing video."""
+        try:
+            self.wait_for(
+                f"""(ids) => {{ const t = ({ROOM_TILES_JS})(); const names = Object.keys(t).sort();
+                    return JSON.stringify(names) === JSON.stringify([...ids].sort())
+                        && names.every(id => t[id].width > 0 && t[id].time > 0); }}""",
+                ids,
+                timeout_ms,
+            )
+        except Exception as exc:  # the browser's timeout, whichever driver: say what the page shows
+            me = self.js("() => window.webrtcApp.config.myId")
+            raise AssertionError(f"{self.browser_name} {me}: tiles {self.room_tiles()}, not {ids}; {self.status_text}") from exc
+        return self.room_tiles()
+
+    def wait_room_videos_advance(self, ids: list[str], timeout: float = 20.0) -> None:
+        """Every one of ``ids``' tiles shows new frames (its video clock moves on)."""
+        first = self.room_tiles()
+        deadline = time.monotonic() + timeout
+        waiting = set(ids)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = self.room_tiles()
+            waiting = {id for id in waiting if not (id in now and now[id]["time"] > first[id]["time"])}
+        assert not waiting, f"videos not advancing: {sorted(waiting)} ({first} then {self.room_tiles()})"
 
     def send_chat(self, text: str) -> None:
         self.fill("#chat-input", text)

@@ -190,3 +190,26 @@ def test_firefox_headless_cannot_share_a_screen_and_says_so(server, firefox_page
     assert "Screen not shared (NotFoundError)." in wait_system_line(fox, "Screen not shared")
     assert fox.js("() => document.getElementById('share').getAttribute('aria-pressed')") == "false"
     assert fox.js("() => window.webrtcApp.media.videoTrack.readyState") == "live"  # the camera goes on
+
+
+def test_a_firefox_member_in_a_room_with_chromium_members(server, pages, firefox_pages):
+    n = next(_ids)
+    room, fox_id, ann_id, ben_id = f"fox-room{n}", f"room-fox{n}", f"room-ann{n}", f"room-ben{n}"
+    ann = pages(f"{server.http}/room?id={ann_id}&room={room}")
+    fox = firefox_pages(f"{server.http}/room?id={fox_id}&room={room}")  # offers to ann, who waits for it
+    ann.wait_room_tiles([fox_id])
+    ben = pages(f"{server.http}/room?id={ben_id}&room={room}")  # offers to ann and to Firefox
+    for page, others in ((fox, [ann_id, ben_id]), (ann, [fox_id, ben_id]), (ben, [ann_id, fox_id])):
+        page.wait_room_tiles(others)
+        page.wait_room_videos_advance(others)
+        page.wait_state("connected")
+    fox.send_chat("hello from Firefox")
+    ann.wait_chat("hello from Firefox")
+    ben.wait_chat("hello from Firefox")
+    ben.send_chat("hello from Chromium")
+    fox.wait_chat("hello from Chromium")
+    fox.click("#leave")
+    fox.wait_state("left")
+    for page, other in ((ann, ben_id), (ben, ann_id)):
+        page.wait_for("(id) => !document.querySelector(`#tiles .tile[data-id='${id}']`)", fox_id, 3000)
+        assert sorted(page.room_tiles()) == [other]

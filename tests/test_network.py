@@ -130,6 +130,18 @@ def explained(what: str, *pages):
         raise AssertionError(f"{what}: " + "; ".join(str(page.describe()) for page in pages)) from error
 
 
+def five_second_cut(host, *pages) -> None:
+    """Unplug ``host``'s cable for five seconds; within them, each of ``pages`` says "reconnecting"."""
+    host.unplug()
+    cut = time.monotonic()
+    try:
+        for page in pages:
+            page.wait_state("reconnecting", timeout_ms=5000)  # within the cut: the pages noticed
+        time.sleep(max(0.0, 5.0 - (time.monotonic() - cut)))
+    finally:
+        host.plug()
+
+
 # --- TURN ----------------------------------------------------------------------------------
 
 
@@ -227,14 +239,7 @@ def test_a_five_second_cut_is_survived_without_pressing_anything(lab, open_page,
     caller, receiver = start_call(open_page, "turn", b_browser)
     for page in (caller, receiver):
         page.record_states()
-    lab.b.unplug()  # bob's cable
-    cut = time.monotonic()
-    try:
-        for page in (caller, receiver):
-            page.wait_state("reconnecting", timeout_ms=5000)  # within the cut: the pages noticed
-        time.sleep(max(0.0, 5.0 - (time.monotonic() - cut)))
-    finally:
-        lab.b.plug()
+    five_second_cut(lab.b, caller, receiver)  # bob's cable
     with explained("the call did not come back", caller, receiver):
         for page in (caller, receiver):
             page.wait_frames_flowing(more=30, timeout=45)
@@ -268,6 +273,47 @@ def test_a_new_address_mid_call_restarts_ice_and_reopens_the_signaling_socket(la
     assert restarts >= 1
     pair = moving.selected_pair()
     assert pair and (pair["local"]["address"] in (new_address, SERVICE_ADDRESS)), pair
+
+
+def test_a_five_second_cut_in_a_room_restarts_ice_on_each_connection_and_nobody_leaves(lab, open_page, browsers):
+    n = next(_ids)
+    room, ids = f"lab-room{n}", {"chromium-a": [f"ann{n}", f"cat{n}"], "chromium-b": [f"ben{n}"]}
+    pages = {}
+    for browser, members in ids.items():
+        for member in members:
+            url = f"{lab.servers['turn'].http}/room?id={member}&room={room}"
+            pages[member] = PageDriver(browsers(browser), url)
+    ann, ben, cat = (pages[id] for id in (f"ann{n}", f"ben{n}", f"cat{n}"))
+    try:
+        with explained("the room did not connect", *pages.values()):
+            for me, page in pages.items():
+                page.wait_room_tiles([other for other in pages if other != me], timeout_ms=40000)
+                page.wait_state("connected", timeout_ms=30000)
+        for page in pages.values():
+            page.record_states()
+            # Marks this page's connections, and counts the tiles it ever removed.
+            page.js("""() => { for (const m of window.webrtcApp.state.members.values()) m.call.pc.marker = 'before the cut';
+                window.tilesRemoved = 0;
+                new MutationObserver(records => { for (const r of records) window.tilesRemoved += r.removedNodes.length; })
+                    .observe(document.getElementById('tiles'), {childList: true}); }""")
+        five_second_cut(lab.b, ben)  # ben's cable
+        with explained("the room did not come back", *pages.values()):
+            for me, page in pages.items():
+                page.wait_room_videos_advance([other for other in pages if other != me], timeout=45)
+                page.wait_state("connected", timeout_ms=20000)
+        # The same connections, with new ICE candidates; no one left the room on anyone's page.
+        same = "() => [...window.webrtcApp.state.members.values()].every(m => m.call.pc.marker === 'before the cut')"
+        restarts = "() => [...window.webrtcApp.state.members.values()].reduce((n, m) => n + m.call.iceRestarts, 0)"
+        for page in pages.values():
+            assert page.js(same)
+            assert page.js("() => window.tilesRemoved") == 0
+        assert ben.js(restarts) + ann.js(restarts) + cat.js(restarts) >= 2
+        assert "reconnecting" in ben.seen_states()
+        for page in pages.values():
+            assert page.errors == [], page.errors
+    finally:
+        for page in pages.values():
+            page.close()
 
 
 # --- the Python peer -----------------------------------------------------------------------
@@ -327,13 +373,7 @@ def test_the_python_peer_recovers_after_its_link_is_cut(lab, open_page):
         page.wait_frames_flowing()
         _, frames, _ = bot.wait(lambda connected, frames, _: connected and frames > 10, "the page's video at the bot")
         page.record_states()
-        lab.a.unplug()  # the bot's cable
-        cut = time.monotonic()
-        try:
-            page.wait_state("reconnecting", timeout_ms=5000)
-            time.sleep(max(0.0, 5.0 - (time.monotonic() - cut)))
-        finally:
-            lab.a.plug()
+        five_second_cut(lab.a, page)  # the bot's cable
         page.wait_frames_flowing(more=30, timeout=45)
         page.wait_state("connected", timeout_ms=10000)
         now = bot.status()[1]

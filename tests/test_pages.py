@@ -45,7 +45,9 @@ def parse(body: bytes) -> PageParser:
     return parser
 
 
-class TestPages(BasicTestCase):
+class PageCase(BasicTestCase):
+    """Fetch a page by its route's name, GET or POST, and read its JSON config."""
+
     async def page(self, route: str, method: str = "GET", raise_error: bool = True, **query: str) -> httpclient.HTTPResponse:
         path = self.app.reverse_url(route)
         if method == "POST":
@@ -65,6 +67,8 @@ class TestPages(BasicTestCase):
         assert len(configs) == 1
         return json.loads(configs[0])
 
+
+class TestPages(PageCase):
     @testing.gen_test
     async def test_page_carries_ids_socket_url_title_and_ice_details(self):
         response = await self.page("caller_page", id="ME", peer_id="PEER1")
@@ -202,3 +206,67 @@ class TestPages(BasicTestCase):
         for name in os.listdir(webrtc_server.TEMPLATE_DIR):
             with open(os.path.join(webrtc_server.TEMPLATE_DIR, name), encoding="utf-8") as handle:
                 self.assertNotRegex(handle.read(), r"https?://", name)
+
+
+class TestRoomPage(PageCase):
+    """``/room?id=&room=``: the room page, rendered as the call pages are (the same checks)."""
+
+    @testing.gen_test
+    async def test_room_page_carries_the_id_room_socket_url_limit_and_invite(self):
+        response = await self.page("room_page", id="ME", room="standup")
+        self.assertEqual(
+            self.config_of(response.body),
+            {
+                "wsUri": "/wsroom?id=ME&room=standup",
+                "myId": "ME",
+                "room": "standup",
+                "maxMembers": self.app.config.MAX_ROOM_MEMBERS,
+                "iceUrl": "/ice_servers",
+                "icePass": self.app.config.get_ice_pass(),
+                "inviteUrl": "/?room=standup",
+            },
+        )
+        self.assertIn(b"<title>Room standup \xc2\xb7 ME</title>", response.body)
+        posted = await self.page("room_page", method="POST", id="ME", room="standup")
+        self.assertEqual(posted.body, response.body)
+        scripts = [attrs for tag, attrs in parse(response.body).elements if tag == "script"]
+        module = {"type": "module", "src": "/static/js/room.js"}
+        self.assertEqual(scripts, [{"type": "application/json", "id": "page-config"}, module])
+        self.assertIn("script-src 'self'", response.headers["Content-Security-Policy"])
+
+    @testing.gen_test
+    async def test_hostile_names_cannot_break_or_inject_into_the_room_page(self):
+        for my_id in HOSTILE_IDS:
+            for room in HOSTILE_IDS:
+                page = parse((await self.page("room_page", id=my_id, room=room)).body)
+                self.assertEqual(len([attrs for tag, attrs in page.elements if tag == "script"]), 2)
+                self.assertFalse([attrs for tag, attrs in page.elements if tag == "img"])
+                self.assertFalse(any(name.startswith("on") for _, attrs in page.elements for name in attrs))
+                config = self.config_of((await self.page("room_page", id=my_id, room=room)).body)
+                self.assertEqual((config["myId"], config["room"]), (my_id, room))
+                self.assertEqual(config["wsUri"], "/wsroom?" + urlencode({"id": my_id, "room": room}))
+
+    @testing.gen_test
+    async def test_missing_or_bad_names_get_400_with_the_form_filled_in(self):
+        cases = [
+            ({"room": "standup"}, b"missing id"),
+            ({"id": "ME"}, b"missing room"),
+            ({"id": "ME", "room": "x" * 300}, b"room longer than"),
+            ({"id": "x" * 300, "room": "standup"}, b"id longer than"),
+        ]
+        for query, why in cases:
+            response = await self.page("room_page", raise_error=False, **query)
+            self.assertEqual(response.code, 400, query)
+            self.assertIn(b"Cannot open this page: " + why, response.body)
+            self.assertIn(b'formaction="/room"', response.body)
+        kept = await self.page("room_page", raise_error=False, id="ME")
+        self.assertIn(b'name="id" value="ME"', kept.body)
+
+    @testing.gen_test
+    async def test_the_home_page_takes_a_room_and_the_invite_fills_it_in(self):
+        home = await self.http_client.fetch(self.get_url("/"))
+        self.assertIn(b'formaction="/room"', home.body)
+        self.assertIn(f"up to {self.app.config.MAX_ROOM_MEMBERS} people".encode(), home.body)
+        invited = await self.http_client.fetch(self.get_url("/?" + urlencode({"room": '"><b>x'})))
+        self.assertIn(b'name="room" value="&quot;&gt;&lt;b&gt;x"', invited.body)
+        self.assertIn(b"autofocus", invited.body)

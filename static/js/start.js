@@ -1,19 +1,30 @@
-// The start form: "Call" needs a peer id (a caller page for "anyone" calls nobody), and the
-// address it opens leaves out empty fields (/recieve?id=bob, not /recieve?id=bob&peer_id=).
+// The start form: each button needs its own field ("Call" a peer id: a caller page for
+// "anyone" calls nobody; "Join room" a room), and the address it opens has only that button's
+// fields, without empty ones (/recieve?id=bob, not /recieve?id=bob&peer_id=&room=).
 
 const form = document.getElementById("start-form");
-const peer = document.getElementById("start-peer");
+const MISSING = { "start-peer": "Enter the id of the person to call.", "start-room": "Enter the room's name." };
+let fields = null; // the names the pressed button sends
 
 // The browser checks `required` after the click: the button pressed decides.
 for (const button of form.querySelectorAll("button[type=submit]")) {
   button.addEventListener("click", () => {
-    peer.setCustomValidity("");
-    peer.required = button.hasAttribute("data-needs-peer");
+    fields = (button.dataset.fields || "").split(" ");
+    for (const id of Object.keys(MISSING)) {
+      const input = document.getElementById(id);
+      input.setCustomValidity("");
+      input.required = button.dataset.needs === id;
+    }
   });
 }
-peer.addEventListener("invalid", () => peer.setCustomValidity(peer.validity.valueMissing ? "Enter the id of the person to call." : ""));
-peer.addEventListener("input", () => peer.setCustomValidity(""));
+for (const [id, text] of Object.entries(MISSING)) {
+  const input = document.getElementById(id);
+  input.addEventListener("invalid", () => input.setCustomValidity(input.validity.valueMissing ? text : ""));
+  input.addEventListener("input", () => input.setCustomValidity(""));
+}
 
 form.addEventListener("formdata", ({ formData }) => {
-  for (const [name, value] of [...formData]) if (typeof value === "string" && !value.trim()) formData.delete(name);
+  for (const [name, value] of [...formData]) {
+    if ((typeof value === "string" && !value.trim()) || (fields && !fields.includes(name))) formData.delete(name);
+  }
 });
