@@ -66,7 +66,9 @@ QUALITY_JS = """() => Object.fromEntries([...document.querySelectorAll('.quality
 
 # The remote video's picture, drawn 32x24 on a canvas: mean colour (r, g, b), saturation (max -
 # min channel, 0 for grey), the red of its top-right corner (2x2 of those pixels) and its size.
-REMOTE_PICTURE_JS = """() => { const v = document.getElementById('remote-video');
+# ``member``: the room page's tile of that member instead.
+REMOTE_PICTURE_JS = """(member) => { const v = member
+        ? document.querySelector(`#tiles .tile[data-id="${member}"] video`) : document.getElementById('remote-video');
     const c = document.createElement('canvas'); c.width = 32; c.height = 24;
     const g = c.getContext('2d'); g.drawImage(v, 0, 0, 32, 24);
     const px = g.getImageData(0, 0, 32, 24).data; let r = 0, gr = 0, b = 0, sat = 0;
@@ -185,19 +187,20 @@ class CallPage:
         )
         return self.frames_decoded()
 
-    def remote_colour(self) -> dict[str, float]:
-        """What the remote video shows now (see REMOTE_PICTURE_JS)."""
-        return self.js(REMOTE_PICTURE_JS)
+    def remote_colour(self, member: str | None = None) -> dict[str, float]:
+        """What the remote video (in a room, ``member``'s tile) shows now (see REMOTE_PICTURE_JS)."""
+        return self.js(REMOTE_PICTURE_JS, member)
 
-    def wait_remote_colour(self, condition: str, timeout_ms: int = TIMEOUT_MS) -> dict[str, float]:
-        """Wait until the remote picture satisfies ``condition``, a JS expression over r, g, b,
-        saturation, corner, width and height (e.g. ``"saturation < 5"``)."""
+    def wait_remote_colour(self, condition: str, timeout_ms: int = TIMEOUT_MS, member: str | None = None) -> dict[str, float]:
+        """Wait until the remote picture (in a room, ``member``'s tile) satisfies ``condition``, a
+        JS expression over r, g, b, saturation, corner, width and height (e.g. ``"saturation < 5"``)."""
         self.wait_for(
-            f"() => {{ const p = ({REMOTE_PICTURE_JS})(); if (!p.width) return false;"
+            f"(member) => {{ const p = ({REMOTE_PICTURE_JS})(member); if (!p.width) return false;"
             f" const {{r, g, b, saturation, corner, width, height}} = p; return {condition}; }}",
+            member,
             timeout_ms=timeout_ms,
         )
-        return self.remote_colour()
+        return self.remote_colour(member)
 
     def inbound_bytes(self, kind: str) -> int:
         """Bytes of ``kind`` ("audio" or "video") this page's current call has received (inbound-rtp)."""

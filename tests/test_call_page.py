@@ -193,6 +193,31 @@ def test_screen_sharing_reaches_the_peer_and_switches_back(server, pages):
     assert same_call(caller) and same_call(receiver)
 
 
+def test_in_a_room_the_screen_goes_to_every_member_on_the_same_connections(server, pages):
+    room, ids = f"share-room{next(_ids)}", ["ann", "ben", "cat"]
+    people = {id: pages(f"{server.http}/room?id={id}&room={room}", permissions=MEDIA) for id in ids}
+    for id, page in people.items():
+        page.wait_room_tiles([other for other in ids if other != id])
+    ann = people["ann"]
+    sdps = "() => [...window.webrtcApp.state.members.values()].map(m => m.call.pc.remoteDescription.sdp)"
+    before = ann.js(sdps)
+    tab = open_shared_tab(ann)
+    ann.click("#share")
+    for id in ("ben", "cat"):
+        people[id].wait_remote_colour(MAGENTA, member="ann")
+    every_sender = (
+        "(prefix) => [...window.webrtcApp.state.members.values()]"
+        ".every(m => (m.call.senders.video.track?.label || '').startsWith(prefix))"
+    )
+    ann.wait_for(every_sender, "web-contents-media-stream://")
+    ann.click("#share")
+    for id in ("ben", "cat"):
+        people[id].wait_remote_colour(FIRST_CAMERA, member="ann")
+    ann.wait_for(every_sender, "fake_device_0")
+    assert ann.js(sdps) == before  # one replaceTrack per connection: no new offer
+    tab.close()
+
+
 def test_the_quality_panel_shows_numbers_that_move_and_names_the_path(server, pages):
     alice, bob = pair_ids("quality")
     caller, receiver = start_call(server, pages, alice, bob)
