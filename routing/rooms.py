@@ -139,7 +139,9 @@ class LocalRoster:
 class Room(Generic[M]):
     """One room, as one node sees it."""
 
-    __slots__ = ("name", "sockets", "ready", "present", "seq", "pairs", "remote", "nodes", "announced", "prefixes")
+    __slots__ = (
+        "name", "sockets", "ready", "present", "seq", "pairs", "remote", "nodes", "announced", "prefixes", "floor", "due"
+    )  # fmt: skip
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -161,6 +163,11 @@ class Room(Generic[M]):
         self.announced: set[str] = set()
         #: id -> the start of its message frames.
         self.prefixes: dict[str, str] = {}
+        #: The version of the newest snapshot loaded: a frame of that version or older says
+        #: nothing the mirror does not know.
+        self.floor = 0
+        #: Snapshots asked for again (a rejoin after the backplane came back) not loaded yet.
+        self.due = 0
 
     def prefix(self, id: str) -> str:
         prefix = self.prefixes.get(id)
@@ -192,6 +199,17 @@ class Room(Generic[M]):
             self.pairs[(id, node)] = (version, False)
             self._drop(id, node)
         return ids
+
+    def prune(self, keep: set[str]) -> None:
+        """Forget the removed pairs (but those of the nodes in ``keep``) once no snapshot is on
+        its way: only an older snapshot could bring them back, and every one asked for from
+        now on is newer than their removal. A room with a member here for days and visitors
+        coming and going elsewhere keeps no trace of them."""
+        if self.due or any(member.held is not None for group in self.sockets.values() for member in group):
+            return
+        for key, (_, present) in list(self.pairs.items()):
+            if not present and key[1] not in keep:
+                del self.pairs[key]
 
     def _drop(self, id: str, node: str) -> None:
         nodes = self.remote[id]
@@ -239,6 +257,8 @@ class Rooms(Generic[M]):
         self.forwarded = 0
         #: Messages dropped for a socket whose roster took too long.
         self.held_dropped = 0
+        #: Nodes gone (reaped or stopped) whose removed pairs are kept, until they come back.
+        self.forgotten: set[str] = set()
 
     # --- sockets coming and going ---------------------------------------------------------
 
@@ -283,6 +303,7 @@ class Rooms(Generic[M]):
         if group is None or member not in group:
             return ""  # it left meanwhile
         held, member.held = member.held or [], None
+        room.prune(self.forgotten)
         room.ready[member.id] = room.ready.get(member.id, 0) + 1
         member.send(room.members_frame(member.id))
         present = room.present
@@ -353,6 +374,7 @@ class Rooms(Generic[M]):
         else:
             del room.present[id]
             room.prefixes.pop(id, None)
+            room.seq.pop(id, None)  # if it comes back, it is last in the order
             text = room.event_frame("left", id)
         for other, group in room.sockets.items():
             if other != id:
@@ -371,16 +393,26 @@ class Rooms(Generic[M]):
                 room.set_pair(id, node, snapshot.version, False)  # removed before the snapshot
                 touched.add(id)
         room.seq.update(snapshot.members)
+        room.floor = max(room.floor, snapshot.version)
         for id in touched:
             self._changed(room, id)
+
+    def rejoining(self, name: str) -> None:
+        """A snapshot of room ``name`` is asked for again (``rejoined`` will have it)."""
+        room = self.rooms.get(name)
+        if room is not None:
+            room.due += 1
 
     def rejoined(self, name: str, id: str, answer: JoinAnswer) -> None:
         """After the backplane came back: the roster has ``id``'s pair here again; the other
         nodes hear of it (they may have forgotten this node meanwhile)."""
         room = self.rooms.get(name)
+        if room is not None and room.due:
+            room.due -= 1
         if room is None or not isinstance(answer, Snapshot) or id not in room.ready:
             return
         self._load(room, answer)
+        room.prune(self.forgotten)
         self._announce(room, id, answer)
 
     def pairs_here(self) -> set[tuple[str, str]]:
@@ -393,15 +425,21 @@ class Rooms(Generic[M]):
         """Node ``sender`` has (``seq`` >= 0: the id's join version) or no longer has (-1)
         a socket of ``id`` in room ``name``."""
         room = self.rooms.get(name)
-        if room is None or sender == self.node:
+        if room is None or sender == self.node or version <= room.floor:
             return
+        if seq >= 0:
+            self.forgotten.discard(sender)  # it is back (a frozen node woke up)
         if room.set_pair(id, sender, version, seq >= 0):
             if seq >= 0:
                 room.seq.setdefault(id, seq)
             self._changed(room, id)
+            if seq < 0:
+                room.prune(self.forgotten)
 
     def forget_node(self, node: str) -> None:
-        """``node`` is gone (it said goodbye, or it was reaped): its members leave."""
+        """``node`` is gone (it said goodbye, or it was reaped): its members leave. Its removed
+        pairs are kept (a snapshot may still list them until the reaper cleans the roster)."""
+        self.forgotten.add(node)
         for room in list(self.rooms.values()):
             for id in room.forget_node(node):
                 self._changed(room, id)

@@ -134,3 +134,66 @@ def test_the_local_roster_counts_ids_and_forgets_an_empty_room():
     assert roster.snapshot("R") is None
     later = roster.join("R", "C", "n", 2)
     assert isinstance(later, Snapshot) and later.version > answers[-1][0]  # versions never go back
+
+
+def ready(rooms: Rooms, id: str = "A") -> Member:
+    """``id``'s socket here, with its roster (the room as of version 1, nobody else)."""
+    member = Member(id)
+    wait(rooms, member)
+    rooms.admitted(member, Snapshot(1, {id: 1}, {(id, "here"): 1}))
+    return member
+
+
+def test_visitors_coming_and_going_on_another_node_leave_no_trace_here():
+    rooms, _ = node()
+    a = ready(rooms)
+    for n in range(1000):
+        rooms.pair("there", "R", f"V{n}", 2 + 2 * n, 2 + 2 * n)
+        rooms.pair("there", "R", f"V{n}", 3 + 2 * n, -1)
+    assert events(a)[-2:] == [("joined", "V999"), ("left", "V999")] and len(events(a)) == 2000
+    room = rooms.rooms["R"]
+    assert (room.pairs, room.seq, room.remote, room.present) == ({}, {"A": 1}, {}, {"A": None})
+
+
+def test_removed_pairs_are_kept_while_a_snapshot_is_on_its_way_then_forgotten():
+    rooms, _ = node()
+    a = ready(rooms)
+    rooms.pair("there", "R", "B", 3, 3)
+    assert events(a) == [("joined", "B")]
+    a2 = Member("A")
+    wait(rooms, a2)  # its snapshot (version 4, B still in) is on its way...
+    rooms.pair("there", "R", "B", 5, -1)  # ...when B leaves
+    assert rooms.rooms["R"].pairs == {("B", "there"): (5, False)}
+    rooms.admitted(a2, Snapshot(4, {"A": 1, "B": 3}, {("A", "here"): 1, ("B", "there"): 3}))
+    assert a2.heard[0]["members"] == []  # the late snapshot did not bring B back
+    assert rooms.rooms["R"].pairs == {}  # and nothing is on its way any more
+
+
+def test_a_late_frame_older_than_the_snapshot_makes_no_ghost():
+    rooms, _ = node()
+    a = Member("A")
+    wait(rooms, a)
+    rooms.admitted(a, Snapshot(10, {"A": 10}, {("A", "here"): 10}))
+    # G joined at version 5 and left at 7 on "there", before the snapshot: its frames come late.
+    rooms.pair("there", "R", "G", 5, 5)
+    rooms.pair("there", "R", "G", 7, -1)
+    assert events(a) == []
+    assert a.heard[0]["members"] == []
+
+
+def test_a_gone_nodes_pairs_are_kept_until_it_comes_back():
+    rooms, _ = node()
+    a = ready(rooms)
+    rooms.pair("dead", "R", "X", 3, 3)
+    rooms.forget_node("dead")
+    assert events(a) == [("joined", "X"), ("left", "X")]
+    # The reaper has not cleaned the roster yet: a new socket's snapshot still lists X there.
+    a2 = Member("A")
+    wait(rooms, a2)
+    rooms.admitted(a2, Snapshot(6, {"A": 1, "X": 3}, {("A", "here"): 1, ("X", "dead"): 3}))
+    assert a2.heard[0]["members"] == [] and events(a) == [("joined", "X"), ("left", "X")]
+    # It wakes up and registers X again: X is back, and its old trace may go.
+    rooms.pair("dead", "R", "X", 8, 8)
+    rooms.pair("dead", "R", "X", 9, -1)
+    assert events(a)[-2:] == [("joined", "X"), ("left", "X")]
+    assert rooms.rooms["R"].pairs == {}

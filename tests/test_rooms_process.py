@@ -80,3 +80,24 @@ def test_a_frozen_node_is_reaped_and_its_members_come_back_when_it_wakes(redis):
         assert next_event(alice, NODE_TTL * 4 / 3 + 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
         bob.send('{"back": true}')
         assert next_event(alice, 5)["data"] == {"back": True}
+
+
+def test_after_redis_restarts_empty_room_versions_go_on_from_the_clock_and_changes_still_count(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        for _ in range(10):  # comings and goings on node one: its mirror has seen versions grow
+            with connect(f"{one.ws}/wsroom?id=visitor&room=R") as visitor:
+                visitor.recv(timeout=10)
+        alice, _ = enter(stack, one, "alice")
+        redis.stop()
+        redis.start()  # the same port, empty: no persistence, every room version gone
+        with redis.client() as client:
+            pairs = lambda: [client.hlen(key) for key in client.keys("*room-pairs*")]  # noqa: E731
+            wait_until(lambda: pairs() == [1], 15, "node one to register alice again")
+            version = int(client.get(client.keys("*room-version*")[0]))
+        assert version > time.time() * 1_000_000 - 60_000_000  # started from the clock, not from 0
+        # Versions after the restart are newer than what node one saw before it.
+        bob, roster = enter(stack, two, "bob")
+        assert roster["members"] == ["alice"]
+        assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
+        bob.close()
+        assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "left", "room": "R", "id": "bob"}

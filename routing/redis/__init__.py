@@ -159,6 +159,7 @@ class RedisRouter(Generic[S]):
             if (room, id) not in here:
                 self.jobs.put(RoomLeave(room, id, self.node, lambda answer: None))
         for room, id in sorted(here):
+            self.rooms.rejoining(room)
             answered: asyncio.Future[JoinAnswer] = loop.create_future()
             answered.add_done_callback(functools.partial(self._rejoined, room, id))
             self.jobs.put(RoomJoin(room, id, 0, answered))

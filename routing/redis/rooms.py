@@ -2,7 +2,8 @@
 
 Three keys per room, all on the room's shard (one hash tag): ``room-members`` (id -> the
 version at which it joined), ``room-pairs`` ("id NUL node" -> the version at which the id got
-a socket on that node) and ``room-version`` (a counter every change bumps). A script adds or
+a socket on that node) and ``room-version`` (a counter every change bumps, started from the
+clock so that it never goes back, not even after Redis lost its keys). A script adds or
 removes a pair and answers the room as it stands, in one step: two newcomers on two nodes
 racing for the last place cannot both get it. Each node also lists its pairs (``node-rooms``)
 so that the node that reaps it can remove them. What a node does with the answers is
@@ -31,6 +32,12 @@ local id, node, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local seq = redis.call('HGET', KEYS[1], id)
 if not seq and limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
   return {-1}
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  -- A new room (or a Redis that lost its keys): versions start from the clock, in
+  -- microseconds, so they never go below what the nodes' mirrors saw before.
+  local now = redis.call('TIME')
+  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
 end
 local version = redis.call('INCR', KEYS[3])
 redis.call('PERSIST', KEYS[3])
