@@ -81,6 +81,10 @@ class Snapshot:
     members: dict[str, int]
     #: (id, node) -> the version at which the id got a socket on that node.
     pairs: dict[tuple[str, str], int]
+    #: The version the roster started from (when Redis last lost it: a restart without
+    #: persistence). A node's pair known from before then and missing here may simply not be
+    #: registered again yet.
+    epoch: int = 0
 
 
 #: A registration refused: the room has MAX_ROOM_MEMBERS ids already.
@@ -100,6 +104,10 @@ class Roster(Protocol):
 
     def leave(self, room: str, id: str, node: str, done: Callable[[LeaveAnswer], None]) -> None:
         """``id`` has no socket left on ``node``; ``done`` gets the answer (at once or later)."""
+
+    def settle(self, room: str, done: Callable[[JoinAnswer], None]) -> None:
+        """Read ``room`` again once every live node has had the time to register its ids again
+        (after the roster was lost); ``done`` gets the snapshot (or None)."""
 
 
 class LocalRoster:
@@ -132,6 +140,9 @@ class LocalRoster:
             del self._rooms[room]
         done((state.version, sorted({n for _, n in state.pairs})))
 
+    def settle(self, room: str, done: Callable[[JoinAnswer], None]) -> None:
+        done(self.snapshot(room))  # never asked: this roster is never lost
+
     def snapshot(self, room: str) -> Snapshot | None:
         return self._rooms.get(room)
 
@@ -140,7 +151,8 @@ class Room(Generic[M]):
     """One room, as one node sees it."""
 
     __slots__ = (
-        "name", "sockets", "ready", "present", "seq", "pairs", "remote", "nodes", "announced", "prefixes", "floor", "due"
+        "name", "sockets", "ready", "present", "seq", "pairs", "remote", "nodes", "announced", "prefixes", "floor", "due",
+        "settling",
     )  # fmt: skip
 
     def __init__(self, name: str) -> None:
@@ -168,6 +180,8 @@ class Room(Generic[M]):
         self.floor = 0
         #: Snapshots asked for again (a rejoin after the backplane came back) not loaded yet.
         self.due = 0
+        #: The roster is to be read again (Rooms.settled): pairs from before it was lost wait.
+        self.settling = False
 
     def prefix(self, id: str) -> str:
         prefix = self.prefixes.get(id)
@@ -382,20 +396,44 @@ class Rooms(Generic[M]):
                     if member.held is None:
                         member.send(text)
 
-    def _load(self, room: Room[M], snapshot: Snapshot) -> None:
-        """Bring the mirror up to a roster's snapshot (frames on their way are older or newer)."""
+    def _load(self, room: Room[M], snapshot: Snapshot, final: bool = False) -> None:
+        """Bring the mirror up to a roster's snapshot (frames on their way are older or newer).
+
+        A pair the mirror knew from before the roster's epoch (Redis lost the roster) and the
+        snapshot lacks may belong to a node that has not registered its ids again yet: it stays
+        until the roster is read again a while later (``final``), when it goes if still absent."""
         touched: set[str] = set()
         for (id, node), version in snapshot.pairs.items():
             if node != self.node and room.set_pair(id, node, version, True):
                 touched.add(id)
+        waiting = False
         for (id, node), (version, present) in list(room.pairs.items()):
             if present and version <= snapshot.version and (id, node) not in snapshot.pairs:
+                if version < snapshot.epoch and not final:
+                    waiting = True
+                    continue
                 room.set_pair(id, node, snapshot.version, False)  # removed before the snapshot
                 touched.add(id)
         room.seq.update(snapshot.members)
         room.floor = max(room.floor, snapshot.version)
         for id in touched:
             self._changed(room, id)
+        if waiting and not room.settling:
+            room.settling = True
+            room.due += 1
+            name = room.name
+            self.roster.settle(name, lambda answer: self.settled(name, answer))
+
+    def settled(self, name: str, answer: JoinAnswer) -> None:
+        """The roster read again after it was lost: the pairs still missing are gone."""
+        room = self.rooms.get(name)
+        if room is None or not room.settling:
+            return
+        room.settling = False
+        room.due -= 1
+        if isinstance(answer, Snapshot):
+            self._load(room, answer, final=True)
+        room.prune(self.forgotten)
 
     def rejoining(self, name: str) -> None:
         """A snapshot of room ``name`` is asked for again (``rejoined`` will have it)."""

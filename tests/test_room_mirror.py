@@ -29,6 +29,7 @@ class Roster:
     def __init__(self) -> None:
         self.joins: list[tuple[str, str]] = []
         self.leaves: list[tuple[str, str]] = []
+        self.settles: list[tuple[str, object]] = []
 
     def join(self, room, id, node, limit):
         self.joins.append((room, id))
@@ -36,6 +37,9 @@ class Roster:
 
     def leave(self, room, id, node, done):
         self.leaves.append((room, id))
+
+    def settle(self, room, done):
+        self.settles.append((room, done))
 
 
 class _Pending:
@@ -197,3 +201,27 @@ def test_a_gone_nodes_pairs_are_kept_until_it_comes_back():
     rooms.pair("dead", "R", "X", 9, -1)
     assert events(a)[-2:] == [("joined", "X"), ("left", "X")]
     assert rooms.rooms["R"].pairs == {}
+
+
+def test_after_the_roster_was_lost_a_pair_not_registered_again_yet_waits_for_a_second_reading():
+    rooms, _ = node()
+    a = ready(rooms)
+    rooms.pair("there", "R", "B", 3, 3)
+    rooms.pair("there", "R", "C", 4, 4)
+    # Redis restarted empty: its epoch is 1000. This node registered A again before "there"
+    # registered B and C: the snapshot lacks them, which says nothing yet.
+    rooms.rejoining("R")
+    rooms.rejoined("R", "A", Snapshot(1001, {"A": 1001}, {("A", "here"): 1001}, epoch=1000))
+    assert events(a) == [("joined", "B"), ("joined", "C")]
+    [(room, done)] = rooms.roster.settles
+    assert room == "R"
+    rooms.pair("there", "R", "B", 1002, 1002)  # "there" registers B again (C left meanwhile)
+    done(Snapshot(1003, {"A": 1001, "B": 1002}, {("A", "here"): 1001, ("B", "there"): 1002}, epoch=1000))
+    assert events(a) == [("joined", "B"), ("joined", "C"), ("left", "C")]
+    assert rooms.rooms["R"].pairs == {("B", "there"): (1002, True)}
+    # A snapshot of the same epoch is believed at once again.
+    rooms.pair("there", "R", "D", 1004, 1004)
+    a2 = Member("A")
+    wait(rooms, a2)
+    rooms.admitted(a2, Snapshot(1006, {"A": 1001}, {("A", "here"): 1001}, epoch=1000))
+    assert events(a)[3] == ("joined", "D") and sorted(events(a)[4:]) == [("left", "B"), ("left", "D")]

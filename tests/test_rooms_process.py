@@ -101,3 +101,52 @@ def test_after_redis_restarts_empty_room_versions_go_on_from_the_clock_and_chang
         assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "joined", "room": "R", "id": "bob"}
         bob.close()
         assert next_event(alice, 5) == {"msg_type": "ROOM", "event": "left", "room": "R", "id": "bob"}
+
+
+def quiet(ws, seconds: float) -> list[dict]:
+    """What ``ws`` hears within ``seconds``."""
+    heard, deadline = [], time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            heard.append(next_event(ws, left))
+        except TimeoutError:
+            break
+    return heard
+
+
+def test_after_redis_restarts_a_member_whose_node_registers_it_late_never_leaves(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice, bob = alice_and_bob(stack, one, two)
+        pid = one.proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)  # node one will register alice again late
+        try:
+            redis.stop()
+            redis.start()  # empty
+            with redis.client() as client:
+                # Node two has registered bob again: its snapshot has no alice yet.
+                wait_until(lambda: [client.hlen(key) for key in client.keys("*room-pairs*")] == [1], 10, "node two")
+                time.sleep(0.3)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        with redis.client() as client:
+            wait_until(lambda: [client.hlen(key) for key in client.keys("*room-pairs*")] == [2], 10, "node one")
+        alice.send('{"to": "bob", "still": "here"}')
+        # Bob heard no "left" for alice and no "joined": only her message.
+        message = {"msg_type": "ROOM", "event": "message", "room": "R", "from": "alice", "data": {"to": "bob", "still": "here"}}
+        assert quiet(bob, 2.0) == [message]
+
+
+def test_a_member_who_left_while_redis_was_down_leaves_for_the_others_once_the_roster_is_read_again(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice, bob = alice_and_bob(stack, one, two)
+        with connect(f"{one.ws}/wsroom?id=dave&room=R") as dave:
+            dave.recv(timeout=10)
+            assert next_event(bob, 5)["id"] == "dave"
+            redis.stop()
+        # dave left while Redis was down: nobody could be told.
+        redis.start()  # empty: node one registers only alice again
+        started = time.monotonic()
+        assert next_event(bob, NODE_TTL * 4 / 3 + 5) == {"msg_type": "ROOM", "event": "left", "room": "R", "id": "dave"}
+        assert time.monotonic() - started < NODE_TTL * 4 / 3 + 5
+        # On dave's own node it was known at once, Redis or not.
+        assert [(m["event"], m["id"]) for m in quiet(alice, 0.5)] == [("joined", "dave"), ("left", "dave")]

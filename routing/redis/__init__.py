@@ -71,7 +71,8 @@ class RedisRouter(Generic[S]):
         self.rooms = self.routing.rooms
         self.topology = Topology(url, f"webrtc-node-{self.node}")
         self.jobs = DirectoryJobs(self.topology, self.keys, self.link)
-        self.rooms.roster = RedisRoster(self.jobs, self.keys, self.link)
+        # The roster read again after Redis lost it: once every live node re-registered, or was reaped.
+        self.rooms.roster = RedisRoster(self.jobs, self.keys, self.link, node_ttl * 4 / 3 + 1.0)
         self.publisher = Publisher(self.routing, self._wake, self.topology, self.keys, self.link)
         self.presence = Presence(self.routing, self.publisher, self.topology, self.keys, self.link, node_ttl)
         self.subscriber = Subscriber(

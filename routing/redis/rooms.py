@@ -1,9 +1,11 @@
 """The rooms' roster in Redis: who is in each room, in what order, on which nodes.
 
-Three keys per room, all on the room's shard (one hash tag): ``room-members`` (id -> the
+Four keys per room, all on the room's shard (one hash tag): ``room-members`` (id -> the
 version at which it joined), ``room-pairs`` ("id NUL node" -> the version at which the id got
-a socket on that node) and ``room-version`` (a counter every change bumps, started from the
-clock so that it never goes back, not even after Redis lost its keys). A script adds or
+a socket on that node), ``room-version`` (a counter every change bumps, started from the
+clock so that it never goes back, not even after Redis lost its keys) and ``room-epoch``
+(where the counter started: a node's pair known from before it may not be registered again
+yet, so a snapshot that lacks it does not remove it until the roster is read again). A script adds or
 removes a pair and answers the room as it stands, in one step: two newcomers on two nodes
 racing for the last place cannot both get it. Each node also lists its pairs (``node-rooms``)
 so that the node that reaps it can remove them. What a node does with the answers is
@@ -25,8 +27,8 @@ from routing.rooms import FULL, JoinAnswer, LeaveAnswer, Snapshot
 #: Seconds the version of an empty room is kept (a node's mirror may still hold its changes).
 VERSION_KEPT = 86400
 
-#: KEYS members, pairs, version; ARGV id, node, limit. Answers {-1} when the room has limit
-#: ids and ``id`` is not one, else {version, members (flat), pairs (flat)}.
+#: KEYS members, pairs, version, epoch; ARGV id, node, limit. Answers {-1} when the room has
+#: limit ids and ``id`` is not one, else {version, members (flat), pairs (flat), epoch}.
 JOIN = r"""
 local id, node, limit = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local seq = redis.call('HGET', KEYS[1], id)
@@ -35,20 +37,34 @@ if not seq and limit > 0 and redis.call('HLEN', KEYS[1]) >= limit then
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
   -- A new room (or a Redis that lost its keys): versions start from the clock, in
-  -- microseconds, so they never go below what the nodes' mirrors saw before.
+  -- microseconds, so they never go below what the nodes' mirrors saw before; the epoch says
+  -- where this roster started.
   local now = redis.call('TIME')
-  redis.call('SET', KEYS[3], now[1] .. string.format('%06d', tonumber(now[2])))
+  local start = now[1] .. string.format('%06d', tonumber(now[2]))
+  redis.call('SET', KEYS[3], start)
+  redis.call('SET', KEYS[4], start)
 end
 local version = redis.call('INCR', KEYS[3])
 redis.call('PERSIST', KEYS[3])
+redis.call('PERSIST', KEYS[4])
 if not seq then
   redis.call('HSET', KEYS[1], id, version)
 end
 redis.call('HSETNX', KEYS[2], id .. '\0' .. node, version)
-return {version, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2])}
+return {version, redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[4]) or '0'}
 """
 
-#: KEYS members, pairs, version; ARGV id, node, kept. Answers {0} if the pair was not there,
+#: KEYS members, pairs, version, epoch. Answers {version, members, pairs, epoch} ({-2} for a
+#: room that is not there), changing nothing.
+READ = r"""
+local version = redis.call('GET', KEYS[3])
+if not version then
+  return {-2}
+end
+return {tonumber(version), redis.call('HGETALL', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[4]) or '0'}
+"""
+
+#: KEYS members, pairs, version, epoch; ARGV id, node, kept. Answers {0} if the pair was not there,
 #: else {version, the nodes still in the room}.
 LEAVE = r"""
 local id, node = ARGV[1], ARGV[2]
@@ -73,15 +89,16 @@ end
 if #nodes == 0 then
   redis.call('DEL', KEYS[1], KEYS[2])
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
 end
 return {version, nodes}
 """
 
 
 def run_script(pipe: Any, keys: Keys, script: str, room: str, *args: str | int) -> None:
-    """Queue ``script`` (JOIN or LEAVE) on ``pipe`` with the three keys of ``room``, all on its shard."""
-    members, pairs, version = (keys.room(kind, room) for kind in ("members", "pairs", "version"))
-    pipe.execute_command("EVAL", script, 3, members, pairs, version, *args)
+    """Queue ``script`` (JOIN, LEAVE or READ) on ``pipe`` with the four keys of ``room``, all on its shard."""
+    names = [keys.room(kind, room) for kind in ("members", "pairs", "version", "epoch")]
+    pipe.execute_command("EVAL", script, len(names), *names, *args)
 
 
 def _pairs(flat: list[str]) -> Iterator[tuple[str, str]]:
@@ -118,7 +135,23 @@ class RoomJoin:
         for key, version in _pairs(reply[2]):
             id, _, node = key.partition(wire.SEP)
             pairs[(id, node)] = int(version)
-        return Snapshot(int(reply[0]), members, pairs)
+        return Snapshot(int(reply[0]), members, pairs, int(reply[3]) if len(reply) > 3 else 0)
+
+
+@dataclass
+class RoomRead:
+    """Read ``room``'s roster, changing nothing (Rooms.settled)."""
+
+    room: str
+    answered: Callable[[JoinAnswer], None]
+
+    def commands(self, pipe: Any, keys: Keys) -> None:
+        run_script(pipe, keys, READ, self.room)
+
+    def done(self, replies: Iterator[Any]) -> None:
+        reply = next(replies, None)
+        # No room (it cannot be, while this node has a member in it): nothing to go by.
+        self.answered(None if isinstance(reply, list) and reply[:1] == [-2] else RoomJoin.answer(reply))
 
 
 @dataclass
@@ -146,10 +179,12 @@ class RoomLeave:
 class RedisRoster:
     """routing.rooms.Roster over the directory's job queue."""
 
-    def __init__(self, jobs: DirectoryJobs, keys: Keys, link: Link) -> None:
+    def __init__(self, jobs: DirectoryJobs, keys: Keys, link: Link, settle_after: float) -> None:
         self.jobs = jobs
         self.keys = keys
         self.link = link
+        #: Seconds by which every live node has registered its ids again (else it is reaped).
+        self.settle_after = settle_after
 
     async def join(self, room: str, id: str, node: str, limit: int) -> JoinAnswer:
         if not self.link.connected:
@@ -163,6 +198,9 @@ class RedisRoster:
 
     def leave(self, room: str, id: str, node: str, done: Callable[[LeaveAnswer], None]) -> None:
         self.jobs.put(RoomLeave(room, id, node, done))
+
+    def settle(self, room: str, done: Callable[[JoinAnswer], None]) -> None:
+        asyncio.get_running_loop().call_later(self.settle_after, lambda: self.jobs.put(RoomRead(room, done)))
 
 
 async def forget_rooms(client: Any, keys: Keys, node: str) -> None:
