@@ -669,7 +669,6 @@ class RoomPeer(SignalingClient):
         if pc is not None and member.session == session and _is_ice_restart(pc, sdp.get("sdp", "")):
             # The member lost its path and restarts ICE, which aiortc cannot: a new connection,
             # as the room page's renewal (start-call, then our offer).
-            await self._send_json({"type": "start-call", "to": member.id, "date": _now_ms()})
             await self._offer(member)
             return
         collision = pc is not None and pc.signalingState != "stable"
@@ -691,6 +690,9 @@ class RoomPeer(SignalingClient):
         return pc
 
     async def _offer(self, member: RoomMember) -> None:
+        """A new connection with ``member``: start-call (it ends the one it has with us, if any),
+        then our offer."""
+        await self._send_json({"type": "start-call", "to": member.id, "date": _now_ms()})
         pc = await self._connect(member)
         # aiortc gathers every candidate before it answers: they travel in the SDP.
         await pc.setLocalDescription(await pc.createOffer())

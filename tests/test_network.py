@@ -275,20 +275,40 @@ def test_a_new_address_mid_call_restarts_ice_and_reopens_the_signaling_socket(la
     assert pair and (pair["local"]["address"] in (new_address, SERVICE_ADDRESS)), pair
 
 
-def test_a_five_second_cut_in_a_room_restarts_ice_on_each_connection_and_nobody_leaves(lab, open_page, browsers):
+@contextlib.contextmanager
+def lab_room(lab, browsers, name: str):
+    """A room of three on the "turn" server: ann and cat in a, ben in b, connected; yields
+    {id: page} in that order (closed afterwards, with no page error)."""
     n = next(_ids)
-    room, ids = f"lab-room{n}", {"chromium-a": [f"ann{n}", f"cat{n}"], "chromium-b": [f"ben{n}"]}
-    pages = {}
-    for browser, members in ids.items():
-        for member in members:
-            url = f"{lab.servers['turn'].http}/room?id={member}&room={room}"
-            pages[member] = PageDriver(browsers(browser), url)
-    ann, ben, cat = (pages[id] for id in (f"ann{n}", f"ben{n}", f"cat{n}"))
+    ids = {"chromium-a": [f"ann{n}", f"cat{n}"], "chromium-b": [f"ben{n}"]}
+    url = f"{lab.servers['turn'].http}/room?room={name}{n}&id="
+    pages = {member: PageDriver(browsers(browser), url + member) for browser, members in ids.items() for member in members}
     try:
         with explained("the room did not connect", *pages.values()):
             for me, page in pages.items():
                 page.wait_room_tiles([other for other in pages if other != me], timeout_ms=40000)
                 page.wait_state("connected", timeout_ms=30000)
+        yield pages
+        for page in pages.values():
+            assert page.errors == [], page.errors
+    finally:
+        for page in pages.values():
+            page.close()
+
+
+def room_comes_back(pages) -> None:
+    """Every page of the room shows the others' videos playing again, and says connected."""
+    with explained("the room did not come back", *pages.values()):
+        for me, page in pages.items():
+            others = [other for other in pages if other != me]
+            page.wait_room_tiles(others, timeout_ms=60000)
+            page.wait_room_videos_advance(others, timeout=45)
+            page.wait_state("connected", timeout_ms=30000)
+
+
+def test_a_five_second_cut_in_a_room_restarts_ice_on_each_connection_and_nobody_leaves(lab, browsers):
+    with lab_room(lab, browsers, "lab-cut") as pages:
+        ann, cat, ben = pages.values()  # in a, in a, in b
         for page in pages.values():
             page.record_states()
             # Marks this page's connections, and counts the tiles it ever removed.
@@ -297,10 +317,7 @@ def test_a_five_second_cut_in_a_room_restarts_ice_on_each_connection_and_nobody_
                 new MutationObserver(records => { for (const r of records) window.tilesRemoved += r.removedNodes.length; })
                     .observe(document.getElementById('tiles'), {childList: true}); }""")
         five_second_cut(lab.b, ben)  # ben's cable
-        with explained("the room did not come back", *pages.values()):
-            for me, page in pages.items():
-                page.wait_room_videos_advance([other for other in pages if other != me], timeout=45)
-                page.wait_state("connected", timeout_ms=20000)
+        room_comes_back(pages)
         # The same connections, with new ICE candidates; no one left the room on anyone's page.
         same = "() => [...window.webrtcApp.state.members.values()].every(m => m.call.pc.marker === 'before the cut')"
         restarts = "() => [...window.webrtcApp.state.members.values()].reduce((n, m) => n + m.call.iceRestarts, 0)"
@@ -309,11 +326,17 @@ def test_a_five_second_cut_in_a_room_restarts_ice_on_each_connection_and_nobody_
             assert page.js("() => window.tilesRemoved") == 0
         assert ben.js(restarts) + ann.js(restarts) + cat.js(restarts) >= 2
         assert "reconnecting" in ben.seen_states()
-        for page in pages.values():
-            assert page.errors == [], page.errors
-    finally:
-        for page in pages.values():
-            page.close()
+
+
+def test_a_new_address_in_a_room_brings_every_connection_back(lab, browsers):
+    with lab_room(lab, browsers, "lab-move") as pages:
+        ben_id, ben = list(pages.items())[2]  # the one in b
+        ben.record_states()
+        new_address = lab.b.move(lab.b.address_number + 10)
+        # Its socket died with the old address: the page opens a new one by itself.
+        lab.servers["turn"].wait_for_line(rf"101 GET /wsroom\?\S*id={ben_id}\S* \({re.escape(new_address)}\)", timeout=60)
+        room_comes_back(pages)
+        assert "reconnecting" in ben.seen_states()
 
 
 # --- the Python peer -----------------------------------------------------------------------

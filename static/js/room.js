@@ -146,7 +146,12 @@ function newCall(member, session = null) {
   }
   call.addEventListener("failed", ({ detail }) => {
     if (!current()) return;
-    if (member.renewals < MAX_RENEWALS) {
+    if (detail.reason === "gave-up") {
+      // A connection that worked lost its path and ICE restarts did not bring it back: a
+      // network change, after which our socket may be dead without knowing it (its offers went
+      // nowhere). A new socket: "members" again, and every connection starts over.
+      reopen();
+    } else if (member.renewals < MAX_RENEWALS) {
       member.renewals += 1;
       renewCall(member);
     } else {
@@ -159,7 +164,15 @@ function newCall(member, session = null) {
   return call;
 }
 
-// What the call page's Restart call does, for one member: tell it, then a new connection.
+// A new socket (one at a time): the server answers "members", and every connection starts over.
+let reopening = null;
+function reopen() {
+  if (!reopening) reopening = signaling.reopen().finally(() => (reopening = null));
+}
+
+// What the call page's Restart call does, for one member: tell it, then a new connection. The
+// member ends the connection it has with us, if any (it may not have seen us leave: our old
+// socket may still be open on the server), and answers the new one's offer.
 function renewCall(member) {
   signaling.send({ type: "start-call", to: member.id, date: Date.now(), session: pageSession });
   newCall(member).startedByUs = true;
@@ -169,15 +182,15 @@ function renewCall(member) {
 
 function onRoomEvent(frame) {
   if (frame.event === "members") {
-    // (Re)admitted. Whoever was here saw us leave (a reconnection is a leave and a join), so
-    // every connection starts over: we offer to each member, in the order they joined.
+    // (Re)admitted: every connection starts over, offered by us to each member in the order
+    // they joined (those who saw us leave and join wait for it; the others end theirs first).
     state.admitted = true;
     const present = new Set(frame.members);
     for (const id of [...state.members.keys()]) if (!present.has(id)) removeMember(id);
     for (const id of frame.members) {
       const member = addMember(id);
       member.renewals = 0;
-      newCall(member);
+      renewCall(member);
     }
     tellState();
   } else if (frame.event === "joined") {
