@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from browser import ROOM_TILES_JS, PageDriver
 
-from processes import ServerProcess
+from processes import ServerProcess, free_port
 
 SHOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "room.png")
 _rooms = itertools.count()
@@ -166,3 +166,27 @@ def test_bad_names_get_the_form_and_the_start_form_and_invite_lead_to_the_room(s
     assert newcomer.page.title() == f"Room {room} · ben"
     newcomer.wait_room_tiles(["ann"])
     ann.wait_room_tiles(["ben"])
+
+
+def test_after_a_server_restart_the_room_comes_back_by_itself(pages):
+    port = free_port()
+    env = {"WEBRTC_ICE_SERVERS": "[]", "WEBRTC_ICE_ACCESS_TOKEN": "room-restart"}
+    room, ids = room_name(), ["ann", "ben", "cat"]
+    first = ServerProcess(env=env, port=port).start()
+    try:
+        people = {id: open_room(first, pages, id, room) for id in ids}
+        for id, page in people.items():
+            page.wait_room_tiles([other for other in ids if other != id])
+        assert first.stop() == 0
+        for page in people.values():
+            page.wait_state("reconnecting")
+    finally:
+        first.kill()
+    # The new server knows nobody: the pages join again by themselves, and every connection
+    # is made again.
+    with ServerProcess(env=env, port=port):
+        for id, page in people.items():
+            others = [other for other in ids if other != id]
+            page.wait_room_tiles(others, timeout_ms=60000)
+            page.wait_room_videos_advance(others)
+            page.wait_state("connected")
