@@ -132,6 +132,7 @@ function newCall(member, session = null) {
   call.addEventListener("state", ({ detail }) => {
     if (!current()) return;
     if (detail === "connected" && call.isHealthy) {
+      call.startedByUs = false; // a later start-call from the member is a restart to follow
       member.renewals = 0;
       setTileState(member, "");
     } else if (call.isRecovering) setTileState(member, "reconnecting…");
