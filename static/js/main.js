@@ -8,7 +8,7 @@ import { applyMute, fetchIceServers, openMedia, sendableVideoCodecs, wireMedia, 
 import { LocalMedia } from "./media.js";
 import { QualityPanel } from "./quality.js";
 import { pageSession, Signaling } from "./signaling.js";
-import { addChatLine, elements, offerOnlyCodecs, setInCall, setStatus, wirePanels } from "./ui.js";
+import { addChatLine, elements, offerOnlyCodecs, setInCall, setStatus, showRefusal, wirePanels } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 // A call whose ICE restarts did not bring media back is replaced by a new connection, this
@@ -357,13 +357,8 @@ function wireSignaling() {
     }
   });
   signaling.addEventListener("close", ({ detail }) => {
-    if (detail.code === 4400) {
-      setStatus("bad-request", "The server refused these ids (BAD-REQUEST).");
-    } else if (detail.code === 4403) {
-      setStatus("forbidden", "The server refused this page's connection (FORBIDDEN).");
-    } else if (detail.code === 4429) {
-      setStatus("too-many", "Too many pages are open with this id: close one and reload.");
-    } else if (detail.retryInMs !== null) {
+    if (showRefusal(detail.code, "these ids")) return;
+    if (detail.retryInMs !== null) {
       const inCall = state.call && state.call.pc.connectionState === "connected";
       const what = detail.code === 1013 ? "The server is full" : inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
       setStatus(inCall ? "connected" : "reconnecting", `${what}: reconnecting in ${Math.round(detail.retryInMs / 1000)} s…`);

@@ -14,7 +14,7 @@ import { showInvite } from "./invite.js";
 import { applyMute, fetchIceServers, openMedia, playOn, sendableVideoCodecs, wireMedia, wireMediaControls } from "./local.js";
 import { LocalMedia } from "./media.js";
 import { pageSession, Signaling } from "./signaling.js";
-import { addChatLine, elements, offerOnlyCodecs, setStatus, wirePanels } from "./ui.js";
+import { addChatLine, elements, offerOnlyCodecs, setStatus, showRefusal, wirePanels } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
 // A connection that failed for good is replaced by a new one, this many times in a row at most.
@@ -247,7 +247,7 @@ function onMessage(from, data) {
 function tellState(to) {
   const message = { type: "state", muted: state.muted, video: Boolean(media.videoTrack), session: pageSession };
   signaling.send(to ? { ...message, to } : message);
-  $("tiles").querySelector(".tile.self .badge-muted").hidden = !state.muted;
+  tiles.querySelector(".tile.self .badge-muted").hidden = !state.muted;
 }
 
 // --- the room as a whole ---------------------------------------------------------------------
@@ -304,13 +304,7 @@ function wireSignaling() {
     if (state.away) return;
     if (detail.code === 4409) {
       goAway("full", `This room is full: it has ${config.maxMembers} people, the most it takes. Press Join again to try later.`);
-    } else if (detail.code === 4400) {
-      setStatus("bad-request", "The server refused this id or room (BAD-REQUEST).");
-    } else if (detail.code === 4403) {
-      setStatus("forbidden", "The server refused this page's connection (FORBIDDEN).");
-    } else if (detail.code === 4429) {
-      setStatus("too-many", "Too many pages are open with this id: close one and reload.");
-    } else if (detail.retryInMs !== null) {
+    } else if (!showRefusal(detail.code, "this id or room") && detail.retryInMs !== null) {
       const what = detail.code === 1013 ? "The server is busy" : "Connection to the room lost";
       setStatus("reconnecting", `${what}: reconnecting in ${Math.round(detail.retryInMs / 1000)} s…`);
     }

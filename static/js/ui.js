@@ -34,6 +34,16 @@ export function setStatus(state, text) {
   elements.status.textContent = text;
 }
 
+// The refusals that retrying cannot fix (signaling.js stops on them): say which, and answer
+// true; false for any other close code. `names`: what the page asked for ("these ids").
+export function showRefusal(code, names) {
+  if (code === 4400) setStatus("bad-request", `The server refused ${names} (BAD-REQUEST).`);
+  else if (code === 4403) setStatus("forbidden", "The server refused this page's connection (FORBIDDEN).");
+  else if (code === 4429) setStatus("too-many", "Too many pages are open with this id: close one and reload.");
+  else return false;
+  return true;
+}
+
 // who: "me", "peer" or "system".
 export function addChatLine(who, name, text, date) {
   const item = document.createElement("li");
