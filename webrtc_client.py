@@ -301,6 +301,17 @@ class SignalingClient:
         while self.ws is None or self.ws is old:
             await asyncio.sleep(0.05)
 
+    async def stop(self) -> None:
+        """End the connections (``_end``), close the socket, and stop what they left running."""
+        self.stopped.set()
+        await self._end()
+        if self.ws is not None:
+            await self.ws.close()
+        await self._cancel_tasks()
+
+    async def _end(self) -> None:
+        """What a subclass says and closes before the socket closes."""
+
     def _spawn(self, coroutine: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -399,14 +410,10 @@ class PythonPeer(SignalingClient):
     async def _on_open(self) -> None:
         await self._send({"type": "username", "date": _now_ms()})
 
-    async def stop(self) -> None:
-        self.stopped.set()
+    async def _end(self) -> None:
         # Say goodbye, as a page does when its tab closes: the peer ends its call at once.
         await self._send({"type": "hang-up", "reason": "left", "date": _now_ms()})
         await self._close_call()
-        if self.ws is not None:
-            await self.ws.close()
-        await self._cancel_tasks()
 
     async def _send(self, message: dict[str, Any]) -> bool:
         return await self._send_json({**message, "name": self.my_id, "target": self.peer_id})
@@ -615,13 +622,10 @@ class RoomPeer(SignalingClient):
             member.id for member in self.members.values() if member.pc is not None and member.pc.connectionState == "connected"
         ]
 
-    async def stop(self) -> None:
-        self.stopped.set()
+    async def _end(self) -> None:
         for member in list(self.members.values()):
             await self._close(member)
-        if self.ws is not None:
-            await self.ws.close()  # the others hear "left"
-        await self._cancel_tasks()
+        # The socket closes next: the others hear "left".
 
     async def _on_frame(self, frame: str) -> None:
         message = self._read(frame)

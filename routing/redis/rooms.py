@@ -135,7 +135,7 @@ class RoomJoin:
         for key, version in _pairs(reply[2]):
             id, _, node = key.partition(wire.SEP)
             pairs[(id, node)] = int(version)
-        return Snapshot(int(reply[0]), members, pairs, int(reply[3]) if len(reply) > 3 else 0)
+        return Snapshot(int(reply[0]), members, pairs, int(reply[3]))
 
 
 @dataclass
