@@ -48,6 +48,25 @@ iceServers: list[dict[str, Any]] = [{"urls": "stun:stun.l.google.com:19302"}]
 #: has_socket_pass(handler) replace the defaults below. Empty: use the defaults.
 POLICY = ""
 
+# --- Join tokens (docs/operations.md, "On the internet") -------------------------------------
+
+#: Key id (the token's ``kid`` header) -> key, for the join tokens (JWT) the application's
+#: backend signs: a shared secret of 32 bytes or more (HS256) or a PEM public key (RSA: RS256,
+#: EC: ES256, Ed25519: EdDSA). Set, every signaling socket (/wscall, /wsroom) needs
+#: ``token=<JWT>`` in its query (else 4401), and POST ICE_URL a join token in place of the
+#: ICE token. Empty: anyone who reaches the server may connect as any id (the original's way).
+#: Keep it in WEBRTC_JOIN_TOKEN_KEYS_FILE to rotate keys: SIGHUP reads that file again.
+JOIN_TOKEN_KEYS: dict[str, str] = {}
+#: When set, a join token's ``aud`` / ``iss`` claim must equal it.
+JOIN_TOKEN_AUDIENCE = ""
+JOIN_TOKEN_ISSUER = ""
+#: Seconds of clock difference allowed when reading ``exp`` and ``nbf`` (at most 30).
+JOIN_TOKEN_LEEWAY = 30.0
+#: A URL of your backend the pages ask for a fresh join token (POST, with the site's cookies,
+#: form fields id and peer_id or room; it answers the token, as text or {"token": ...}), when
+#: theirs has expired or their address carries none. Empty: an expired token ends the session.
+JOIN_TOKEN_URL = ""
+
 # --- Operators' endpoints -------------------------------------------------------------------
 
 #: Bearer token for /connections (who talks to whom). Empty: /connections answers 404.
@@ -152,6 +171,8 @@ SHUTDOWN_TIMEOUT = 5.0
 # start agrees on it.
 ICE_ACCESS_TOKEN_GENERATED = False
 ENVIRONMENT_ERROR = ""
+# Option -> the file its value was read from (WEBRTC_<NAME>_FILE), for reread().
+_file_sources: dict[str, str] = {}
 
 
 def _parse(name: str, raw: str, default: Any) -> Any:
@@ -204,28 +225,46 @@ def option_names() -> list[str]:
     ]
 
 
-def from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
-    """Values of the options that ``environ`` overrides (``WEBRTC_X`` or ``WEBRTC_X_FILE``)."""
+def _read_file(var: str, path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read().strip()
+    except OSError as exc:
+        raise ValueError(f"{var}_FILE: cannot read {path}: {exc.strerror}") from None
+
+
+def from_environment(environ: Mapping[str, str], sources: dict[str, str] | None = None) -> dict[str, Any]:
+    """Values of the options that ``environ`` overrides (``WEBRTC_X`` or ``WEBRTC_X_FILE``);
+    ``sources`` gets the file each value read from a file came from."""
     values: dict[str, Any] = {}
     for option in option_names():
         var = env_name(option)
         raw = environ.get(var)
         if raw is None and environ.get(var + "_FILE"):
             path = environ[var + "_FILE"]
-            try:
-                with open(path, encoding="utf-8") as handle:
-                    raw = handle.read().strip()
-            except OSError as exc:
-                raise ValueError(f"{var}_FILE: cannot read {path}: {exc.strerror}") from None
+            raw = _read_file(var, path)
+            if sources is not None:
+                sources[option] = path
         if raw is not None:
             values[option] = _parse(var, raw, globals()[option])
     return values
 
 
+def reread(option: str) -> tuple[str, Any] | None:
+    """The file ``option`` was read from at start and its value now (SIGHUP), or None when the
+    value did not come from a file (then a running process cannot see it change); ValueError
+    when the file cannot be read or parsed."""
+    path = _file_sources.get(option)
+    if path is None:
+        return None
+    var = env_name(option)
+    return path, _parse(var + "_FILE", _read_file(var, path), globals()[option])
+
+
 def _apply_environment() -> None:
     global ICE_ACCESS_TOKEN, ICE_ACCESS_TOKEN_GENERATED, ENVIRONMENT_ERROR
     try:
-        globals().update(from_environment(os.environ))
+        globals().update(from_environment(os.environ, _file_sources))
     except ValueError as exc:
         # Reported by resolve(), so the command line can print one clear line.
         ENVIRONMENT_ERROR = str(exc)

@@ -11,9 +11,11 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +35,8 @@ from handlers.app import PROJECT_DIR, STATIC_DIR, TEMPLATE_DIR, WebRTCApplicatio
 from handlers.frontdoor import FrontDoorHTTPServer
 from handlers.leanws import MAX_HEAD
 from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN
+from routing import check_ids, check_room
+from routing.tokens import DEFAULT_TTL, JoinTokens
 from services import logs
 from services.descriptors import raise_open_files, reserve_for
 from services.workers import WorkerGroup
@@ -156,6 +160,7 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_join_tokens)  # key rotation
     await stop.wait()
     await shutdown(server, app, config.SHUTDOWN_TIMEOUT)
     if app.workers is not None:
@@ -199,6 +204,18 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--keyfile", help="the certificate's PEM private key")
     start.add_argument("--redis", metavar="URL", help="join other nodes through this Redis (redis://host:6379/0)")
     start.add_argument("--processes", type=_count, help="worker processes sharing the port (needs --redis)")
+    token = commands.add_parser(
+        "token",
+        help="print a join token signed with a shared secret of JOIN_TOKEN_KEYS (for scripts and tests)",
+        description="Print a join token (JWT) signed with a shared secret of JOIN_TOKEN_KEYS, "
+        "with the audience and issuer the server checks.",
+    )
+    token.add_argument("--id", required=True, help="the id the token admits (its sub claim)")
+    scope = token.add_mutually_exclusive_group()
+    scope.add_argument("--peer", metavar="ID", help="admit only a call with this peer_id (default: a call with anyone)")
+    scope.add_argument("--room", metavar="ROOM", help="admit this room's socket (/wsroom) instead of a call")
+    token.add_argument("--ttl", type=_seconds, default=DEFAULT_TTL, help=f"seconds the token is valid (default {DEFAULT_TTL})")
+    token.add_argument("--kid", help="the key to sign with (needed when JOIN_TOKEN_KEYS has several shared secrets)")
     # The top-level --help shows what a newcomer needs first: how to start, with every option.
     parser.epilog = (
         "start the server:\n  "
@@ -207,6 +224,56 @@ def build_parser() -> argparse.ArgumentParser:
         "Every option of settings.py can also be set with a WEBRTC_<NAME> environment variable."
     )
     return parser
+
+
+def _seconds(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid lifetime {text!r}: expected a number of seconds from 1")
+    return int(text)
+
+
+def mint_token(args: argparse.Namespace) -> int:
+    """The ``token`` command: print a join token, or one line saying why not."""
+    try:
+        config = settings.resolve()
+        tokens = JoinTokens.from_config(config)
+        if tokens is None:
+            raise ValueError("JOIN_TOKEN_KEYS is empty: set it (or WEBRTC_JOIN_TOKEN_KEYS_FILE) to a shared secret first")
+        pattern = re.compile(config.ID_PATTERN) if config.ID_PATTERN else None
+        if args.room is not None:
+            problem = check_room(args.id, args.room, config.MAX_ID_LENGTH, pattern)
+        else:
+            problem = check_ids(args.id, args.peer or "", config.MAX_ID_LENGTH, pattern)
+        if problem:
+            raise ValueError(problem)
+        print(tokens.mint(args.id, peer=args.peer, room=args.room, ttl=args.ttl, kid=args.kid))
+    except ValueError as exc:
+        print(f"webrtc_server.py token: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def beyond_loopback(sockets: list[socket.socket]) -> bool:
+    """Whether any of ``sockets`` listens on an address other machines can reach."""
+    for sock in sockets:
+        address = sock.getsockname()[0]
+        try:
+            if not ipaddress.ip_address(address.split("%", 1)[0]).is_loopback:
+                return True
+        except ValueError:
+            return True
+    return False
+
+
+def warn_if_open(config: SimpleNamespace, sockets: list[socket.socket]) -> None:
+    """One warning when anyone on the network may open a socket as any id."""
+    if config.JOIN_TOKEN_KEYS or config.has_socket_pass is not settings.has_socket_pass or not beyond_loopback(sockets):
+        return
+    log.warning(
+        "listening beyond loopback with neither join tokens (JOIN_TOKEN_KEYS) nor a socket policy (has_socket_pass): "
+        "anyone who reaches this server may connect as any id and read what is sent to it "
+        '(docs/operations.md, "On the internet")'
+    )
 
 
 def _count(text: str) -> int:
@@ -218,6 +285,8 @@ def _count(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "token":
+        return mint_token(args)
     overrides = {
         "XHEADERS": args.xheaders,
         "CERTFILE": args.certfile,
@@ -228,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = settings.resolve(**{name: value for name, value in overrides.items() if value is not None})
         tls_context(config.CERTFILE, config.KEYFILE)  # a bad certificate is a command-line error
+        JoinTokens.from_config(config)  # so is a bad join token key
         if config.PROCESSES > 1 and not config.REDIS_URL:
             raise ValueError("--processes above 1 needs the Redis backplane (--redis URL or WEBRTC_REDIS_URL)")
     except (ValueError, TypeError) as exc:
@@ -249,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         # Port in use, address not available, ...: one line, not a traceback.
         parser.exit(1, f"{parser.prog}: error: cannot listen on {host or '*'}:{port}: {exc.strerror or exc}\n")
+    warn_if_open(config, sockets)
     if config.PROCESSES > 1:
         return run_workers(config, sockets, host)
     asyncio.run(serve(config, sockets, host))
@@ -286,6 +357,7 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
         if pid == 0:  # the worker: a fresh event loop, its own node on the backplane
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until serve() reloads keys on it
             logs.configure(config.LOG_LEVEL, config.LOG_FORMAT, worker=number)  # each line says which worker wrote it
             stop_with_parent(parent)
             try:
@@ -307,8 +379,14 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
 
+    def pass_on(signum: int, _frame: Any) -> None:
+        for pid in list(workers):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, pass_on)  # each worker reads the join token keys again
     for number in range(config.PROCESSES):
         spawn(number)
     # The workers hold the port now (a listening socket nobody accepts on would take its

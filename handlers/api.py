@@ -16,10 +16,12 @@ if TYPE_CHECKING:  # the app imports the handlers, not the other way round
 class ApiError(HTTPError):
     """An HTTP error with a message for the JSON body and headers to send with it."""
 
-    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None, error: str = "") -> None:
         super().__init__(status_code, message.replace("%", "%%"))
         self.message = message
         self.headers = headers or {}
+        #: The body's "error" word; "" for the status' phrase ("forbidden").
+        self.error = error
 
 
 class JsonHandler(RequestHandler):
@@ -42,4 +44,5 @@ class JsonHandler(RequestHandler):
             error = HTTPStatus(status_code).phrase.lower().replace(" ", "-")
         except ValueError:
             error = "error"
+        error = getattr(exc, "error", "") or error
         self.send_json({"error": error, "message": message}, status_code)

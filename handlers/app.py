@@ -28,6 +28,7 @@ from handlers.streamws import RoomHandler, SignalingHandler
 from handlers.transport import PendingWrites
 from routing import Router
 from routing.memory import MemoryRouter
+from routing.tokens import JoinTokens, parse_keys
 from services.descriptors import open_files_limit, socket_capacity
 from services.heartbeat import Heartbeat
 from services.loop_lag import LoopLag
@@ -40,6 +41,7 @@ TEMPLATE_DIR = os.path.join(PROJECT_DIR, "templates")
 STATIC_DIR = os.path.join(PROJECT_DIR, "static")
 
 access_log = logging.getLogger("tornado.access")
+log = logging.getLogger(__name__)
 
 #: The names of the signaling socket's routes (the original's, and the aliases).
 SIGNALING_ROUTES = ("caller_ws", "reciever_ws", "receiver_ws")
@@ -67,6 +69,8 @@ class WebRTCApplication(Application):
         self.open_files = open_files_limit()
         self.socket_limit = socket_capacity(config.MAX_SOCKETS, self.open_files, config.RESERVED_DESCRIPTORS)
         self.loop_lag = LoopLag()
+        #: The join tokens sockets and the ICE endpoint need (JOIN_TOKEN_KEYS), or None: off.
+        self.join_tokens = JoinTokens.from_config(config)
         # Our own heartbeat (one timer for all sockets) replaces per-socket pings.
         self.heartbeat = Heartbeat(config.WS_PING_INTERVAL, config.WS_PING_TIMEOUT, self.signaling_sockets)
         self.context = SocketContext(
@@ -79,6 +83,7 @@ class WebRTCApplication(Application):
             id_pattern=re.compile(config.ID_PATTERN) if config.ID_PATTERN else None,
             log_access=self.log_access,
             writes=PendingWrites(),
+            tokens=self.join_tokens,
         )
         #: The room sockets' (``/wsroom``): the same limits and services, the router's rooms.
         self.room_context = self.context.for_rooms()
@@ -94,6 +99,28 @@ class WebRTCApplication(Application):
     def signaling_sockets(self) -> list[SignalingSocket]:
         """This process' open signaling sockets, room sockets included."""
         return self.router.local_sessions() + self.router.rooms.members()
+
+    def reload_join_tokens(self) -> bool:
+        """SIGHUP: read WEBRTC_JOIN_TOKEN_KEYS_FILE again and take its keys (rotation); open
+        sockets stay. A file that cannot be read or holds a bad key changes nothing. Answers
+        whether the keys changed."""
+        tokens = self.join_tokens
+        if tokens is None:
+            log.warning("SIGHUP: join tokens are off (JOIN_TOKEN_KEYS is empty): restart the server to turn them on")
+            return False
+        try:
+            found = settings.reread("JOIN_TOKEN_KEYS")
+            if found is None:
+                log.warning("SIGHUP: the join token keys do not come from WEBRTC_JOIN_TOKEN_KEYS_FILE: nothing to read again")
+                return False
+            path, value = found
+            keys = parse_keys(value)
+            tokens.reload(keys)
+        except ValueError as exc:
+            log.error("SIGHUP: join token keys unchanged: %s", exc)
+            return False
+        log.info("SIGHUP: join token keys read again from %s: %s", path, ", ".join(sorted(keys)))
+        return True
 
     def start_services(self) -> None:
         """Start the periodic duties on the running loop (idempotent)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from tornado.web import RequestHandler
 
@@ -19,6 +19,14 @@ CONTENT_SECURITY_POLICY = (
     "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; "
     "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
 )
+
+
+def content_security_policy(join_token_url: str) -> str:
+    """The pages' policy; a JOIN_TOKEN_URL on another site may be fetched too."""
+    parts = urlsplit(join_token_url)
+    if parts.scheme in ("http", "https") and parts.netloc:
+        return CONTENT_SECURITY_POLICY.replace("connect-src 'self'", f"connect-src 'self' {parts.scheme}://{parts.netloc}")
+    return CONTENT_SECURITY_POLICY
 
 
 def script_json(value: Any) -> str:
@@ -43,11 +51,30 @@ class PageHandler(RequestHandler):
     application: WebRTCApplication
 
     def set_default_headers(self) -> None:
-        self.set_header("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        self.set_header("Content-Security-Policy", content_security_policy(self.application.config.JOIN_TOKEN_URL))
         self.set_header("X-Content-Type-Options", "nosniff")
         # Page URLs carry ids: do not leak them to other sites.
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Permissions-Policy", "camera=(self), microphone=(self)")
+
+    def get_template_namespace(self) -> dict[str, Any]:
+        namespace = super().get_template_namespace()
+        namespace["join_config"] = self.join_config()
+        return namespace
+
+    def join_config(self) -> dict[str, str]:
+        """What the page's script needs of join tokens (head.html adds it to the page's config):
+        the token of the page's own address (``token=``) and where to renew it; nothing when
+        the server wants no tokens."""
+        if self.application.join_tokens is None:
+            return {}
+        # The page holds a token now: no cache may keep it.
+        self.set_header("Cache-Control", "no-store")
+        return {"joinToken": self.get_argument("token", ""), "joinTokenUrl": self.application.config.JOIN_TOKEN_URL}
+
+    def ice_pass(self) -> str:
+        """The ICE token the page embeds; none with join tokens (the join token replaces it)."""
+        return "" if self.application.join_tokens is not None else self.application.config.get_ice_pass()
 
     def render_start(self, problem: str | None = None, my_id: str = "", peer_id: str = "", room: str = "") -> None:
         """The start form, filled in with what the person asked for (and why it cannot open)."""
@@ -88,7 +115,7 @@ class CallPageHandler(PageHandler):
             peer_id=peer_id,
             title=self.title,
             ice_url=config.ICE_URL,
-            ice_pass=config.get_ice_pass(),
+            ice_pass=self.ice_pass(),
             invite_url=self.invite_url(my_id, peer_id),
         )
 
@@ -130,7 +157,7 @@ class RoomPageHandler(PageHandler):
             "room": room,
             "maxMembers": config.MAX_ROOM_MEMBERS,
             "iceUrl": config.ICE_URL,
-            "icePass": config.get_ice_pass(),
+            "icePass": self.ice_pass(),
             # The start form with the room filled in: whoever opens it picks an id of their own.
             "inviteUrl": relative_url(self.reverse_url("home"), room=room),
         }

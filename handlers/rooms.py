@@ -1,7 +1,7 @@
 """The room socket's rules: ``/wsroom?id=ME&room=ROOM`` (docs/protocol.md, "Rooms").
 
 :class:`RoomRules` is a signaling socket whose messages go to a room (routing/rooms.py)
-instead of a conversation: the same admission (id rules, origin, ``has_socket_pass``, socket
+instead of a conversation: the same admission (id rules, origin, join token, ``has_socket_pass``, socket
 limits), the same limits on what it sends, the same heartbeat and ends. Its context is the
 signaling one with the router's rooms in place of the router (``SocketContext.for_rooms``). A
 transport mixes it in before its own class (handlers/leanws.py, handlers/streamws.py).
@@ -46,6 +46,9 @@ class RoomRules(SignalingSocket):
         self.id = self.get_query_argument("id", "") or ""
         self.room = self.get_query_argument("room", "") or ""
         return check_room(self.id, self.room, context.config.MAX_ID_LENGTH, context.id_pattern)
+
+    def _scope(self) -> tuple[str | None, str | None]:
+        return None, self.room
 
     async def _enter(self) -> None:
         """Join the room: once the roster answered, the socket has its ``members`` frame."""

@@ -26,6 +26,7 @@ from handlers.protocol.connection import Limits
 from handlers.protocol.handshake import Request
 from routing import BAD_REQUEST, BAD_REQUEST_CODE, Router, check_ids, server_notice
 from routing.limits import ALLOW, CLOSE, NOTICE, RateLimiter
+from routing.tokens import TOKEN_CODE, JoinTokens, TokenRefused
 
 if TYPE_CHECKING:
     from handlers.transport import PendingWrites
@@ -63,6 +64,8 @@ class SocketContext:
     log_access: Callable[[int, str, str, str | None, float], None]
     #: The sockets with frames to write at the end of this loop iteration (the transports').
     writes: PendingWrites
+    #: The join tokens a socket must carry (JOIN_TOKEN_KEYS), or None: no token needed.
+    tokens: JoinTokens | None = None
     #: Where this kind of socket's messages go, how many sockets an id holds, and how a socket
     #: leaves: the router's (``/wscall``), or its rooms' (``/wsroom``, see :meth:`for_rooms`).
     relay: Callable[[Any, str], object] = field(init=False)
@@ -175,12 +178,19 @@ class SignalingSocket:
     # --- the rules ------------------------------------------------------------------------
 
     async def admit(self) -> None:
-        """Check the ids, the limits and the policy, then enter (or close)."""
+        """Check the ids, the join token, the limits and the policy, then enter (or close)."""
         context = self.context
         config = context.config
         problem = self._read_names()
         if problem:
             return self.refuse(BAD_REQUEST_CODE, BAD_REQUEST, problem)
+        tokens = context.tokens
+        if tokens is not None:
+            peer, room = self._scope()
+            try:
+                tokens.check(self._token(), self.id, peer, room)
+            except TokenRefused as refused:
+                return self.refuse(TOKEN_CODE, refused.reason, refused.why)
         if not self._within_limits():
             return
         try:
@@ -211,6 +221,19 @@ class SignalingSocket:
         self.id = self.get_query_argument("id", "") or ""
         self.peer_id = self.get_query_argument("peer_id", "") or ""
         return check_ids(self.id, self.peer_id, context.config.MAX_ID_LENGTH, context.id_pattern)
+
+    def _token(self) -> str:
+        """The query's ``token=`` ("" if none; one that is not UTF-8 is read as is, and refused)."""
+        token = self.get_query_argument("token", "")
+        if not token and self.request is not None:
+            raw = self.request.query_arguments.get("token")
+            if raw:
+                return raw[-1].decode("utf-8", "replace")
+        return token or ""
+
+    def _scope(self) -> tuple[str | None, str | None]:
+        """What a join token must allow besides the id: (peer, room); a call's peer here."""
+        return self.peer_id, None
 
     async def _enter(self) -> None:
         """Join the router; across nodes, wait until other nodes can reach this socket (the

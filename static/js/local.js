@@ -16,11 +16,13 @@ export function parseResolution(value) {
   return { width: { ideal: width }, height: { ideal: height } };
 }
 
-export async function fetchIceServers(config) {
+// `token`: the page's JoinToken (tokens.js): its join token replaces the ICE token when the
+// server wants join tokens.
+export async function fetchIceServers(config, token) {
   try {
     // The id names us in time-limited TURN credentials, when the server hands those out.
     const url = `${config.iceUrl}?id=${encodeURIComponent(config.myId)}`;
-    const response = await fetch(url, { method: "POST", body: config.icePass });
+    const response = await fetch(url, { method: "POST", body: token.iceBody(config.icePass) });
     if (response.ok) return await response.json();
     console.warn("ICE servers refused:", response.status);
   } catch (error) {

@@ -8,6 +8,7 @@ import { applyMute, fetchIceServers, openMedia, sendableVideoCodecs, wireMedia, 
 import { LocalMedia } from "./media.js";
 import { QualityPanel } from "./quality.js";
 import { pageSession, Signaling } from "./signaling.js";
+import { JoinToken } from "./tokens.js";
 import { addChatLine, elements, offerOnlyCodecs, setInCall, setStatus, showRefusal, wirePanels } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
@@ -31,7 +32,8 @@ const state = {
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
 
-const signaling = new Signaling(config.wsUri);
+const joinToken = new JoinToken(config, () => ({ id: config.myId, peer_id: state.peerId }));
+const signaling = new Signaling(config.wsUri, joinToken);
 const pickers = new DevicePickers({ camera: elements.camera, microphone: elements.microphone, speaker: elements.speaker });
 const quality = new QualityPanel(() => state.call);
 window.webrtcApp = { config, state, signaling, media, pickers, quality }; // for the console and the end-to-end tests
@@ -357,10 +359,11 @@ function wireSignaling() {
     }
   });
   signaling.addEventListener("close", ({ detail }) => {
-    if (showRefusal(detail.code, "these ids")) return;
+    if (detail.retryInMs === null && showRefusal(detail.code, "these ids", detail.reason, joinToken)) return;
     if (detail.retryInMs !== null) {
       const inCall = state.call && state.call.pc.connectionState === "connected";
-      const what = detail.code === 1013 ? "The server is full" : inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
+      let what = detail.code === 1013 ? "The server is full" : inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
+      if (detail.code === 4401) what = "The join token expired, asking the site for a new one";
       setStatus(inCall ? "connected" : "reconnecting", `${what}: reconnecting in ${Math.round(detail.retryInMs / 1000)} s…`);
     }
   });
@@ -381,7 +384,7 @@ async function start() {
   if (config.inviteUrl) showInvite(new URL(config.inviteUrl, location.href).href, elements.invite);
   quality.start();
   setStatus("starting", "Starting camera…");
-  const [iceServers] = await Promise.all([fetchIceServers(config), openMedia(page)]);
+  const [iceServers] = await Promise.all([joinToken.ready().then(() => fetchIceServers(config, joinToken)), openMedia(page)]);
   state.iceServers = iceServers;
   signaling.connect();
 }

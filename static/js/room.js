@@ -14,6 +14,7 @@ import { showInvite } from "./invite.js";
 import { applyMute, fetchIceServers, openMedia, playOn, sendableVideoCodecs, wireMedia, wireMediaControls } from "./local.js";
 import { LocalMedia } from "./media.js";
 import { pageSession, Signaling } from "./signaling.js";
+import { JoinToken } from "./tokens.js";
 import { addChatLine, elements, offerOnlyCodecs, setStatus, showRefusal, wirePanels } from "./ui.js";
 
 const config = JSON.parse(document.getElementById("page-config").textContent);
@@ -38,7 +39,8 @@ const state = {
   away: null, // why this page is out of the room: "left" (Leave), "elsewhere" (another tab), "full"
   preferences: { codec: elements.codec.value, bandwidth: elements.bandwidth.value },
 };
-const signaling = new Signaling(config.wsUri);
+const joinToken = new JoinToken(config, () => ({ id: config.myId, room: config.room }));
+const signaling = new Signaling(config.wsUri, joinToken);
 const pickers = new DevicePickers({ camera: elements.camera, microphone: elements.microphone, speaker: elements.speaker });
 const page = {
   config,
@@ -304,8 +306,11 @@ function wireSignaling() {
     if (state.away) return;
     if (detail.code === 4409) {
       goAway("full", `This room is full: it has ${config.maxMembers} people, the most it takes. Press Join again to try later.`);
-    } else if (!showRefusal(detail.code, "this id or room") && detail.retryInMs !== null) {
-      const what = detail.code === 1013 ? "The server is busy" : "Connection to the room lost";
+    } else if (detail.retryInMs === null) {
+      showRefusal(detail.code, "this id or room", detail.reason, joinToken);
+    } else {
+      let what = detail.code === 1013 ? "The server is busy" : "Connection to the room lost";
+      if (detail.code === 4401) what = "The join token expired, asking the site for a new one";
       setStatus("reconnecting", `${what}: reconnecting in ${Math.round(detail.retryInMs / 1000)} s…`);
     }
   });
@@ -345,7 +350,7 @@ async function start() {
   wireSignaling();
   showInvite(new URL(config.inviteUrl, location.href).href, elements.invite);
   setStatus("starting", "Starting camera…");
-  const [iceServers] = await Promise.all([fetchIceServers(config), openMedia(page)]);
+  const [iceServers] = await Promise.all([joinToken.ready().then(() => fetchIceServers(config, joinToken)), openMedia(page)]);
   state.iceServers = iceServers;
   setStatus("joining", `Joining ${config.room}…`);
   signaling.connect();

@@ -2,9 +2,14 @@
 
 import { RECONNECT, reconnectDelay } from "./backoff.js";
 
-// Refusals that retrying cannot fix: bad ids, forbidden, too many sockets for this id, and
+// Refusals that retrying cannot fix: bad ids, a missing, bad or expired join token (one that
+// expired is renewed first, when the page can), forbidden, too many sockets for this id, and
 // (rooms) the room is full: the page says so and offers to try again.
-const FINAL_CODES = new Set([4400, 4403, 4409, 4429]);
+const FINAL_CODES = new Set([4400, 4401, 4403, 4409, 4429]);
+const TOKEN_CODE = 4401;
+// Renewals in a row whose token the server still called expired (a backend whose clock is
+// behind): past it, the page stops asking.
+const MAX_TOKEN_RENEWALS = 2;
 
 // This page's session: every message it sends carries it, so that the far side tells this
 // page from another tab (or a reload) of the same id.
@@ -12,10 +17,13 @@ export const pageSession = crypto.randomUUID ? crypto.randomUUID() : String(Math
 
 // Events: "open"; "message" (detail: the parsed message); "notice" (detail: the server
 // notice's text, e.g. "PEER-UNAVAILABLE"); "close" (detail: {code, reason, retryInMs}).
+// `token`: the page's JoinToken (tokens.js), or null.
 export class Signaling extends EventTarget {
-  constructor(path) {
+  constructor(path, token = null) {
     super();
     this.path = path;
+    this.token = token;
+    this.tokenRenewals = 0;
     this.socket = null;
     this.attempt = 0; // reconnections since the last socket that stayed open a while
     this.openedAt = 0;
@@ -25,7 +33,8 @@ export class Signaling extends EventTarget {
 
   get url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}${this.path}`;
+    const path = this.token ? this.token.withToken(this.path) : this.path;
+    return `${scheme}//${location.host}${path}`;
   }
 
   get isOpen() {
@@ -45,10 +54,17 @@ export class Signaling extends EventTarget {
     socket.addEventListener("message", (event) => this.onFrame(event.data));
     socket.addEventListener("close", (event) => {
       if (socket !== this.socket) return; // an older socket, replaced by reconnect()
+      const stable = this.openedAt && performance.now() - this.openedAt >= RECONNECT.stableMs;
+      if (stable) this.tokenRenewals = 0;
+      if (this.renewable(event)) {
+        this.openedAt = 0;
+        this.renewToken(socket, event);
+        return;
+      }
       const retry = !this.stopped && !FINAL_CODES.has(event.code);
       let retryInMs = null;
       if (retry) {
-        if (this.openedAt && performance.now() - this.openedAt >= RECONNECT.stableMs) this.attempt = 0;
+        if (stable) this.attempt = 0;
         retryInMs = reconnectDelay(this.attempt, { closeCode: event.code });
         this.attempt += 1;
         this.retryTimer = setTimeout(() => this.connect(), retryInMs);
@@ -56,6 +72,32 @@ export class Signaling extends EventTarget {
       this.openedAt = 0;
       this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code, reason: event.reason, retryInMs } }));
     });
+  }
+
+  // The server said the token expired, and the page can ask for a new one.
+  renewable(event) {
+    return (
+      !this.stopped &&
+      event.code === TOKEN_CODE &&
+      event.reason === "TOKEN-EXPIRED" &&
+      this.token !== null &&
+      this.token.canRenew &&
+      this.tokenRenewals < MAX_TOKEN_RENEWALS
+    );
+  }
+
+  // A fresh token from the backend, then a new socket with it; without one, the refusal is
+  // final ("close" with retryInMs null, and the token's `problem` says why).
+  async renewToken(socket, event) {
+    this.tokenRenewals += 1;
+    this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code, reason: event.reason, retryInMs: 0 } }));
+    const renewed = await this.token.renew();
+    if (socket !== this.socket || this.stopped) return; // the page moved on meanwhile
+    if (renewed) {
+      this.connect();
+      return;
+    }
+    this.dispatchEvent(new CustomEvent("close", { detail: { code: event.code, reason: event.reason, retryInMs: null } }));
   }
 
   // Reconnect now, e.g. with a new path.
@@ -114,6 +156,7 @@ export class Signaling extends EventTarget {
   resume() {
     this.stopped = false;
     this.attempt = 0;
+    this.tokenRenewals = 0;
     this.connect();
   }
 }

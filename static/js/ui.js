@@ -34,10 +34,28 @@ export function setStatus(state, text) {
   elements.status.textContent = text;
 }
 
+// What the page says when the server refused its join token (close code 4401), by reason.
+const TOKEN_REFUSALS = {
+  "TOKEN-REQUIRED": [
+    "token-required",
+    "This server lets in only people its site invited, and this page's address carries no join token. Open the link you were given.",
+  ],
+  "TOKEN-INVALID": [
+    "token-invalid",
+    "The server refused this page's join token (TOKEN-INVALID): it is not for this call or room, or not from this site. Ask for a new link.",
+  ],
+  "TOKEN-EXPIRED": ["token-expired", "Your session has ended: its join token expired. Open the link again to get a new one."],
+};
+
 // The refusals that retrying cannot fix (signaling.js stops on them): say which, and answer
-// true; false for any other close code. `names`: what the page asked for ("these ids").
-export function showRefusal(code, names) {
-  if (code === 4400) setStatus("bad-request", `The server refused ${names} (BAD-REQUEST).`);
+// true; false for any other close code. `names`: what the page asked for ("these ids");
+// `reason`: the close reason; `token`: the page's JoinToken (why its renewal failed).
+export function showRefusal(code, names, reason = "", token = null) {
+  if (code === 4401) {
+    const [state, text] = TOKEN_REFUSALS[reason] || TOKEN_REFUSALS["TOKEN-INVALID"];
+    const why = reason === "TOKEN-EXPIRED" && token && token.problem ? ` (No new token: ${token.problem}.)` : "";
+    setStatus(state, text + why);
+  } else if (code === 4400) setStatus("bad-request", `The server refused ${names} (BAD-REQUEST).`);
   else if (code === 4403) setStatus("forbidden", "The server refused this page's connection (FORBIDDEN).");
   else if (code === 4429) setStatus("too-many", "Too many pages are open with this id: close one and reload.");
   else return false;
