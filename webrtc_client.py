@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import contextlib
 import email.utils
+import inspect
 import json
 import logging
 import random
@@ -65,7 +66,10 @@ RECONNECT_STABLE = 10.0  # a socket open this long was a success: the next drop 
 RETRY_AFTER_MAX = 600.0  # a longer Retry-After is taken as this
 TRY_AGAIN_LATER = 1013
 # Refusals that retrying cannot fix (docs/protocol.md), as the pages stop on them too.
-FINAL_CLOSE_CODES = {4400: "BAD-REQUEST", 4403: "FORBIDDEN", 4409: "ROOM-FULL", 4429: "TOO-MANY-SOCKETS"}
+FINAL_CLOSE_CODES = {4400: "BAD-REQUEST", 4401: "TOKEN-INVALID", 4403: "FORBIDDEN", 4409: "ROOM-FULL", 4429: "TOO-MANY-SOCKETS"}
+TOKEN_CODE, TOKEN_EXPIRED = 4401, "TOKEN-EXPIRED"
+# Renewed tokens in a row the server still called expired (a backend whose clock is behind).
+MAX_TOKEN_RENEWALS = 2
 # How long a recovery waits for the signaling socket to come back before it goes on anyway.
 REOPEN_TIMEOUT = 15.0
 
@@ -95,8 +99,13 @@ def retry_after(error: InvalidStatus) -> float | None:
     return min(max(seconds, 0.0), RETRY_AFTER_MAX)
 
 
+#: Where a client gets a fresh join token when its own expired: called with no argument, it
+#: answers the token (or a coroutine that does); what it raises ends the client.
+TokenRenewal = Callable[[], "str | Awaitable[str]"]
+
+
 class SignalingRefused(ValueError):
-    """The server refused this socket for good (4400 BAD-REQUEST, 4403 FORBIDDEN, 4429)."""
+    """The server refused this socket for good (4400 BAD-REQUEST, 4401 TOKEN-*, 4403 FORBIDDEN, 4429)."""
 
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(f"the server refused the socket: {code} {reason or FINAL_CLOSE_CODES[code]}")
@@ -197,8 +206,14 @@ class SignalingClient:
     server's SERVER_NOTICE texts.
     """
 
-    def __init__(self, url: str, my_id: str, loopback: bool) -> None:
-        self.url = url
+    def __init__(
+        self, url: str, my_id: str, loopback: bool, token: str | None = None, renew_token: TokenRenewal | None = None
+    ) -> None:
+        self.base_url = url
+        #: The join token the socket carries (``token=``), and where a fresh one comes from
+        #: when the server says it expired (None: the client stops with SignalingRefused).
+        self.token = token
+        self.renew_token = renew_token
         self.my_id = my_id
         self.session = uuid.uuid4().hex
         self.ws: ClientConnection | None = None
@@ -209,6 +224,23 @@ class SignalingClient:
         self._reopen_now = False
         if loopback:
             allow_loopback_candidates()
+
+    @property
+    def url(self) -> str:
+        """The socket's URL, with the current join token."""
+        return f"{self.base_url}&{urlencode({'token': self.token})}" if self.token else self.base_url
+
+    async def _renewed(self) -> bool:
+        """Ask ``renew_token`` for a fresh token; answers whether one came."""
+        if self.renew_token is None:
+            return False
+        token = self.renew_token()
+        if inspect.isawaitable(token):
+            token = await token
+        if not token:
+            return False
+        self.token = str(token)
+        return True
 
     async def _on_open(self) -> None:
         """The socket is open (again)."""
@@ -244,7 +276,7 @@ class SignalingClient:
 
         Raises SignalingRefused when the server refuses the socket for good.
         """
-        attempt = 0
+        attempt = renewals = 0
         while not self.stopped.is_set():
             floor, opened_at, reason = RECONNECT_FLOOR, 0.0, ""
             try:
@@ -269,12 +301,17 @@ class SignalingClient:
             finally:
                 self.ws = None
                 self.signaling_open.clear()
+            stable = opened_at and time.monotonic() - opened_at >= RECONNECT_STABLE
+            if stable:
+                attempt = renewals = 0
+            if code == TOKEN_CODE and reason == TOKEN_EXPIRED and renewals < MAX_TOKEN_RENEWALS and await self._renewed():
+                renewals += 1
+                log.info("join token expired: reconnecting with a fresh one")
+                continue
             if code in FINAL_CLOSE_CODES:
                 raise SignalingRefused(code, reason)
             if code == TRY_AGAIN_LATER:
                 floor = RECONNECT_SERVER_FULL
-            if opened_at and time.monotonic() - opened_at >= RECONNECT_STABLE:
-                attempt = 0
             if self._reopen_now:  # we dropped it ourselves (a recovery): come back at once
                 self._reopen_now, delay = False, 0.0
             else:
@@ -389,8 +426,11 @@ class PythonPeer(SignalingClient):
         reply: ChatReply | None = echo_reply,
         record: str | None = None,
         loopback: bool = True,
+        token: str | None = None,
+        renew_token: TokenRenewal | None = None,
     ) -> None:
-        super().__init__(f"{server.rstrip('/')}{route}?{urlencode({'id': my_id, 'peer_id': peer_id})}", my_id, loopback)
+        url = f"{server.rstrip('/')}{route}?{urlencode({'id': my_id, 'peer_id': peer_id})}"
+        super().__init__(url, my_id, loopback, token, renew_token)
         self.peer_id = peer_id
         self.ice_servers = ice_servers or []
         self.reply = reply
@@ -606,8 +646,11 @@ class RoomPeer(SignalingClient):
         ice_servers: list[dict[str, Any]] | None = None,
         reply: ChatReply | None = echo_reply,
         loopback: bool = True,
+        token: str | None = None,
+        renew_token: TokenRenewal | None = None,
     ) -> None:
-        super().__init__(f"{server.rstrip('/')}/wsroom?{urlencode({'id': my_id, 'room': room})}", my_id, loopback)
+        url = f"{server.rstrip('/')}/wsroom?{urlencode({'id': my_id, 'room': room})}"
+        super().__init__(url, my_id, loopback, token, renew_token)
         self.room = room
         self.ice_servers = ice_servers or []
         self.reply = reply
@@ -768,14 +811,25 @@ def _report(peer: PythonPeer | RoomPeer) -> tuple[tuple[Any, ...], str]:
 
 
 async def _main(args: argparse.Namespace) -> None:
-    ice_servers = fetch_ice_servers(args.server, args.ice_token, my_id=args.id) if args.ice_token else []
+    # With join tokens on, the join token is what the ICE endpoint takes.
+    ice_token = args.ice_token or args.token
+    ice_servers = fetch_ice_servers(args.server, ice_token, my_id=args.id) if ice_token else []
     reply = None if args.no_echo else echo_reply
     peer: PythonPeer | RoomPeer
     if args.room:
-        peer = RoomPeer(args.server, args.id, args.room, ice_servers=ice_servers, reply=reply)
+        peer = RoomPeer(args.server, args.id, args.room, ice_servers=ice_servers, reply=reply, token=args.token)
     else:
         route = "/wsrecieve" if args.role == "receiver" else "/wscall"
-        peer = PythonPeer(args.server, args.id, args.peer, route=route, ice_servers=ice_servers, reply=reply, record=args.record)
+        peer = PythonPeer(
+            args.server,
+            args.id,
+            args.peer,
+            route=route,
+            ice_servers=ice_servers,
+            reply=reply,
+            record=args.record,
+            token=args.token,
+        )
     runner = asyncio.ensure_future(peer.run())
     last: tuple[Any, ...] | None = None
     reported = 0.0
@@ -802,7 +856,10 @@ def main() -> None:
     whom.add_argument("--peer", help="the id to call or to wait for")
     whom.add_argument("--room", help="join this room as a bot: video to every member, echo on the room's chat")
     parser.add_argument("--role", choices=("caller", "receiver"), default="caller", help="which socket route to use")
-    parser.add_argument("--ice-token", help="token for the ICE endpoint (else no STUN/TURN)")
+    parser.add_argument("--ice-token", help="token for the ICE endpoint (else no STUN/TURN; with --token, that one)")
+    parser.add_argument(
+        "--token", help="the join token the server asks for (JOIN_TOKEN_KEYS), e.g. from `webrtc_server.py token`"
+    )
     parser.add_argument("--record", metavar="FILE", help="record the received video (e.g. call.mp4; calls only)")
     parser.add_argument("--no-echo", action="store_true", help="do not answer chat lines")
     parser.add_argument("--report-every", type=float, default=5.0, metavar="SECONDS", help="log a status line this often")

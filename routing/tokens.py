@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
@@ -34,6 +34,9 @@ MIN_SECRET_BYTES = 32
 MAX_LEEWAY = 30.0
 #: Lifetime of a token the ``token`` command mints when it is given none (seconds).
 DEFAULT_TTL = 3600
+
+if TYPE_CHECKING:
+    from jwt.types import Options
 
 _CURVES = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
@@ -172,13 +175,13 @@ class JoinTokens:
         algorithm = header.get("alg")
         if algorithm != key.algorithm:
             raise TokenRefused(TOKEN_INVALID, f"key {kid!r} takes {key.algorithm}, the token says {str(algorithm)[:16]!r}")
-        options: dict[str, Any] = {"require": ["sub", "exp"], "verify_aud": bool(self.audience)}
+        options: Options = {"require": ["sub", "exp"], "verify_aud": bool(self.audience)}
         try:
             payload = jwt.decode(
                 token,
                 key.key,
                 algorithms=[key.algorithm],
-                options=options,  # type: ignore[arg-type]
+                options=options,
                 audience=self.audience or None,
                 issuer=self.issuer or None,
                 leeway=self.leeway,

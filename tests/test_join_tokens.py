@@ -5,6 +5,7 @@ SIGHUP, the ICE endpoint and TURN credentials bound to the token (on a real cotu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -350,8 +351,6 @@ def test_ice_needs_a_join_token_and_turn_credentials_carry_its_sub(turnserver, t
 
 
 def asyncio_allocate(port: int, username: str, password: str) -> str | None:
-    import asyncio
-
     return asyncio.run(allocate(port, username, password))
 
 
@@ -442,3 +441,41 @@ def test_the_warning_is_for_servers_beyond_loopback_with_no_tokens_and_no_policy
         loopback.close()
     with ServerProcess(env={"WEBRTC_ICE_SERVERS": "[]"}) as server:  # on 127.0.0.1: no warning
         assert "anyone who reaches this server" not in server.output()
+
+
+# --- the Python peer ---------------------------------------------------------------------
+
+
+def test_the_python_peer_carries_its_token_and_renews_it_when_it_expired(tmp_path):
+    from webrtc_client import PythonPeer, SignalingRefused
+
+    env = token_env(keys_file(tmp_path, {"hs": SHARED}), WEBRTC_JOIN_TOKEN_LEEWAY="0")
+    asked: list[float] = []
+
+    def renew() -> str:
+        asked.append(time.time())
+        return mint(sub="bot", peer="pat")
+
+    async def scenario(server: ServerProcess) -> None:
+        bad = PythonPeer(server.ws, "bot", "pat", token=mint(sub="eve"))
+        with pytest.raises(SignalingRefused) as refused:
+            await asyncio.wait_for(bad.run(), 10)
+        assert (refused.value.code, refused.value.reason) == (4401, "TOKEN-INVALID")
+        unrenewed = PythonPeer(server.ws, "bot", "pat", token=mint(sub="bot", exp=int(time.time()) - 1))
+        with pytest.raises(SignalingRefused) as refused:
+            await asyncio.wait_for(unrenewed.run(), 10)
+        assert refused.value.reason == "TOKEN-EXPIRED"
+        peer = PythonPeer(server.ws, "bot", "pat", token=mint(sub="bot", exp=int(time.time()) + 2), renew_token=renew)
+        runner = asyncio.ensure_future(peer.run())
+        try:
+            await asyncio.wait_for(peer.signaling_open.wait(), 10)
+            await asyncio.sleep(2.5)  # its token has expired; the open socket stays
+            assert peer.signaling_open.is_set() and not asked
+            await peer._reopen_signaling()  # the network drops it: it must come back
+            assert peer.signaling_open.is_set() and len(asked) == 1
+        finally:
+            await peer.stop()
+            await runner
+
+    with ServerProcess(env=env) as server:
+        asyncio.run(scenario(server))
