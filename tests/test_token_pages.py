@@ -187,9 +187,8 @@ def test_an_expired_token_is_renewed_through_the_backend_with_the_sites_cookies(
     assert len(asked) == 1 and asked[0]["fields"] == {"id": tina, "peer_id": ugo} and SESSION in asked[0]["cookie"]
     # The new socket works: the call is still up, and chat over the server reaches the peer.
     caller.wait_state("connected")
-    caller.js(
-        f"() => window.webrtcApp.signaling.send({{type: 'message', text: 'renewed', name: '{tina}', target: '{ugo}', date: Date.now()}})"
-    )
+    message = {"type": "message", "text": "renewed", "name": tina, "target": ugo, "date": 0}
+    caller.js("(message) => window.webrtcApp.signaling.send(message)", message)
     receiver.wait_chat("renewed")
 
 
