@@ -128,73 +128,88 @@ def room(token: str | None, my_id: str = "ann", name: str = "R") -> str:
     return query + (f"&token={token}" if token is not None else "")
 
 
-NOW = int(time.time())
+def hmac_with_pem(kid: str) -> str:
+    return by_hand({"alg": "HS256", "kid": kid}, claims(), KEYS[kid].encode())
+
+
+def now() -> int:
+    """The time a case is built at: cases are built when their test runs, not at import, so a
+    long suite cannot age an "expired within the leeway" token into a plainly expired one."""
+    return int(time.time())
+
+
 REQUIRED, INVALID, EXPIRED = (4401, "TOKEN-REQUIRED"), (4401, "TOKEN-INVALID"), (4401, "TOKEN-EXPIRED")
 REFUSALS = {
-    "no token": (call(None), REQUIRED),
-    "empty token": (call(""), REQUIRED),
-    "room socket without token": (room(None), REQUIRED),
-    "alg none": (call(by_hand({"alg": "none", "kid": "hs", "typ": "JWT"}, claims(), None)), INVALID),
-    "alg none, no kid": (call(by_hand({"alg": "none", "typ": "JWT"}, claims(), None)), INVALID),
-    "HMAC keyed with the RSA key's PEM": (call(by_hand({"alg": "HS256", "kid": "rsa"}, claims(), KEYS["rsa"].encode())), INVALID),
-    "HMAC keyed with the EdDSA key's PEM": (call(by_hand({"alg": "HS256", "kid": "ed"}, claims(), KEYS["ed"].encode())), INVALID),
-    "wrong secret": (call(jwt.encode(claims(), "another-secret-of-at-least-32-bytes!!", "HS256", {"kid": "hs"})), INVALID),
-    "RS256 signed by another key": (
+    "no token": lambda: (call(None), REQUIRED),
+    "empty token": lambda: (call(""), REQUIRED),
+    "room socket without token": lambda: (room(None), REQUIRED),
+    "alg none": lambda: (call(by_hand({"alg": "none", "kid": "hs", "typ": "JWT"}, claims(), None)), INVALID),
+    "alg none, no kid": lambda: (call(by_hand({"alg": "none", "typ": "JWT"}, claims(), None)), INVALID),
+    "HMAC keyed with the RSA key's PEM": lambda: (call(hmac_with_pem("rsa")), INVALID),
+    "HMAC keyed with the EdDSA key's PEM": lambda: (call(hmac_with_pem("ed")), INVALID),
+    "wrong secret": lambda: (call(jwt.encode(claims(), "another-secret-of-" + "x" * 20, "HS256", {"kid": "hs"})), INVALID),
+    "RS256 signed by another key": lambda: (
         call(jwt.encode(claims(), rsa.generate_private_key(public_exponent=65537, key_size=2048), "RS256", {"kid": "rsa"})),
         INVALID,
     ),
-    "ES256 under the EdDSA key": (call(jwt.encode(claims(), PRIVATE["ec"][0], "ES256", {"kid": "ed"})), INVALID),
-    "unknown kid": (call(jwt.encode(claims(), SHARED, "HS256", {"kid": "gone"})), INVALID),
-    "no kid": (call(jwt.encode(claims(), SHARED, "HS256")), INVALID),
-    "expired": (call(mint(exp=NOW - 120)), EXPIRED),
-    "expired, room": (room(mint(exp=NOW - 120, room="R")), EXPIRED),
-    "expired and forged": (call(jwt.encode(claims(exp=NOW - 120), "x" * 40, "HS256", {"kid": "hs"})), INVALID),
-    "nbf in the future": (call(mint(nbf=NOW + 300)), INVALID),
-    "no exp": (call(mint(exp=None)), INVALID),
-    "no sub": (call(mint(sub=None)), INVALID),
-    "sub of another id": (call(mint(sub="eve")), INVALID),
-    "peer not the socket's": (call(mint(peer="carl")), INVALID),
-    "room token on a call socket": (call(mint(room="R")), INVALID),
-    "call token on a room socket": (room(mint()), INVALID),
-    "another room": (room(mint(room="S")), INVALID),
-    "peer claim on a room socket": (room(mint(room="R", peer="bo")), INVALID),
-    "wrong audience": (call(mint(aud="someone-else")), INVALID),
-    "no audience": (call(mint(aud=None)), INVALID),
-    "wrong issuer": (call(mint(iss="https://evil.example")), INVALID),
-    "oversized": (call(mint(pad="x" * 4200)), INVALID),
-    "garbage": (call("not-a-token"), INVALID),
-    "three garbage parts": (call("a.b.c"), INVALID),
-    "binary garbage": (call("%FF%FE%00.%01.%02"), INVALID),
+    "ES256 under the EdDSA key": lambda: (call(jwt.encode(claims(), PRIVATE["ec"][0], "ES256", {"kid": "ed"})), INVALID),
+    "unknown kid": lambda: (call(jwt.encode(claims(), SHARED, "HS256", {"kid": "gone"})), INVALID),
+    "no kid": lambda: (call(jwt.encode(claims(), SHARED, "HS256")), INVALID),
+    "expired": lambda: (call(mint(exp=now() - 120)), EXPIRED),
+    "expired, room": lambda: (room(mint(exp=now() - 120, room="R")), EXPIRED),
+    "expired and forged": lambda: (call(jwt.encode(claims(exp=now() - 120), "x" * 40, "HS256", {"kid": "hs"})), INVALID),
+    "nbf in the future": lambda: (call(mint(nbf=now() + 300)), INVALID),
+    "no exp": lambda: (call(mint(exp=None)), INVALID),
+    "no sub": lambda: (call(mint(sub=None)), INVALID),
+    "sub of another id": lambda: (call(mint(sub="eve")), INVALID),
+    "peer not the socket's": lambda: (call(mint(peer="carl")), INVALID),
+    "room token on a call socket": lambda: (call(mint(room="R")), INVALID),
+    "call token on a room socket": lambda: (room(mint()), INVALID),
+    "another room": lambda: (room(mint(room="S")), INVALID),
+    "peer claim on a room socket": lambda: (room(mint(room="R", peer="bo")), INVALID),
+    "wrong audience": lambda: (call(mint(aud="someone-else")), INVALID),
+    "no audience": lambda: (call(mint(aud=None)), INVALID),
+    "wrong issuer": lambda: (call(mint(iss="https://evil.example")), INVALID),
+    "oversized": lambda: (call(mint(pad="x" * 4200)), INVALID),
+    "garbage": lambda: (call("not-a-token"), INVALID),
+    "three garbage parts": lambda: (call("a.b.c"), INVALID),
+    "binary garbage": lambda: (call("%FF%FE%00.%01.%02"), INVALID),
 }
 ADMITTED = {
-    "HS256": call(mint("hs")),
-    "RS256": call(mint("rsa")),
-    "ES256": call(mint("ec")),
-    "EdDSA": call(mint("ed")),
-    "HS256, room": room(mint("hs", room="R")),
-    "RS256, room": room(mint("rsa", room="R")),
-    "ES256, room": room(mint("ec", room="R")),
-    "EdDSA, room": room(mint("ed", room="R")),
-    "peer claim matching": call(mint(peer="bo")),
-    "receiver with no peer_id": call(mint(), peer=""),
-    "expired within the 30 s leeway": call(mint(exp=NOW - 5)),
+    "HS256": lambda: call(mint("hs")),
+    "RS256": lambda: call(mint("rsa")),
+    "ES256": lambda: call(mint("ec")),
+    "EdDSA": lambda: call(mint("ed")),
+    "HS256, room": lambda: room(mint("hs", room="R")),
+    "RS256, room": lambda: room(mint("rsa", room="R")),
+    "ES256, room": lambda: room(mint("ec", room="R")),
+    "EdDSA, room": lambda: room(mint("ed", room="R")),
+    "peer claim matching": lambda: call(mint(peer="bo")),
+    "receiver with no peer_id": lambda: call(mint(), peer=""),
+    "expired within the 30 s leeway": lambda: call(mint(exp=now() - 5)),
 }
 
 
 @pytest.mark.parametrize("transport", ["lean", "tornado"])
 @pytest.mark.parametrize("case", list(REFUSALS))
 def test_each_refusal_closes_with_4401_and_its_reason(server, transport, case):
-    path, expected = REFUSALS[case]
+    path, expected = REFUSALS[case]()
     assert outcome(server, path, transport) == expected
 
 
 @pytest.mark.parametrize("transport", ["lean", "tornado"])
 @pytest.mark.parametrize("case", list(ADMITTED))
 def test_valid_tokens_of_every_algorithm_are_admitted(server, transport, case):
-    assert outcome(server, ADMITTED[case], transport) == "admitted"
+    assert outcome(server, ADMITTED[case](), transport) == "admitted"
 
 
 def test_an_admitted_pair_talks_and_no_token_reaches_the_log(server):
+    refused = [REFUSALS[case]() for case in REFUSALS]
+    admitted = [ADMITTED[case]() for case in ADMITTED]
+    for path, expected in refused:
+        assert outcome(server, path) == expected
+    for path in admitted:
+        assert outcome(server, path) == "admitted"
     with (
         connect(f"{server.ws}{call(mint('ec', sub='cy'), 'cy', 'di')}") as cy,
         connect(f"{server.ws}{call(mint('ed', sub='di', peer='cy'), 'di', 'cy')}") as di,
@@ -202,11 +217,11 @@ def test_an_admitted_pair_talks_and_no_token_reaches_the_log(server):
         wait_until(lambda: relayed(cy, di), 10, "cy's message to di")
     wait_until(lambda: "token=***" in server.output(), 10, "the access log's masked token")
     output = server.output()
-    for path, _ in REFUSALS.values():
+    for path, _ in refused:
         token = path.partition("&token=")[2]
         if len(token) > 8:
             assert token not in output
-    for path in ADMITTED.values():
+    for path in admitted:
         assert path.partition("&token=")[2] not in output
     assert "Traceback" not in output
 
@@ -218,7 +233,7 @@ def metrics_ids(server: ServerProcess) -> bytes:
 
 def test_refusals_are_counted_by_reason_in_the_metrics(server):
     outcome(server, call(None))
-    outcome(server, call(mint(exp=NOW - 120)))
+    outcome(server, call(mint(exp=now() - 120)))
     text = metrics_ids(server).decode()
     for reason in ("token-required", "token-expired", "token-invalid"):
         assert f'reason="{reason}"' in text
@@ -249,7 +264,7 @@ def test_refusals_and_admissions_hold_on_every_node_of_a_backplane(redis, tmp_pa
     with ServerProcess("--redis", redis.url, env=env) as one, ServerProcess("--redis", redis.url, env=env) as two:
         for transport in ("lean", "tornado"):
             for case in ("no token", "expired", "unknown kid", "sub of another id", "another room", "alg none"):
-                path, expected = REFUSALS[case]
+                path, expected = REFUSALS[case]()
                 assert outcome(two, path, transport) == expected, case
         with (
             connect(f"{one.ws}{call(mint('rsa', sub='gil'), 'gil', 'hal')}") as gil,
@@ -331,7 +346,7 @@ def test_ice_needs_a_join_token_and_turn_credentials_carry_its_sub(turnserver, t
         assert post_ice(server, "") == (401, {"error": "token-required", "message": "join token refused: no join token"})
         status, body = post_ice(server, "ice-token")  # the page's ICE token no longer does
         assert (status, body["error"]) == (401, "token-invalid")
-        assert post_ice(server, mint(exp=NOW - 120))[1]["error"] == "token-expired"
+        assert post_ice(server, mint(exp=now() - 120))[1]["error"] == "token-expired"
         assert post_ice(server, mint(sub="mo", exp=int(time.time()) + 600, room="R"), user="somebody-else")[0] == 200
         token_exp = int(time.time()) + 300
         status, servers = post_ice(server, mint("ed", sub="mo", exp=token_exp), user="not-mo")
@@ -414,8 +429,8 @@ def test_every_curve_and_key_type_gets_its_one_algorithm():
         "ed": "EdDSA",
     }
     tokens = JoinTokens(keys)
-    grant = tokens.check(jwt.encode({"sub": "x", "exp": NOW + 60}, PRIVATE["ec"][0], "ES256", {"kid": "ec"}), "x", "", None)
-    assert grant.sub == "x" and grant.exp == NOW + 60
+    grant = tokens.check(jwt.encode({"sub": "x", "exp": now() + 60}, PRIVATE["ec"][0], "ES256", {"kid": "ec"}), "x", "", None)
+    assert grant.sub == "x" and grant.exp == now() + 60
 
 
 def test_the_warning_is_for_servers_beyond_loopback_with_no_tokens_and_no_policy(caplog):
