@@ -66,11 +66,22 @@ __all__ = [
 ]
 
 
-def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_udp_port(tcp_too: bool = False) -> int:
+    """A UDP port on 127.0.0.1 that was free a moment ago (and, with ``tcp_too``, free for TCP
+    as well: coturn listens on both, and waits forever for a TCP port another test holds)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+            if not tcp_too:
+                return port
+            with socket.socket() as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
+    raise StartError("no port free for both UDP and TCP")
 
 
 #: A cluster node also listens on its port + 10000, for the other nodes (the cluster bus).
@@ -244,7 +255,7 @@ class TurnServer(HelperProcess):
 
     def prepare(self) -> None:
         if not self.fixed_port:
-            self.port = free_udp_port()
+            self.port = free_udp_port(tcp_too=True)
         self.relay_low = free_port()  # the start of 21 relay ports
 
     def command(self) -> list[str]:
