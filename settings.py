@@ -106,6 +106,10 @@ REDIS_PREFIX = "webrtc:"
 #: Seconds after which a node that stopped refreshing its presence (killed, frozen, cut
 #: off) is forgotten: its ids stop counting as online within NODE_TTL + NODE_TTL/3.
 NODE_TTL = 10.0
+#: Seconds within which every message for a socket on another node is delivered or its sender
+#: told PEER-UNAVAILABLE, whatever fails meanwhile (a node frozen, killed or cut off from
+#: Redis): the receipts and beats of routing/liveness.py are timed from it. 0.5 to 60.
+DELIVERY_BOUND = 2.0
 #: Worker processes on this machine, sharing the port (needs REDIS_URL when above 1).
 PROCESSES = 1
 

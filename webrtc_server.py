@@ -36,6 +36,7 @@ from handlers.frontdoor import FrontDoorHTTPServer
 from handlers.leanws import MAX_HEAD
 from handlers.signaling import GOING_AWAY_CODE, SERVER_SHUTDOWN
 from routing import check_ids, check_room
+from routing.liveness import Timing
 from routing.tokens import DEFAULT_TTL, JoinTokens
 from services import logs
 from services.descriptors import raise_open_files, reserve_for
@@ -298,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         config = settings.resolve(**{name: value for name, value in overrides.items() if value is not None})
         tls_context(config.CERTFILE, config.KEYFILE)  # a bad certificate is a command-line error
         JoinTokens.from_config(config)  # so is a bad join token key
+        Timing(float(config.DELIVERY_BOUND))  # and a delivery bound out of range
         if config.PROCESSES > 1 and not config.REDIS_URL:
             raise ValueError("--processes above 1 needs the Redis backplane (--redis URL or WEBRTC_REDIS_URL)")
     except (ValueError, TypeError) as exc:

@@ -208,5 +208,7 @@ def make_router(config: SimpleNamespace) -> Router[SignalingSocket]:
     if config.REDIS_URL:
         from routing.redis import RedisRouter  # redis-py is only needed with a backplane
 
-        return RedisRouter[SignalingSocket](config.REDIS_URL, config.REDIS_PREFIX, config.NODE_TTL, config.MAX_SOCKETS_PER_ID)
+        return RedisRouter[SignalingSocket](
+            config.REDIS_URL, config.REDIS_PREFIX, config.NODE_TTL, config.MAX_SOCKETS_PER_ID, config.DELIVERY_BOUND
+        )
     return MemoryRouter[SignalingSocket]()

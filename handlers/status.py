@@ -44,11 +44,26 @@ class ConnectionsHandler(JsonHandler):
 
 
 class HealthHandler(JsonHandler):
-    """``GET /healthz``: liveness, ``{"status": "ok"}`` while the process serves requests."""
+    """``GET /healthz``: liveness, ``{"status": "ok", "ready": true}`` while the process serves
+    requests (200: a node cut off from Redis still serves its local conversations; restarting
+    it would end them). ``ready`` is false, with ``why``, while the backplane is away or this
+    node hears nothing from it; ``GET /healthz?ready=1`` then answers 503, for a load
+    balancer's readiness check."""
 
     def get(self) -> None:
         self.set_header("Cache-Control", "no-store")
-        self.send_json({"status": "ok"})
+        figures = self.application.router.backplane()
+        why = ""
+        if figures is not None and not figures.connected:
+            why = "not connected to Redis"
+        elif figures is not None and figures.cut_off:
+            why = "hears nothing from Redis (cut off)"
+        body: dict[str, object] = {"status": "ok", "ready": not why}
+        if why:
+            body["why"] = why
+            if self.get_query_argument("ready", ""):
+                self.set_status(503)
+        self.send_json(body)
 
 
 class MetricsHandler(JsonHandler):

@@ -76,6 +76,15 @@ class BackplaneFigures:
     batches: int
     #: Messages a destination node found nobody for (the directory had not caught up).
     stale: int
+    #: This node hears nothing from Redis (routing/liveness.py): not ready.
+    cut_off: bool = False
+    #: Other nodes counted unreachable now; counted so far.
+    nodes_down: int = 0
+    nodes_lost: int = 0
+    #: Messages answered PEER-UNAVAILABLE because their node gave no receipt in time.
+    unreceipted: int = 0
+    #: Seconds the backplane took to converge after the last fault healed.
+    convergence: float = 0.0
 
 
 class Router(Protocol[S]):

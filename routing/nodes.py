@@ -19,6 +19,7 @@ from typing import Any, Generic
 
 from routing import PEER_UNAVAILABLE_NOTICE, S, wire
 from routing.directory import Directory
+from routing.liveness import Liveness, Timing
 from routing.memory import MemoryRouter
 from routing.rooms import LocalRoster, Rooms
 
@@ -141,21 +142,30 @@ class NodeRouting(Generic[S]):
     """One node's routing state: its sockets, the mirror, the batches out, the answers awaited.
 
     ``wake`` is called when a batch gets its first frame (the publisher has work); ``clock``
-    answers the time in seconds (the event loop's), read only for what waits for answers.
+    answers the time in seconds (the event loop's), read only for what waits for answers;
+    ``timing`` the liveness periods (routing/liveness.py), from DELIVERY_BOUND.
     """
 
-    def __init__(self, node: str, wake: Callable[[], None], clock: Callable[[], float]) -> None:
+    def __init__(self, node: str, wake: Callable[[], None], clock: Callable[[], float], timing: Timing | None = None) -> None:
         self.node = node
         self.clock = clock
+        self.timing = timing or Timing()
+        self.liveness = Liveness(node, self.timing, self._lost, self._back)
+        #: The nodes counted down (unreachable until heard again): the relay skips them.
+        self.down = self.liveness.down
+
         self.local: MemoryRouter[S] = MemoryRouter()
         #: The room sockets (routing/rooms.py): their roster is given by the backplane.
         self.rooms: Rooms[Any] = Rooms(node, LocalRoster(), self.batch)
         self.local.rooms = self.rooms
+        self.rooms.down = self.down
         self.mirror = Mirror(node)
         self.directory = self.mirror.directory
         self._wake = wake
         #: Frames for other nodes, by node, until the publisher takes them.
         self.batches: dict[str, wire.Batch] = {}
+        #: When the outbox got its first batch (it must leave within the liveness wait).
+        self.batched_at = 0.0
         self.queued = 0
         self.pending: dict[str, PendingReply] = {}
         self._seq = itertools.count(1)
@@ -166,6 +176,9 @@ class NodeRouting(Generic[S]):
         #: a destination node found nobody for (its directory entry was stale).
         self.backplane_errors = 0
         self.stale = 0
+        #: Messages answered PEER-UNAVAILABLE because their node gave no receipt in time.
+        self.unreceipted = 0
+        self._last_tick = 0.0
 
     # --- a message from one of this node's sockets ---------------------------------------
 
@@ -175,6 +188,11 @@ class NodeRouting(Generic[S]):
         my_id, peer_id = sender.id, sender.peer_id
         local = self.local.fan_out(sender, text)
         peers, mine = self.directory.destinations(my_id, peer_id)
+        down = self.down
+        if down and (peers or mine):
+            # The sockets of a node counted down are unreachable until it is heard again.
+            peers = [node for node in peers if node not in down]
+            mine = [node for node in mine if node not in down]
         if not peers and not mine:
             if not local:
                 self.unavailable(my_id, peer_id)
@@ -209,19 +227,34 @@ class NodeRouting(Generic[S]):
         self.undelivered += 1
         self.local.notify(my_id, peer_id, PEER_UNAVAILABLE_NOTICE)
         for node in self.directory.nodes(my_id, peer_id):
-            self.batch(node).notice(my_id, peer_id)
+            if node not in self.down:
+                self.batch(node).notice(my_id, peer_id)
 
     def batch(self, node: str) -> wire.Batch:
         batch = self.batches.get(node)
         if batch is None:
-            batch = self.batches[node] = wire.Batch()
+            if not self.batches:
+                self.batched_at = self.clock()
+            batch = self.batches[node] = wire.Batch(node)
             self._wake()
         return batch
 
     def take_batches(self) -> dict[str, wire.Batch]:
-        """Everything there is to publish, by destination node (the outbox starts anew)."""
+        """Everything there is to publish, by destination node (the outbox starts anew): the
+        receipts due ride along where a batch goes anyway, and each batch with messages is
+        numbered for its own receipt."""
         batches, self.batches = self.batches, {}
         self.queued = 0
+        liveness = self.liveness
+        due = liveness.receipts_due
+        if due:
+            for node in [node for node in due if node in batches]:
+                batches[node].receipt(due.pop(node))
+        now = 0.0
+        for node, batch in batches.items():
+            if batch.messages:
+                now = now or self.clock()
+                batch.numbered(liveness.number(node, batch.fields, now))
         return batches
 
     # --- a batch from another node --------------------------------------------------------
@@ -279,6 +312,10 @@ class NodeRouting(Generic[S]):
                 self.rooms.unavailable(fields[i + 1], fields[i + 2], fields[i + 3], fields[i + 4])
             elif kind == "P":
                 self.rooms.pair(sender, fields[i + 1], fields[i + 2], int(fields[i + 3]), int(fields[i + 4]))
+            elif kind == "S":
+                self.liveness.handled(sender, fields[i + 1])
+            elif kind == "K":
+                self.liveness.receipt(sender, int(fields[i + 1]))
             i += 1 + wire.FIELDS[kind]
 
     def answered(self, seq: str, delivered: int) -> None:
@@ -295,18 +332,65 @@ class NodeRouting(Generic[S]):
             self.unavailable(pending.my_id, pending.peer_id)
 
     def unreachable(self, batch: wire.Batch) -> None:
-        """A batch that reached no node: answer for it what its node would have."""
-        for reply, my_id, peer_id, seq in batch.waiting():
-            if reply == wire.REPLY_ALWAYS:
-                self.answered(seq, 0)
+        """A batch that reached no node: answer for it what its node would have (unless its
+        node was counted down meanwhile, and it was answered then)."""
+        if batch.number and not self.liveness.settle(batch.node, batch.number):
+            return
+        self.answer_for(batch.fields)
+
+    def answer_for(self, fields: list[str]) -> int:
+        """What the senders of a batch that was not taken (its fields) wait for; answers how
+        many messages that was."""
+        found = wire.waiting(fields)
+        for waited in found:
+            if waited[0] == "R":
+                _, name, from_id, session_id, to = waited
+                self.rooms.unavailable(name, from_id, session_id, to)
+            elif waited[0] == wire.REPLY_ALWAYS:
+                self.answered(waited[3], 0)
             else:
-                self.unavailable(my_id, peer_id)
+                self.unavailable(waited[1], waited[2])
+        return len(found)
 
     def lose(self, batches: Iterable[wire.Batch]) -> None:
         """Batches that could not be published: their messages' cross-node part is lost."""
         for batch in batches:
             self.backplane_errors += batch.messages
             self.unreachable(batch)
+
+    # --- liveness (routing/liveness.py) ---------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Every Timing.tick: receipts due go out, nodes that gave none (or fell silent) go
+        down, an outbox that could not leave in time is answered for."""
+        liveness = self.liveness
+        if now - self._last_tick > self.timing.wait and self._last_tick:
+            liveness.resumed(now)  # this node was not running: its backlog is not read yet
+        self._last_tick = now
+        for node, number in list(liveness.receipts_due.items()):
+            self.batch(node).receipt(number)
+        liveness.receipts_due.clear()
+        liveness.check(now)
+        if self.batches and now - self.batched_at > self.timing.wait:
+            # The publisher is stuck on Redis (a link that swallows packets): answer now.
+            batches, self.batches = self.batches, {}
+            self.queued = 0
+            self.lose(batches.values())
+        self.expire(now)
+
+    def beat(self, node: str, deaf: bool) -> None:
+        self.liveness.beat(node, deaf, self.clock())
+
+    def _lost(self, node: str, outstanding: list[list[str]]) -> None:
+        """``node`` is counted down: what it did not receipt is answered, and its room members
+        leave for the members here (its directory entries and pairs are kept, for its return)."""
+        for fields in outstanding:
+            self.unreceipted += self.answer_for(fields)
+        self.rooms.node_changed(node)
+
+    def _back(self, node: str) -> None:
+        """``node`` is heard again: its sockets are reachable, its room members back."""
+        self.rooms.node_changed(node)
 
     def expire(self, now: float) -> None:
         """A destination that never answered (frozen): count its messages delivered."""
@@ -334,5 +418,7 @@ class NodeRouting(Generic[S]):
             acks.check()
 
     def forget_node(self, node: str) -> None:
+        for fields in self.liveness.forget(node):
+            self.answer_for(fields)
         self.directory.forget_node(node)
         self.rooms.forget_node(node)

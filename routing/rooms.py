@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Container
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -273,6 +273,9 @@ class Rooms(Generic[M]):
         self.held_dropped = 0
         #: Nodes gone (reaped or stopped) whose removed pairs are kept, until they come back.
         self.forgotten: set[str] = set()
+        #: Nodes counted down for now (routing/liveness.py): their pairs are kept, but their
+        #: ids are absent for the members here and nothing is sent there until they are back.
+        self.down: Container[str] = frozenset()
 
     # --- sockets coming and going ---------------------------------------------------------
 
@@ -379,7 +382,9 @@ class Rooms(Generic[M]):
 
     def _changed(self, room: Room[M], id: str) -> None:
         """``id`` may have come or gone: tell the other ids' ready sockets here."""
-        now = id in room.ready or id in room.remote
+        remote = room.remote.get(id)
+        down = self.down
+        now = id in room.ready or (remote is not None and (not down or any(node not in down for node in remote)))
         if now == (id in room.present):
             return
         if now:
@@ -474,6 +479,14 @@ class Rooms(Generic[M]):
             if seq < 0:
                 room.prune(self.forgotten)
 
+    def node_changed(self, node: str) -> None:
+        """``node`` was counted down, or is back: its ids leave, or come back, for the members
+        here (``down`` already says which)."""
+        for room in list(self.rooms.values()):
+            if node in room.nodes:
+                for id in [id for id, nodes in room.remote.items() if node in nodes]:
+                    self._changed(room, id)
+
     def forget_node(self, node: str) -> None:
         """``node`` is gone (it said goodbye, or it was reaped): its members leave. Its removed
         pairs are kept (a snapshot may still list them until the reaper cleans the roster)."""
@@ -546,9 +559,10 @@ class Rooms(Generic[M]):
             for other, group in tuple(room.sockets.items()):
                 self._hand(group, id, frame, member if other == id else None)
             if outbox is not None:
-                for node in room.nodes:
+                nodes = [node for node in room.nodes if node not in self.down] if self.down else room.nodes
+                for node in nodes:
                     outbox(node).room_message(room.name, id, "", member.session_id, False, frame)
-                self.forwarded += len(room.nodes)
+                self.forwarded += len(nodes)
             return
         assert isinstance(to, str)
         if to not in room.present:
@@ -561,8 +575,11 @@ class Rooms(Generic[M]):
         if mine is not None and len(mine) > 1:
             self._hand(mine, id, frame, member)
         if outbox is not None:
-            peers = room.remote.get(to, {})
-            own = room.remote.get(id)
+            peers: Collection[str] = room.remote.get(to, {})
+            own: Collection[str] | None = room.remote.get(id)
+            if self.down:  # the nodes counted down (routing/liveness.py) are skipped until heard again
+                peers = [node for node in peers if node not in self.down]
+                own = [node for node in own or () if node not in self.down]
             ask = not targets and len(peers) == 1  # (several nodes: one of them has it)
             for node in peers:
                 outbox(node).room_message(room.name, id, to, member.session_id, ask, frame)

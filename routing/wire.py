@@ -25,6 +25,15 @@ Frames, each a kind and its fields:
 * ``u`` A B: deliver the PEER-UNAVAILABLE notice to A's sockets talking to B here.
 * ``a`` session: this node has added ``session`` to its directory (a join waits for these).
 
+Receipts (routing/liveness.py), so that a destination node that does not take a batch is
+noticed within DELIVERY_BOUND, whatever the reason (frozen, cut off from Redis, killed with
+its subscription still counted):
+
+* ``S`` number: the end of a batch that carries messages, numbered per destination node.
+* ``K`` number: every batch up to ``number`` from you has been handled here (its messages
+  handed to their sockets, or answered with ``n``/``r``/``Q``). Batches to one node leave in
+  order and its inbox is read in order, so one receipt covers all the batches before it.
+
 Room frames (routing/rooms.py):
 
 * ``R`` room from to session ask length: a room message (the frame as members get it) from
@@ -49,9 +58,12 @@ NO_REPLY, REPLY_IF_NONE, REPLY_ALWAYS = "0", "1", "2"
 class Batch:
     """The frames one node has for another, in the order they were added."""
 
-    __slots__ = ("fields", "texts", "messages", "_run")
+    __slots__ = ("fields", "texts", "messages", "_run", "node", "number")
 
-    def __init__(self) -> None:
+    def __init__(self, node: str = "") -> None:
+        #: The node it is for, and its number once it is handed to the publisher (0: none).
+        self.node = node
+        self.number = 0
         self.fields: list[str] = []
         self.texts: list[str] = []
         self.messages = 0
@@ -69,19 +81,9 @@ class Batch:
         self.texts.append(text)
         self.messages += 1
 
-    def waiting(self) -> list[tuple[str, str, str, str]]:
-        """(reply, A, B, seq) of the messages whose sender waits for an answer: if the batch
-        cannot reach its node, the sender's node answers them itself (rare: found then)."""
-        fields, found, i, end = self.fields, [], 0, len(self.fields)
-        last: tuple[str, str, str, str] | None = None
-        while i < end:
-            kind = fields[i]
-            if kind == "m":
-                last = (fields[i + 4], fields[i + 1], fields[i + 2], fields[i + 5])
-            if kind in "m+" and last is not None and last[0] != NO_REPLY:
-                found.append(last)
-            i += 1 + FIELDS[kind]
-        return found
+    def waiting(self) -> list[tuple[str, ...]]:
+        """What the senders of this batch's messages wait for (``waiting``)."""
+        return waiting(self.fields)
 
     def none_delivered(self, my_id: str, peer_id: str) -> None:
         self.fields += ("n", my_id, peer_id)
@@ -113,8 +115,38 @@ class Batch:
         self.fields += ("P", room, id, str(version), str(seq))
         self._run = None
 
+    def numbered(self, number: int) -> None:
+        """Ask the destination for a receipt (``S``)."""
+        self.number = number
+        self.fields += ("S", str(number))
+        self._run = None
+
+    def receipt(self, number: str) -> None:
+        self.fields += ("K", number)
+        self._run = None
+
     def encode(self, sender: str) -> bytes:
         return f"{sender}\n{SEP.join(self.fields)}\n{''.join(self.texts)}".encode()
+
+
+def waiting(fields: list[str]) -> list[tuple[str, ...]]:
+    """The messages of a batch (its fields) whose sender waits for an answer: if the batch
+    cannot reach its node, or its node never gives a receipt, the sender's node answers them
+    itself. ``(reply, A, B, seq)`` for a call message that asked a reply, ``("R", room, from,
+    session, to)`` for a room message that asked one."""
+    found: list[tuple[str, ...]] = []
+    i, end = 0, len(fields)
+    last: tuple[str, str, str, str] | None = None
+    while i < end:
+        kind = fields[i]
+        if kind == "m":
+            last = (fields[i + 4], fields[i + 1], fields[i + 2], fields[i + 5])
+        if kind in "m+" and last is not None and last[0] != NO_REPLY:
+            found.append(last)
+        elif kind == "R" and fields[i + 5] == "1":
+            found.append(("R", fields[i + 1], fields[i + 2], fields[i + 4], fields[i + 3]))
+        i += 1 + FIELDS[kind]
+    return found
 
 
 def decode(payload: bytes) -> tuple[str, list[str], str]:
@@ -126,7 +158,7 @@ def decode(payload: bytes) -> tuple[str, list[str], str]:
 
 
 #: Fields each frame kind carries after its kind.
-FIELDS = {"m": 6, "+": 1, "n": 2, "r": 2, "u": 2, "a": 1, "R": 6, "Q": 4, "P": 4}
+FIELDS = {"m": 6, "+": 1, "n": 2, "r": 2, "u": 2, "a": 1, "R": 6, "Q": 4, "P": 4, "S": 1, "K": 1}
 
 
 def joined(node: str, my_id: str, session_id: str, peer_id: str) -> str:

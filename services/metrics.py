@@ -130,6 +130,29 @@ class AppCollector:
                 "Messages a destination node found nobody for (the directory had not caught up).",
                 value=figures.stale,
             )
+            yield GaugeMetricFamily(
+                "webrtc_backplane_cut_off",
+                "1 while this node hears nothing from Redis (not its own beat): it is not ready.",
+                value=int(figures.cut_off),
+            )
+            yield GaugeMetricFamily(
+                "webrtc_backplane_nodes_down",
+                "Other nodes counted unreachable now (no receipt, or silent).",
+                value=figures.nodes_down,
+            )
+            yield CounterMetricFamily(
+                "webrtc_backplane_nodes_lost", "Times another node was counted unreachable.", value=figures.nodes_lost
+            )
+            yield CounterMetricFamily(
+                "webrtc_backplane_unreceipted",
+                "Messages answered PEER-UNAVAILABLE because their node gave no receipt within the delivery bound.",
+                value=figures.unreceipted,
+            )
+            yield GaugeMetricFamily(
+                "webrtc_backplane_convergence_seconds",
+                "Seconds the backplane took to converge after the last fault healed.",
+                value=figures.convergence,
+            )
             info = GaugeMetricFamily("webrtc_node_info", "This process' node id on the backplane.", labels=["node"])
             info.add_metric([router.node], 1)
             yield info

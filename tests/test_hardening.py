@@ -195,7 +195,7 @@ class TestHealthAndMetrics(BasicTestCase):
     @testing.gen_test
     async def test_healthz(self):
         response = await self.http_client.fetch(self.get_url("/healthz"))
-        self.assertEqual(response.body, b'{"status": "ok"}')
+        self.assertEqual(response.body, b'{"status": "ok", "ready": true}')
 
     @testing.gen_test
     async def test_metrics_count_what_happened(self):

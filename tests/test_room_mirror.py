@@ -225,3 +225,28 @@ def test_after_the_roster_was_lost_a_pair_not_registered_again_yet_waits_for_a_s
     wait(rooms, a2)
     rooms.admitted(a2, Snapshot(1006, {"A": 1001}, {("A", "here"): 1001}, epoch=1000))
     assert events(a)[3] == ("joined", "D") and sorted(events(a)[4:]) == [("left", "B"), ("left", "D")]
+
+
+def test_the_ids_of_a_node_counted_down_leave_and_come_back_whole_and_nothing_goes_there_meanwhile():
+    rooms, batches = node()
+    down: set[str] = set()
+    rooms.down = down
+    a = Member("A")
+    wait(rooms, a)
+    rooms.admitted(
+        a, Snapshot(4, {"A": 1, "B": 2, "C": 3}, {("A", "here"): 1, ("B", "one"): 2, ("C", "two"): 3, ("C", "one"): 4})
+    )
+    down.add("one")  # routing/liveness.py counted node one down
+    rooms.node_changed("one")
+    assert events(a) == [("left", "B")]  # C is still on node two
+    batches.clear()
+    rooms.relay(a, '{"to": "B"}')
+    assert a.heard[-1] == {"msg_type": "SERVER_NOTICE", "message": "PEER-UNAVAILABLE", "id": "B"}
+    rooms.relay(a, '{"all": 1}')
+    rooms.relay(a, '{"to": "C"}')
+    assert {node: batch.messages for node, batch in batches.items()} == {"two": 2}
+    down.discard("one")  # heard again: its pairs were kept
+    rooms.node_changed("one")
+    assert events(a) == [("left", "B"), ("joined", "B")]
+    rooms.relay(a, '{"to": "B"}')
+    assert batches["one"].messages == 1

@@ -20,12 +20,16 @@ For the others it routes to *nodes*, not to conversations:
   that is gone (SPUBLISH reached no subscriber: the node was killed) counts the same at once.
   Only a socket that closes while the frame is already on its way to it can still lose a
   message counted as delivered, exactly as on a single node.
+* **Receipts and beats** (routing/liveness.py): a node that takes no batch (frozen, cut off,
+  killed before Redis noticed) gives no receipt, and falls silent on the control channel:
+  within DELIVERY_BOUND its senders are told and its sockets count as unreachable until it is
+  heard again. A node that does not hear its own beat is cut off, and says so.
 
 What a node knows and decides is routing/nodes.py, free of Redis (tests/test_nodes.py). The
 I/O around it is this package, one duty per module: ``jobs.py`` (the directory's writes and
 snapshots, in order), ``publisher.py`` (the batches out, and Redis' answers),
 ``subscriber.py`` (the subscriptions, what arrives, reconnecting), ``presence.py`` (this
-node's record, the others', reaping the dead), ``shards.py`` (one redis-server or a Redis
+node's record, the others', reaping the dead), ``pulse.py`` (ticks and beats), ``shards.py`` (one redis-server or a Redis
 Cluster) and ``common.py`` (names, the link's state, time bounds). :class:`RedisRouter`
 joins them behind the ``routing.Router`` interface.
 """
@@ -42,11 +46,13 @@ from typing import Generic
 from redis.exceptions import RedisError
 
 from routing import BackplaneFigures, S, wire
+from routing.liveness import DEFAULT_BOUND, Timing
 from routing.nodes import JoinAcks, NodeRouting
 from routing.redis.common import COMMAND_TIMEOUT, JOIN_WAIT, STOP_WAIT, Keys, Link, log
 from routing.redis.jobs import DirectoryJobs, Register, Unregister
 from routing.redis.presence import Presence
 from routing.redis.publisher import Publisher
+from routing.redis.pulse import Pulse
 from routing.redis.rooms import RedisRoster, RoomJoin, RoomLeave
 from routing.redis.shards import Topology
 from routing.redis.subscriber import Subscriber
@@ -56,14 +62,22 @@ from routing.rooms import JoinAnswer
 class RedisRouter(Generic[S]):
     """A :class:`routing.Router` spanning every node that shares one Redis (or Redis Cluster)."""
 
-    def __init__(self, url: str, prefix: str = "webrtc:", node_ttl: float = 10.0, max_sockets_per_id: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "webrtc:",
+        node_ttl: float = 10.0,
+        max_sockets_per_id: int = 0,
+        delivery_bound: float = DEFAULT_BOUND,
+    ) -> None:
         self.url = url
         self.node = uuid.uuid4().hex[:12]
         self.keys = Keys(prefix, self.node)
         self.max_sockets_per_id = max_sockets_per_id
         self.link = Link()
         self._wake = asyncio.Event()
-        self.routing: NodeRouting[S] = NodeRouting(self.node, self._wake.set, lambda: asyncio.get_running_loop().time())
+        clock = lambda: asyncio.get_running_loop().time()  # noqa: E731
+        self.routing: NodeRouting[S] = NodeRouting(self.node, self._wake.set, clock, Timing(delivery_bound))
         #: The Router's relay: straight to the routing state (the hottest call there is).
         self.relay: Callable[[S, str], None] = self.routing.relay
         self.local = self.routing.local
@@ -84,6 +98,9 @@ class RedisRouter(Generic[S]):
             on_control=self.presence.heard,
             on_connected=self._rejoin,
             on_disconnected=lambda: self.publisher.close_all("reconnecting to Redis"),
+        )
+        self.pulse = Pulse(
+            self.routing, self.topology, self.keys, self.link, self.subscriber, self.publisher, lambda: self.settled
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._shared: dict[str, str] = {}
@@ -107,6 +124,7 @@ class RedisRouter(Generic[S]):
             loop.create_task(self.publisher.run(), name="redis-publisher"),
             loop.create_task(self.jobs.run(), name="redis-directory"),
             loop.create_task(self.presence.run(), name="redis-presence"),
+            loop.create_task(self.pulse.run(), name="redis-pulse"),
         ]
         # Wait (briefly) for the backplane, so the first sockets are visible cluster-wide.
         for _ in range(40):
@@ -140,6 +158,7 @@ class RedisRouter(Generic[S]):
     async def _rejoin(self) -> None:
         """After a (re)connection: Redis may have restarted empty or failed over, so tell it
         about us and every socket of ours again, and say hello."""
+        self.pulse.connected()
         await self.presence.refresh()
         for session in self.local.local_sessions():
             self.jobs.put(Register(session, 0))
@@ -266,7 +285,18 @@ class RedisRouter(Generic[S]):
 
     def backplane(self) -> BackplaneFigures:
         routing = self.routing
-        return BackplaneFigures(self.link.connected, routing.backplane_errors, self.publisher.published, routing.stale)
+        liveness = routing.liveness
+        return BackplaneFigures(
+            self.link.connected,
+            routing.backplane_errors,
+            self.publisher.published,
+            routing.stale,
+            cut_off=liveness.cut_off_since is not None,
+            nodes_down=len(liveness.down),
+            nodes_lost=liveness.nodes_lost,
+            unreceipted=routing.unreceipted,
+            convergence=self.pulse.last_convergence,
+        )
 
     def count(self, id: str) -> int:
         # This process only, as the handler's quick check; the cluster-wide

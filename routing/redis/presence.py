@@ -52,9 +52,14 @@ class Presence:
             except (TimeoutError, RedisError, OSError) as error:
                 self.link.lost(error)
 
-    def heard(self, verb: str, node: str) -> None:
-        """Another node's hello or bye on the control channel."""
-        if verb == "hello":
+    def heard(self, verb: str, node: str, flag: str) -> None:
+        """A beat (this node's own too: routing/liveness.py), or another node's hello or bye,
+        on the control channel."""
+        if verb == "beat":
+            self.routing.beat(node, flag == "1")
+        elif node == self.keys.node:
+            return
+        elif verb == "hello":
             self.others.add(node)
         elif verb == "bye":
             self.others.discard(node)

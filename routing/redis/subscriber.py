@@ -6,7 +6,7 @@ confirmed the node's inbox, its sockets registered again (``on_connected``); a l
 
 What arrives goes to the node's routing state (routing/nodes.py): batches to
 ``NodeRouting.receive``, directory events to ``NodeRouting.event``, snapshots to
-``Mirror.snapshot``; hello and bye to ``on_control``.
+``Mirror.snapshot``; hello, bye and beats (this node's own too) to ``on_control``.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Subscriber:
         keys: Keys,
         link: Link,
         jobs: DirectoryJobs,
-        on_control: Callable[[str, str], None],
+        on_control: Callable[[str, str, str], None],
         on_connected: Callable[[], Awaitable[None]],
         on_disconnected: Callable[[], None],
     ) -> None:
@@ -63,6 +63,9 @@ class Subscriber:
         #: Set once Redis confirmed this node's inbox subscription (per connection): only then
         #: are its sockets registered, so that a node that sees them can reach them.
         self.inbox_ready = asyncio.Event()
+        #: Set (with why) to make the connections again.
+        self._restart = asyncio.Event()
+        self._restart_why = ""
 
     # --- what the node mirrors ------------------------------------------------------------
 
@@ -108,6 +111,8 @@ class Subscriber:
                     await self._subscribe(channel)
                 readers = [asyncio.create_task(self._read(c)) for c in self.connections.values()]
                 readers.append(asyncio.create_task(self._apply_changes()))
+                self._restart.clear()
+                readers.append(asyncio.create_task(self._until_restart()))
                 await asyncio.wait_for(self.inbox_ready.wait(), COMMAND_TIMEOUT)
                 await asyncio.wait_for(self.on_connected(), COMMAND_TIMEOUT)
                 if not self.link.connected:
@@ -131,6 +136,17 @@ class Subscriber:
                 await self.disconnect()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    def restart(self, why: str) -> None:
+        """Drop the connections and make them again (a link that stopped carrying anything
+        without closing: Redis may have dropped us meanwhile, and we would never know)."""
+        self._restart_why = why
+        self._restart.set()
+
+    async def _until_restart(self) -> None:
+        await self._restart.wait()
+        self._restart.clear()
+        raise OSError(self._restart_why)
 
     async def disconnect(self) -> None:
         self.inbox_ready.clear()
@@ -171,9 +187,9 @@ class Subscriber:
                 if channel == inbox:
                     routing.receive(data)
                 elif channel == control:
-                    verb, _, node = data.decode().partition(wire.SEP)
-                    if node != self.keys.node:
-                        self.on_control(verb, node)
+                    verb, _, rest = data.decode().partition(wire.SEP)
+                    node, _, flag = rest.partition(wire.SEP)
+                    self.on_control(verb, node, flag)
                 else:
                     routing.event(data)
             elif kind == b"ssubscribe":

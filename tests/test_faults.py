@@ -1,0 +1,50 @@
+"""The fault checker (bench/faults.py) over real processes: two nodes on one real redis-server,
+conversations exchanging numbered messages while a node is killed, frozen for 5 s, frozen long
+enough to be reaped, or Redis restarts. Whatever happens, every message is delivered within the
+bound or its sender is told within it: none late without a notice, none lost, none twice, none
+out of order. This is the short form CI runs; ``python -m bench.faults`` is the long one."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import require
+
+from bench.faults import FAULTS, Link, Verdict, classify, run_fault
+
+from processes import MissingProgram
+
+BOUND = 2.0
+
+
+def checked(key: str, tmp_path) -> Verdict:
+    try:
+        verdict = run_fault(key, BOUND, short=True, folder=str(tmp_path))
+    except MissingProgram as missing:
+        require(None, missing.what, missing.install)
+    logs = "\n".join(f"--- {path.name}\n{path.read_text()[-3000:]}" for path in sorted(tmp_path.glob("*.log")))
+    assert verdict.holds, f"{verdict}\n{logs}"
+    return verdict
+
+
+@pytest.mark.parametrize("key", list(FAULTS))
+def test_every_message_is_delivered_in_time_or_its_sender_told_through_the_fault(key, tmp_path):
+    verdict = checked(key, tmp_path)
+    # The fault was felt (messages not delivered in time were answered), and told within the bound.
+    assert verdict.counts["notified"] > 0, verdict
+    assert verdict.detect is not None and verdict.detect <= BOUND, verdict
+    # Healed, every conversation delivers in time again within a few seconds (the checker
+    # goes on for 6 s after the heal: a cluster that never recovered would show 6).
+    assert verdict.converge is not None and verdict.converge < 4.0, verdict
+
+
+def test_the_classification_of_each_kind_of_outcome():
+    link = Link("a>b", "", "")
+    link.sent = {1: 0.0, 2: 1.0, 3: 2.0, 4: 3.0, 5: 4.0, 6: 5.0, 7: 6.0}
+    link.arrivals = [(1, 0.1), (2, 1.1), (2, 1.2), (4, 3.1), (3, 3.2), (6, 9.0)]
+    # 5 is told in time; 6 is told too late (it arrives late too); 7 is never told nor delivered.
+    link.notices = [4.5, 8.5]
+    verdict = classify([link], 2.0, fault_at=3.5, healed_at=6.0, fault="made up")
+    assert verdict.counts == {"in_time": 4, "notified": 1, "late": 1, "lost": 1, "duplicated": 1, "out_of_order": 1}
+    assert not verdict.holds
+    assert verdict.detect == pytest.approx(1.0)  # the notice of 5, 1 s after the fault
+    assert verdict.converge == pytest.approx(0.0)  # 7, sent at the heal, was the last one missed
