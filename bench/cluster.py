@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -44,21 +45,26 @@ class RedisCounters:
         """PUBLISH and SPUBLISH commands executed so far (the backplane uses sharded pub/sub)."""
         return published(self.client.info("commandstats"))
 
-    def settle(self, quiet: float = 0.3, timeout: float = 60) -> float:
+    def settle(self, quiet: float = 0.3, timeout: float = 60, beats: int = 8) -> float:
         """Wait until the nodes have handed Redis everything they had queued: PUBLISH calls stop
-        growing for ``quiet`` seconds. A node delivers to its own sockets at once and publishes
-        after, so with every pair on one node its publishing lags behind the deliveries.
-        Answers when (time.monotonic()) the count was last seen growing."""
+        growing for ``quiet`` seconds, but for the nodes' beats (routing/liveness.py: one per
+        node every DELIVERY_BOUND/8 s, at most ``beats`` in the window, one at a time). A node
+        delivers to its own sockets at once and publishes after, so with every pair on one node
+        its publishing lags behind the deliveries. Answers when (time.monotonic()) the count was
+        last seen growing by more than a beat."""
         deadline = time.monotonic() + timeout
-        last, since = self.publish_calls(), time.monotonic()
-        changed = 0.0
+        start = time.monotonic()
+        samples: deque[tuple[float, int]] = deque([(start, self.publish_calls())])
+        changed = start
         while time.monotonic() < deadline:
             time.sleep(0.02)
-            calls = self.publish_calls()
-            if calls != last:
-                last, since = calls, time.monotonic()
-                changed = since
-            elif time.monotonic() - since >= quiet:
+            now, calls = time.monotonic(), self.publish_calls()
+            if calls - samples[-1][1] > 1:
+                changed = now
+            samples.append((now, calls))
+            while samples[0][0] < now - quiet:
+                samples.popleft()
+            if now - changed >= quiet and now - start >= quiet and calls - samples[0][1] <= beats:
                 return changed
         raise BenchError(f"the nodes kept publishing to Redis for {timeout:g} s after the load generator finished")
 

@@ -1,6 +1,7 @@
 """The fault checker (bench/faults.py) over real processes: two nodes on one real redis-server,
 conversations exchanging numbered messages while a node is killed, frozen for 5 s, frozen long
-enough to be reaped, or Redis restarts. Whatever happens, every message is delivered within the
+enough to be reaped, cut off from Redis (both ways, one way, or on a slow and lossy link: in
+network namespaces), or Redis restarts. Whatever happens, every message is delivered within the
 bound or its sender is told within it: none late without a notice, none lost, none twice, none
 out of order. This is the short form CI runs; ``python -m bench.faults`` is the long one."""
 
@@ -9,7 +10,8 @@ from __future__ import annotations
 import pytest
 from conftest import require
 
-from bench.faults import FAULTS, Link, Verdict, classify, run_fault
+from bench.faults import DELAY, FAULTS, NETWORK_FAULTS, Link, Verdict, classify, run_fault
+from bench.netns import missing_tools
 
 from processes import MissingProgram
 
@@ -17,6 +19,9 @@ BOUND = 2.0
 
 
 def checked(key: str, tmp_path) -> Verdict:
+    if key in NETWORK_FAULTS:
+        missing = missing_tools()
+        require(missing is None, f"network namespaces ({missing})", "run as root with iproute2 and nftables")
     try:
         verdict = run_fault(key, BOUND, short=True, folder=str(tmp_path))
     except MissingProgram as missing:
@@ -29,12 +34,19 @@ def checked(key: str, tmp_path) -> Verdict:
 @pytest.mark.parametrize("key", list(FAULTS))
 def test_every_message_is_delivered_in_time_or_its_sender_told_through_the_fault(key, tmp_path):
     verdict = checked(key, tmp_path)
-    # The fault was felt (messages not delivered in time were answered), and told within the bound.
-    assert verdict.counts["notified"] > 0, verdict
-    assert verdict.detect is not None and verdict.detect <= BOUND, verdict
+    if key == "lossy":
+        # A slow, lossy link within the bound: every crossing 200 ms slower, everything in time (or told).
+        assert verdict.during_p50_ms is not None and verdict.during_p50_ms >= DELAY * 1000 * 0.9, verdict
+    else:
+        # The fault was felt (messages not delivered in time were answered), and told within the bound.
+        assert verdict.counts["notified"] > 0, verdict
+        assert verdict.detect is not None and verdict.detect <= BOUND, verdict
     # Healed, every conversation delivers in time again within a few seconds (the checker
-    # goes on for 6 s after the heal: a cluster that never recovered would show 6).
-    assert verdict.converge is not None and verdict.converge < 4.0, verdict
+    # goes on for 6 s after the heal, 10 s for a cluster: one that never recovered shows that);
+    # a Redis Cluster fails over by itself first (about 2 s with a node timeout of 1 s).
+    assert verdict.converge is not None and verdict.converge < (8.0 if key == "cluster" else 4.0), verdict
+    # And /connections agrees with the sockets open, on every node (checked(): holds).
+    assert verdict.consistent is not None, verdict
 
 
 def test_the_classification_of_each_kind_of_outcome():

@@ -100,13 +100,9 @@ class Pulse:
             else:
                 log.warning("hears Redis again: no longer cut off")
                 self.healing_since = self.healing_since or now
-        if (
-            since is not None
-            and self.link.connected
-            and now - since > self.reconnect_after
-            and now - self._connected_at > self.reconnect_after
-        ):
-            # Connected, as far as the connections know, and hearing nothing: make them again.
+        if since is not None and now - since > self.reconnect_after and now - self._connected_at > self.reconnect_after:
+            # Hearing nothing for long, whatever the connections think: make them again (a
+            # connection Redis dropped meanwhile would only tell when TCP gives up, minutes on).
             self._connected_at = now
             self.subscriber.restart(f"heard nothing from Redis for {now - since:.0f} s")
         down = set(liveness.down)

@@ -23,6 +23,8 @@ from routing.redis.common import COMMAND_TIMEOUT, Keys, Link, disconnect, log
 from routing.redis.jobs import DirectoryJobs, Snapshot
 from routing.redis.shards import Address, BackplaneError, Topology
 
+#: Longest wait between two attempts to connect (the first waits 0.1 s, each next twice that).
+RECONNECT_DELAY = 1.0
 #: Seconds before a snapshot Redis did not answer is asked for again.
 SNAPSHOT_RETRY = 0.5
 
@@ -135,7 +137,7 @@ class Subscriber:
                 self.on_disconnected()
                 await self.disconnect()
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RECONNECT_DELAY)
 
     def restart(self, why: str) -> None:
         """Drop the connections and make them again (a link that stopped carrying anything
