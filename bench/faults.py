@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -67,9 +68,13 @@ class Link:
     name: str
     sender_url: str
     receiver_url: str
+    #: For a room's members (``/wsroom``): the receiver's id, which the sender's frames name.
+    to: str = ""
     sent: dict[int, float] = field(default_factory=dict)
     arrivals: list[tuple[int, float]] = field(default_factory=list)
     notices: list[float] = field(default_factory=list)
+    #: When the sender heard the receiver ``left`` the room.
+    lefts: list[float] = field(default_factory=list)
     receiver_open: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -90,6 +95,12 @@ class Verdict:
     #: Seconds from the heal until /connections agreed on every node (None: not within
     #: CONSISTENT_WITHIN after the run; no ghost socket, none missing).
     consistent: float | None = None
+    #: The longest a room member waited, from the fault, to hear its peer ``left`` (None: no
+    #: peer left), and in how many rooms one did.
+    left: float | None = None
+    rooms_left: int = 0
+    #: For a node cut off: seconds from the fault until it said so (/healthz, /metrics).
+    said_cut_off: float | None = None
 
     @property
     def holds(self) -> bool:
@@ -106,8 +117,8 @@ class Verdict:
         counts = " | ".join(str(self.counts[name]) for name in CLASSES)
         during = "-" if self.during_p50_ms is None else f"{self.during_p50_ms:g} / {self.during_p99_ms:g} ms"
         return (
-            f"| {self.fault} | {self.messages} | {counts} | {during} | {seconds(self.detect)} | {seconds(self.converge)} "
-            f"| {seconds(self.consistent)} |"
+            f"| {self.fault} | {self.messages} | {counts} | {during} | {seconds(self.detect)} | {seconds(self.left)} "
+            f"| {seconds(self.converge)} | {seconds(self.consistent)} |"
         )
 
 
@@ -152,12 +163,16 @@ def classify(links: list[Link], bound: float, fault_at: float, healed_at: float,
             else:
                 counts["lost"] += 1
     detect = None if first_told is None else max(0.0, first_told - fault_at)
+    lefts = [min(t for t in link.lefts if t >= fault_at) - fault_at for link in links if any(t >= fault_at for t in link.lefts)]
     converge = max(0.0, converged_at - healed_at)
     messages = sum(len(link.sent) for link in links)
     during.sort()
     p50 = round(during[len(during) // 2] * 1000, 1) if during else None
     p99 = round(during[min(len(during) - 1, int(len(during) * 0.99))] * 1000, 1) if during else None
-    return Verdict(fault, counts, notified_late, detect, converge, messages, p50, p99)
+    verdict = Verdict(fault, counts, notified_late, detect, converge, messages, p50, p99)
+    verdict.left = max(lefts) if lefts else None
+    verdict.rooms_left = len(lefts)
+    return verdict
 
 
 async def _open(url: str) -> ClientConnection:
@@ -171,8 +186,12 @@ async def _receive(link: Link, clock: Callable[[], float], stop: asyncio.Event) 
             async with await _open(link.receiver_url) as ws:
                 link.receiver_open.set()
                 async for text in ws:
-                    if isinstance(text, str) and text.startswith('{"n"'):
+                    if not isinstance(text, str):
+                        continue
+                    if text.startswith('{"n"'):
                         link.arrivals.append((json.loads(text)["n"], clock()))
+                    elif link.to and '"event": "message"' in text:
+                        link.arrivals.append((json.loads(text)["data"]["n"], clock()))
         except (OSError, WebSocketException, TimeoutError):
             pass
         link.receiver_open.clear()
@@ -190,6 +209,8 @@ async def _send(link: Link, clock: Callable[[], float], interval: float, start: 
                     async for text in ws:
                         if isinstance(text, str) and PEER_UNAVAILABLE in text:
                             link.notices.append(clock())
+                        elif isinstance(text, str) and '"event": "left"' in text:
+                            link.lefts.append(clock())
 
                 listener = asyncio.ensure_future(notices())
                 try:
@@ -197,7 +218,8 @@ async def _send(link: Link, clock: Callable[[], float], interval: float, start: 
                         if start.is_set():
                             number += 1
                             link.sent[number] = clock()
-                            await ws.send(json.dumps({"n": number, "link": link.name}))
+                            frame = {"to": link.to, "n": number} if link.to else {"n": number, "link": link.name}
+                            await ws.send(json.dumps(frame))
                         await asyncio.sleep(interval)
                 finally:
                     listener.cancel()
@@ -216,6 +238,9 @@ class Fault:
     inject: Callable[[], Awaitable[None]]
     heal: Callable[[], Awaitable[None]]
     lasting: float
+    #: The node the fault cuts off (its http:// base): the checker times how long it takes to
+    #: say so (``GET /healthz?ready=1`` answering 503, ``webrtc_backplane_cut_off`` 1).
+    cut_off: str = ""
 
 
 async def exercise(
@@ -232,9 +257,11 @@ async def exercise(
         await asyncio.sleep(0.5)  # every receiver registered cluster-wide
         tasks += [loop.create_task(_send(link, clock, interval, start, stop)) for link in links]
         start.set()
+        watching: asyncio.Task[float | None] | None = None
         await asyncio.sleep(before)
         fault_at = clock()
         await fault.inject()
+        watching = loop.create_task(_says_cut_off(fault.cut_off, clock, fault_at + fault.lasting)) if fault.cut_off else None
         await asyncio.sleep(fault.lasting)
         await fault.heal()
         healed_at = clock()
@@ -252,7 +279,34 @@ async def exercise(
         await asyncio.gather(*tasks, return_exceptions=True)
     verdict = classify(links, bound, fault_at, healed_at, fault.name)
     verdict.consistent = consistent
+    if watching is not None:
+        said = watching.result() if watching.done() and not watching.cancelled() else None
+        verdict.said_cut_off = None if said is None else said - fault_at
     return verdict
+
+
+async def _says_cut_off(base: str, clock: Callable[[], float], until: float) -> float | None:
+    """When ``base`` first says, while the fault lasts, that it is cut off: /healthz?ready=1
+    answers 503 and /metrics has webrtc_backplane_cut_off 1 (None: it never did)."""
+
+    def ask() -> bool:
+        try:
+            urllib.request.urlopen(f"{base}/healthz?ready=1", timeout=1).close()
+            return False
+        except urllib.error.HTTPError as error:
+            if error.code != 503:
+                return False
+        with urllib.request.urlopen(f"{base}/metrics", timeout=1) as response:
+            return "webrtc_backplane_cut_off 1.0" in response.read().decode()
+
+    while clock() < until:
+        try:
+            if await asyncio.to_thread(ask):
+                return clock()
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    return None
 
 
 #: Longest the checker waits, after its ``after`` period, for /connections to agree.
@@ -284,8 +338,10 @@ async def _consistent(links: list[Link], clock: Callable[[], float], healed_at: 
     for link in links:
         for url in (link.sender_url, link.receiver_url):
             parts = urllib.parse.urlsplit(url)
-            expected[urllib.parse.parse_qs(parts.query)["id"][0]] = 1
             bases.add(f"http://{parts.netloc}")
+            if link.to:
+                continue  # /connections lists the call sockets (room members are in their rooms)
+            expected[urllib.parse.parse_qs(parts.query)["id"][0]] = 1
     deadline = clock() + within
     while True:
         try:
@@ -312,15 +368,19 @@ def node_env(bound: float, node_ttl: float) -> dict[str, str]:
 
 
 def links_between(one: ServerProcess, two: ServerProcess, pairs: int, both_ways: bool) -> list[Link]:
-    """``pairs`` conversations of a socket on ``one`` with a socket on ``two``; messages from
-    ``one`` to ``two`` (and back, with ``both_ways``)."""
+    """``pairs`` conversations of a socket on ``one`` with a socket on ``two``, and as many rooms
+    with a member on each; messages from ``one`` to ``two`` (and back, with ``both_ways``)."""
     links = []
     for k in range(pairs):
         a, b = f"a{k}", f"b{k}"
         links.append(Link(f"{a}>{b}", f"{one.ws}/wscall?id={a}&peer_id={b}", f"{two.ws}/wscall?id={b}&peer_id={a}"))
+        ra, rb = f"ra{k}", f"rb{k}"
+        links.append(Link(f"{ra}>{rb}", f"{one.ws}/wsroom?id={ra}&room=R{k}", f"{two.ws}/wsroom?id={rb}&room=R{k}", to=rb))
         if both_ways:
             c, d = f"c{k}", f"d{k}"
             links.append(Link(f"{c}>{d}", f"{two.ws}/wscall?id={c}&peer_id={d}", f"{one.ws}/wscall?id={d}&peer_id={c}"))
+            rc, rd = f"rc{k}", f"rd{k}"
+            links.append(Link(f"{rc}>{rd}", f"{two.ws}/wsroom?id={rc}&room=S{k}", f"{one.ws}/wsroom?id={rd}&room=S{k}", to=rd))
     return links
 
 
@@ -572,15 +632,16 @@ def inside_lab(key: str, tag: str, bound: float, short: bool, pairs: int, folder
                     proxy.delay = 0.0
 
                 links = links_between(one, two, pairs, both_ways=key == "lossy")
-                return asyncio.run(exercise(links, Fault(what, inject, heal, lasting), bound, after=6.0 if short else 10.0))
+                fault = Fault(what, inject, heal, lasting, cut_off="" if key == "lossy" else two.http)
+                return asyncio.run(exercise(links, fault, bound, after=6.0 if short else 10.0))
         finally:
             proxy.stop()
 
 
 HEADER = (
     "| fault | messages | in time | notified | late, no notice | lost | duplicated | out of order "
-    "| in time during the fault: p50 / p99 | detected | delivering again | /connections agree |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| in time during the fault: p50 / p99 | detected | room peers left | delivering again | /connections agree |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 

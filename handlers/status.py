@@ -61,9 +61,7 @@ class HealthHandler(JsonHandler):
         body: dict[str, object] = {"status": "ok", "ready": not why}
         if why:
             body["why"] = why
-            if self.get_query_argument("ready", ""):
-                self.set_status(503)
-        self.send_json(body)
+        self.send_json(body, 503 if why and self.get_query_argument("ready", "") else 200)
 
 
 class MetricsHandler(JsonHandler):

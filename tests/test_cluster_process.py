@@ -281,3 +281,38 @@ def test_one_metrics_scrape_reports_every_worker_and_log_lines_say_which_worker(
             assert len(metric_lines(server, "process_resident_memory_bytes")) == 3
         for number in range(3):
             assert re.search(rf"^\S+ \S+ INFO worker {number} webrtc_app: webrtc_app listening on", server.output(), re.M)
+
+
+def test_a_node_that_hears_nothing_from_redis_says_so_and_serves_its_own_sockets(redis):
+    with node(redis) as one, ExitStack() as stack:
+        carol = join(stack, one, "carol", "dave")
+        dave = join(stack, one, "dave", "carol")
+        with urllib.request.urlopen(f"{one.http}/healthz?ready=1", timeout=5) as response:
+            assert json.load(response) == {"status": "ok", "ready": True}
+        os.kill(redis.pid, signal.SIGSTOP)  # nothing closes: Redis just stops answering
+        try:
+            start = time.monotonic()
+            one.wait_for_line(r"heard nothing from Redis for 1\.\d s: this node is cut off", 5)
+            assert time.monotonic() - start < 2.5  # within DELIVERY_BOUND, give or take a loaded machine
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"{one.http}/healthz?ready=1", timeout=5)
+            assert refused.value.code == 503
+            assert json.load(refused.value) == {"status": "ok", "ready": False, "why": "hears nothing from Redis (cut off)"}
+            with urllib.request.urlopen(f"{one.http}/healthz", timeout=5) as response:  # alive: not to be restarted
+                assert json.load(response)["ready"] is False
+            with urllib.request.urlopen(f"{one.http}/metrics", timeout=5) as response:
+                assert "webrtc_backplane_cut_off 1.0" in response.read().decode()
+            carol.send("local as ever")
+            assert receive(dave) == "local as ever"
+        finally:
+            os.kill(redis.pid, signal.SIGCONT)
+        one.wait_for_line("hears Redis again: no longer cut off", 10)
+        wait_until(lambda: ready(one), 10, "the node to be ready again")
+
+
+def ready(server: ServerProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"{server.http}/healthz?ready=1", timeout=5) as response:
+            return json.load(response)["ready"]
+    except urllib.error.HTTPError:
+        return False

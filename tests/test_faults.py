@@ -47,6 +47,12 @@ def test_every_message_is_delivered_in_time_or_its_sender_told_through_the_fault
     assert verdict.converge is not None and verdict.converge < (8.0 if key == "cluster" else 4.0), verdict
     # And /connections agrees with the sockets open, on every node (checked(): holds).
     assert verdict.consistent is not None, verdict
+    if key in ("kill", "stop5", "stop20", "cut", "cut-in", "cut-out"):
+        # Its room members leave for the others within the bound too (one room per pair).
+        assert verdict.rooms_left == 3 and verdict.left is not None and verdict.left <= BOUND, verdict
+    if key in ("cut", "cut-in", "cut-out"):
+        # The node cut off says so within the bound: /healthz?ready=1 503, the metric 1.
+        assert verdict.said_cut_off is not None and verdict.said_cut_off <= BOUND, verdict
 
 
 def test_the_classification_of_each_kind_of_outcome():
