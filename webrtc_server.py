@@ -342,11 +342,16 @@ def stop_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+#: A worker that ran this long before it exited is restarted at once, not after a crash loop's backoff.
+STABLE_WORKER_SECONDS = 30.0
+
+
 def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str) -> int:
     """Fork PROCESSES workers sharing ``sockets``; pass SIGTERM/SIGINT on; restart a worker
     that dies on its own; exit 0 once all have stopped after a signal."""
     log.info("starting %d worker processes on %s", config.PROCESSES, listening_line(sockets, host, bool(config.CERTFILE)))
     workers: dict[int, int] = {}  # pid -> worker number
+    started: dict[int, float] = {}  # pid -> when it was forked
     stopping = False
     parent = os.getpid()
     # The workers' private sockets, through which one /metrics scrape reaches them all.
@@ -373,6 +378,7 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
                 code = 1
             os._exit(code)
         workers[pid] = number
+        started[pid] = time.monotonic()
 
     def forward(signum: int, _frame: Any) -> None:
         nonlocal stopping
@@ -402,11 +408,14 @@ def run_workers(config: SimpleNamespace, sockets: list[socket.socket], host: str
         except ChildProcessError:
             break
         number = workers.pop(pid, -1)
+        ran = time.monotonic() - started.pop(pid, 0.0)
         if number < 0 or stopping:
             continue
-        failures += 1
+        # A worker that crashes at once again and again waits longer each time (up to 5 s); one
+        # that had been serving a while (or was restarted on purpose: a rolling restart) not.
+        failures = failures + 1 if ran < STABLE_WORKER_SECONDS else 1
         log.warning("worker %d (pid %d) exited with status %d: restarting it", number, pid, os.waitstatus_to_exitcode(status))
-        time.sleep(min(failures, 5))
+        time.sleep(min(failures - 1, 5))
         spawn(number)
     shutil.rmtree(folder, ignore_errors=True)
     log.info("all workers stopped")

@@ -23,6 +23,7 @@ from typing import Any
 from bench import BENCH_DIR, BenchError, log
 from bench.config import CLUSTER_VARIANTS, DEFAULT_WORKLOADS, PEERJS, SCALING, SERVERS, WORKLOADS, build_config
 from bench.environment import install_node_packages, machine_facts, raise_open_files, revisions, tree_state
+from bench.hundred import run_hundred
 from bench.processes import MissingProgram, RedisServer, find_program
 from bench.suite import run_cluster_suite, run_suite
 
@@ -69,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     add("--out", default=os.path.join(BENCH_DIR, "out"), help="folder for logs, JSON results and profiles")
     add("--cluster", action="store_true", help="only the relay across two nodes joined by Redis, and --scaling")
+    add("--hundred", action="store_true", help="only 100,000 sockets on --processes workers, then a rolling restart")
+    add("--hundred-sockets", type=int, help="--hundred: sockets (default 100000)")
+    add("--hundred-workers", type=int, help="--hundred: worker processes (default 8)")
+    add("--hundred-hold", type=float, help="--hundred: seconds they are held with heartbeats (default 60)")
+    add("--hundred-no-restart", action="store_true", help="--hundred: hold them, and no rolling restart")
     add("--redis-server", help="the redis-server binary (default: on PATH, or /usr/bin/redis-server)")
     add("--cluster-layout", choices=("apart", "together"), default="apart", help="--cluster: one node per CPU, or both on CPU 0")
     add("--cluster-variants", default=",".join(CLUSTER_VARIANTS), help="--cluster: a subset of single,single_redis,cluster")
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace, command: str) -> int:
         cfg.npm_dir = tempfile.mkdtemp(prefix="webrtc-bench-npm-")
         temporary.append(cfg.npm_dir)
     try:
-        if cfg.cluster:  # before anything is installed
+        if cfg.cluster or args.hundred:  # before anything is installed
             try:
                 cfg.redis_server = find_program("redis-server", RedisServer.install, cfg.redis_server or None)
             except MissingProgram:
@@ -117,9 +123,11 @@ def run(args: argparse.Namespace, command: str) -> int:
         cfg.subjects = revisions(args.rev or [], temporary) if "webrtc_app" in cfg.servers or cfg.cluster else []
         cfg.subjects += [PEERJS] if "peerjs" in cfg.servers and not cfg.cluster else []
         tree_before = None if args.rev else tree_state()
-        install_node_packages(cfg, npm, None if cfg.cluster else args.peer_spec, "ws@^8")
+        install_node_packages(cfg, npm, None if cfg.cluster or args.hundred else args.peer_spec, "ws@^8")
         facts = machine_facts(cfg)
         facts["open-file limit"] = str(nofile)
+        if args.hundred:
+            return run_hundred(cfg, args, facts)
         suite = run_cluster_suite if cfg.cluster else run_suite
         return suite(cfg, args, facts, tree_before)
     finally:

@@ -137,10 +137,12 @@ def start_webrtc(
 
 
 def _connected(server: Webrtc) -> bool:
+    """Every node of ``server`` is connected to Redis (each worker's, under --processes)."""
     try:
-        return server.metrics().get("webrtc_backplane_connected") == 1
+        flags = [value for name, value in server.metrics().items() if name.split("{")[0] == "webrtc_backplane_connected"]
     except OSError:
         return False
+    return bool(flags) and all(flag == 1 for flag in flags)
 
 
 def start_server(cfg: Config, subject: Subject, name: str, limit: int | None = None) -> Server:

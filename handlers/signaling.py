@@ -71,6 +71,10 @@ class SocketContext:
     relay: Callable[[Any, str], object] = field(init=False)
     count: Callable[[str], int] = field(init=False)
     leave: Callable[[Any], None] = field(init=False)
+    #: Whether a socket the server closes for its shutdown still relays what its client sent
+    #: before it saw the close (a call's messages need nothing but their ids; a room socket's
+    #: room may be gone once it left).
+    drains: bool = True
 
     def __post_init__(self) -> None:
         router = self.router
@@ -81,6 +85,7 @@ class SocketContext:
         rooms = self.router.rooms
         context = copy.copy(self)
         context.relay, context.count, context.leave = rooms.relay, rooms.count, rooms.leave
+        context.drains = False
         return context
 
     @property
@@ -111,7 +116,18 @@ class SignalingSocket:
         __slots__ = ()
 
     #: The attributes it keeps (its transports make them slots: no per-socket dict).
-    SOCKET_ATTRIBUTES = ("context", "request", "id", "peer_id", "session_id", "heard", "ready", "_joined", "_limiter")
+    SOCKET_ATTRIBUTES = (
+        "context",
+        "request",
+        "id",
+        "peer_id",
+        "session_id",
+        "heard",
+        "ready",
+        "_joined",
+        "_draining",
+        "_limiter",
+    )
 
     context: SocketContext
     #: The handshake, for the rules and the ``has_socket_pass`` hooks; None once admitted (an
@@ -127,6 +143,8 @@ class SignalingSocket:
     #: True once every node can reach the socket (tests wait for it).
     ready: bool
     _joined: bool
+    #: Closed by the server's shutdown: what the client sent before it saw the close still goes on.
+    _draining: bool
     _limiter: RateLimiter | None
 
     def _init_socket(self, context: SocketContext, request: Request) -> None:
@@ -134,7 +152,7 @@ class SignalingSocket:
         self.request = request
         self.id = self.peer_id = self.session_id = ""
         self.heard = 0
-        self.ready = self._joined = False
+        self.ready = self._joined = self._draining = False
         self._limiter = None
 
     # --- what a transport provides --------------------------------------------------------
@@ -265,6 +283,11 @@ class SignalingSocket:
     def received(self, message: str | bytes) -> None:
         """A message from the client: relayed as is, within the rate limit."""
         if not self._joined:
+            if self._draining and isinstance(message, str):
+                # The server is shutting down and closed it: the client sent this before it saw
+                # the close, so it still goes to the peer (a notice could not reach it now).
+                self.context.stats.relayed_bytes += len(message.encode("utf-8"))
+                self.context.relay(self, message)
             return
         context = self.context
         self.heard = context.heartbeat.tick
@@ -316,15 +339,22 @@ class SignalingSocket:
     def end(self, code: int, reason: str) -> None:
         """Close from the server's side, leaving the registry at once."""
         self.context.stats.closed[reason.lower()] += 1
-        self._leave()
+        self._draining = reason == SERVER_SHUTDOWN and self.context.drains
+        self._leave(linger=self._draining)
         self.close(code, reason)
 
     def closed(self) -> None:
         """The connection is over (the transport calls this once)."""
         self._leave()
+        if self._draining:
+            self._draining = False
+            self.context.router.release(self)
 
-    def _leave(self) -> None:
+    def _leave(self, linger: bool = False) -> None:
         if self._joined:
             self._joined = False
-            self.context.leave(self)
+            if linger:
+                self.context.router.leave(self, linger=True)
+            else:
+                self.context.leave(self)
             log.debug("closed %r (session %s)", self.id, self.session_id)

@@ -108,8 +108,14 @@ class Router(Protocol[S]):
         is reachable from every node (the handler awaits it before reading messages): True,
         or False if a cluster-wide limit refused it (the handler then closes it with 4429)."""
 
-    def leave(self, session: S) -> None:
-        """Forget a closed socket (idempotent)."""
+    def leave(self, session: S, linger: bool = False) -> None:
+        """Forget a closed socket (idempotent). With ``linger``, what the router keeps to relay
+        the socket's own messages (its mirror of the other nodes) stays until :meth:`release`:
+        a socket the server closes for its shutdown still relays what its client sent before it
+        saw the close."""
+
+    def release(self, session: S) -> None:
+        """Drop what ``leave(session, linger=True)`` kept (idempotent)."""
 
     def relay(self, sender: S, text: str) -> object:
         """Deliver ``text`` from ``sender`` by the rules above, in the order relay is called

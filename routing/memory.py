@@ -38,7 +38,7 @@ class MemoryRouter(Generic[S]):
             group[session] = None
             self._sockets += 1
 
-    def leave(self, session: S) -> None:
+    def leave(self, session: S, linger: bool = False) -> None:
         conversations = self._ids.get(session.id)
         if conversations is None:
             return
@@ -51,6 +51,9 @@ class MemoryRouter(Generic[S]):
             del conversations[session.peer_id]
             if not conversations:
                 del self._ids[session.id]
+
+    def release(self, session: S) -> None:
+        """Nothing lingers in one process: its own sockets are all there is."""
 
     def relay(self, sender: S, text: str) -> int:
         """Deliver ``text``; answers how many of the peer's sockets received it."""

@@ -14,6 +14,7 @@ from contextlib import ExitStack
 
 import pytest
 from conftest import running
+from raw_ws import CLOSE, TEXT, RawWebSocket, frame
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
@@ -316,3 +317,20 @@ def ready(server: ServerProcess) -> bool:
             return json.load(response)["ready"]
     except urllib.error.HTTPError:
         return False
+
+
+def test_what_a_client_sent_before_it_saw_the_shutdowns_close_still_reaches_its_peer(redis):
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice = RawWebSocket("127.0.0.1", one.port, "/wscall?id=alice&peer_id=bob")
+        stack.callback(alice.close)
+        assert alice.status == 101
+        wait_until(lambda: any(c["peer"] == "bob" for c in connections(one, "alice")), 10, "alice to be visible")
+        bob = join(stack, two, "bob", "alice", seen_from=one)
+        one.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        opcode, payload = alice.read_frame()
+        assert opcode == CLOSE and payload[2:] == b"SERVER-SHUTDOWN"
+        # Frames already on their way when the close came: the server relays them still.
+        alice.send(frame(TEXT, b"sent before alice saw the close"))
+        alice.send(frame(CLOSE, payload[:2]))
+        assert receive(bob) == "sent before alice saw the close"
+        assert one.proc.wait(15) == 0  # type: ignore[union-attr]

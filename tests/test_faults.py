@@ -62,7 +62,8 @@ def test_the_classification_of_each_kind_of_outcome():
     # 5 is told in time; 6 is told too late (it arrives late too); 7 is never told nor delivered.
     link.notices = [4.5, 8.5]
     verdict = classify([link], 2.0, fault_at=3.5, healed_at=6.0, fault="made up")
-    assert verdict.counts == {"in_time": 4, "notified": 1, "late": 1, "lost": 1, "duplicated": 1, "out_of_order": 1}
+    expected = {"in_time": 4, "notified": 1, "late": 1, "lost": 1, "duplicated": 1, "out_of_order": 1, "sender_closed": 0}
+    assert verdict.counts == expected
     assert not verdict.holds
     assert verdict.detect == pytest.approx(1.0)  # the notice of 5, 1 s after the fault
     assert verdict.converge == pytest.approx(0.0)  # 7, sent at the heal, was the last one missed

@@ -103,6 +103,8 @@ class RedisRouter(Generic[S]):
             self.routing, self.topology, self.keys, self.link, self.subscriber, self.publisher, lambda: self.settled
         )
         self._tasks: list[asyncio.Task[None]] = []
+        #: Sockets that left with ``linger``: their ids stay mirrored until release().
+        self._lingering: set[S] = set()
         self._shared: dict[str, str] = {}
         self._adopters: dict[str, Callable[[str], None]] = {}
 
@@ -143,6 +145,9 @@ class RedisRouter(Generic[S]):
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=STOP_WAIT)
         self._tasks = []
+        # Unsubscribed first: a socket joining elsewhere meanwhile must not count this node
+        # among those that will acknowledge it (it waits for them, up to JOIN_WAIT).
+        await self.subscriber.disconnect()
         client = self.topology.client
         if client is not None and self.link.connected:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
@@ -150,7 +155,6 @@ class RedisRouter(Generic[S]):
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await asyncio.wait_for(self.presence.forget(self.node), STOP_WAIT)
         self.publisher.close_all("stopping")
-        await self.subscriber.disconnect()
         await self.topology.close()
         self.link.connected = False
         self.link.stopping = False
@@ -263,14 +267,23 @@ class RedisRouter(Generic[S]):
             self.routing.joins.pop(session.session_id, None)
         return True
 
-    def leave(self, session: S) -> None:
+    def leave(self, session: S, linger: bool = False) -> None:
         if session not in self.local.group(session.id, session.peer_id):
             return
         self.local.leave(session)
         if session.peer_id:
+            if linger:
+                self._lingering.add(session)  # its mirror stays until release()
+            else:
+                self.subscriber.unwant(session.id)
+                self.subscriber.unwant(session.peer_id)
+        self.jobs.put(Unregister(session.id, session.session_id))
+
+    def release(self, session: S) -> None:
+        if session in self._lingering:
+            self._lingering.discard(session)
             self.subscriber.unwant(session.id)
             self.subscriber.unwant(session.peer_id)
-        self.jobs.put(Unregister(session.id, session.session_id))
 
     @property
     def relayed(self) -> int:

@@ -3,7 +3,9 @@ this node's beat on the control channel; the log lines and figures of what chang
 
 A node cut off from Redis long enough that Redis may have dropped its connections (a link
 that swallows packets closes nothing) makes its connections again, so that it converges once
-the link heals instead of waiting on a connection nobody will ever write to again.
+the link heals instead of waiting on a connection nobody will ever write to again; unless a new
+connection gets its PING answered at once: then Redis is only slow (a machine under load), and
+making every connection again, with every socket registered again, would only add to the load.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from redis.exceptions import RedisError
 
 from routing import wire
 from routing.nodes import NodeRouting
-from routing.redis.common import Keys, Link, log
+from routing.redis.common import Keys, Link, disconnect, log
 from routing.redis.publisher import Publisher
 from routing.redis.shards import Topology
 from routing.redis.subscriber import Subscriber
+
+#: Seconds a new connection has to answer PING before a silent link counts as gone.
+PROBE_TIMEOUT = 2.0
 
 
 class Pulse:
@@ -55,6 +60,7 @@ class Pulse:
         #: Seconds the backplane took to converge after the last fault healed.
         self.last_convergence = 0.0
         self._logged_down: set[str] = set()
+        self._probing: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -75,6 +81,24 @@ class Pulse:
         now = asyncio.get_running_loop().time()
         self._connected_at = now
         self.routing.liveness.started(now)
+
+    async def _probe_then_restart(self, silent: float) -> None:
+        try:
+            await asyncio.wait_for(self._ping_every_shard(), PROBE_TIMEOUT)
+        except (RedisError, OSError, TimeoutError):
+            self.subscriber.restart(f"heard nothing from Redis for {silent:.0f} s")
+            return
+        log.info("heard nothing from Redis for %.0f s, but it answers: slow, not gone; keeping the connections", silent)
+
+    async def _ping_every_shard(self) -> None:
+        for address in self.topology.masters():
+            connection = self.topology.connection(address)
+            try:
+                await connection.connect()
+                await connection.send_command("PING")
+                await connection.read_response()
+            finally:
+                await disconnect(connection)
 
     async def _beat(self) -> None:
         client = self.topology.client
@@ -100,11 +124,18 @@ class Pulse:
             else:
                 log.warning("hears Redis again: no longer cut off")
                 self.healing_since = self.healing_since or now
-        if since is not None and now - since > self.reconnect_after and now - self._connected_at > self.reconnect_after:
-            # Hearing nothing for long, whatever the connections think: make them again (a
-            # connection Redis dropped meanwhile would only tell when TCP gives up, minutes on).
+        if (
+            since is not None
+            and now - since > self.reconnect_after
+            and now - self._connected_at > self.reconnect_after
+            and (self._probing is None or self._probing.done())
+        ):
+            # Hearing nothing for long, whatever the connections think: unless Redis answers
+            # a new connection at once (it is only slow: a machine under load, where making
+            # every connection again would only add to it), make them again (a connection
+            # Redis dropped meanwhile would only tell when TCP gives up, minutes on).
             self._connected_at = now
-            self.subscriber.restart(f"heard nothing from Redis for {now - since:.0f} s")
+            self._probing = asyncio.get_running_loop().create_task(self._probe_then_restart(now - since))
         down = set(liveness.down)
         for node in sorted(down - self._logged_down):
             if not cut_off:

@@ -1,0 +1,267 @@
+"""100,000 sockets on this machine, measured (``python bench/run.py --hundred``): webrtc_app as
+``--processes N`` workers on one redis-server, load generators from several 127.0.0.x source
+addresses, every socket held with heartbeats while the fault checker's conversations cross
+workers, then a rolling restart of the workers one by one.
+
+What it reports (docs/benchmarks.md, "100,000 sockets"): memory per socket (the workers' RSS,
+and the kernel's TCP memory for both ends), the workers' CPU while they only keep sockets alive
+(heartbeats), the cross-worker message latency under that load, how long each worker's sockets
+take to come back after its restart (the pages' own reconnect policy, static/js/backoff.js), and
+the checker's classification of every message during the rolling restart (bench/faults.py).
+
+A process here may hold 20,000 descriptors at most (the hard limit of this machine), so the
+sockets are spread over 8 workers and 7 load generators.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+from bench import BenchError, log
+from bench.config import Config
+from bench.faults import Fault, Verdict, exercise
+from bench.faults import Link as CheckedLink
+from bench.loadgen import LoadGens, split
+from bench.overload import kernel_memory_kib
+from bench.processes import RedisServer
+from bench.sampling import HZ, cpu_ticks
+from bench.servers import Webrtc, start, start_webrtc
+
+#: How the run is made (``--hundred-*`` options override the first three).
+SOCKETS, WORKERS, HOLD_SECONDS = 100_000, 8, 60.0
+PER_LOADGEN = 15_000  # a load generator's sockets: its descriptors, its source address's ports
+CHECKED_PAIRS = 6  # the fault checker's conversations (each side lands on a worker of the kernel's choice)
+#: Longest the load generators may take to open every socket (each registers cluster-wide).
+OPEN_WITHIN = 1500.0
+
+
+def children(pid: int) -> list[int]:
+    """The worker processes of the server (its children)."""
+    found: list[int] = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as handle:
+            found += [int(child) for child in handle.read().split()]
+    return sorted(found)
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def open_sockets(server: Webrtc) -> int:
+    """Sockets every worker holds together (one scrape reports every worker)."""
+    metrics = server.metrics()
+    return int(sum(value for name, value in metrics.items() if name.split("{")[0] == "webrtc_open_sockets"))
+
+
+def workers_cpu(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            total += cpu_ticks(pid)
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / HZ
+
+
+def checked_links(server: Webrtc, pairs: int) -> list[CheckedLink]:
+    return [
+        CheckedLink(f"h{k}>i{k}", f"{server.ws}/wscall?id=ha{k}&peer_id=hb{k}", f"{server.ws}/wscall?id=hb{k}&peer_id=ha{k}")
+        for k in range(pairs)
+    ]
+
+
+def rolling_restart(server: Webrtc, total: int, back_within: float) -> list[dict[str, Any]]:
+    """SIGTERM each worker in turn; the parent starts a new one. Waits, after each, until every
+    socket is open again; answers, per worker, how long its sockets took to come back."""
+    restarts = []
+    for pid in children(server.pid):
+        held = open_sockets(server)
+        t_term = time.monotonic()
+        os.kill(pid, signal.SIGTERM)
+        deadline = t_term + back_within
+        lowest = held
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now_open = open_sockets(server)
+            lowest = min(lowest, now_open)
+            if pid not in children(server.pid) and now_open >= total:
+                break
+        back = time.monotonic() - t_term
+        restarts.append({"pid": pid, "dropped": held - lowest, "back_s": back, "complete": open_sockets(server) >= total})
+        log(f"hundred: worker {pid} restarted, its {held - lowest:,} sockets back after {back:.1f} s")
+    return restarts
+
+
+def run_hundred(cfg: Config, args: argparse.Namespace, facts: dict[str, str]) -> int:
+    sockets = args.hundred_sockets or SOCKETS
+    workers = args.hundred_workers or WORKERS
+    hold = args.hundred_hold or HOLD_SECONDS
+    redis_binary = cfg.redis_server or "/usr/bin/redis-server"
+    redis = start(cfg, RedisServer(binary=redis_binary, log_path=os.path.join(cfg.log_dir, "hundred.redis.log")))
+    try:
+        server = start_webrtc(cfg, "hundred", None, redis.url, args=("--processes", str(workers)))
+        try:
+            return _measure(cfg, server, sockets, workers, hold, facts, not args.hundred_no_restart)
+        finally:
+            server.stop()
+    finally:
+        redis.stop()
+
+
+def _measure(
+    cfg: Config, server: Webrtc, sockets: int, workers: int, hold: float, facts: dict[str, str], restart: bool = True
+) -> int:
+    count = max(2, -(-sockets // PER_LOADGEN))
+    parts = [
+        {"sockets": n, "open-concurrency": max(1, 400 // count), "storm-timeout": 1200, "timeout": 3600}
+        for n in split(sockets, count)
+    ]
+    log(f"hundred: {sockets:,} sockets from {count} load generators on {workers} workers")
+    rss0 = sum(rss_kib(pid) for pid in children(server.pid))
+    kernel0 = kernel_memory_kib()
+    group = LoadGens(cfg, server, "storm", parts, "hu")
+    figures: dict[str, Any] = {"sockets": sockets, "workers": workers, "loadgens": count}
+    try:
+        group.expect("ready", cfg.event_timeout)
+        started = time.monotonic()
+        group.go()
+        group.expect("opened", OPEN_WITHIN)
+        figures["open_s"] = time.monotonic() - started
+        held = open_sockets(server)
+        if held != sockets:
+            raise BenchError(f"the workers hold {held:,} sockets, the load generators opened {sockets:,}")
+        pids = children(server.pid)
+        metrics = server.metrics()
+        figures["per_worker"] = sorted(int(v) for name, v in metrics.items() if name.startswith("webrtc_open_sockets{"))
+        # Held with heartbeats (WS_PING_INTERVAL 20 s: three rounds a minute) while the checker's
+        # conversations cross workers: their latency under this load, and the heartbeat CPU.
+        cpu0, t0 = workers_cpu(pids), time.monotonic()
+        quiet = Fault("held, nothing injected", _nothing, _nothing, max(1.0, hold - 5.0))
+        held_links = checked_links(server, CHECKED_PAIRS)
+        figures["held"] = asyncio.run(exercise(held_links, quiet, 2.0, before=1.0, after=1.0, connections=False)).__dict__
+        cpu1, t1 = workers_cpu(pids), time.monotonic()
+        figures["hold_s"] = t1 - t0
+        figures["heartbeat_cpu_pct"] = 100 * (cpu1 - cpu0) / (t1 - t0)
+        figures["rss_kib_per_socket"] = (sum(rss_kib(pid) for pid in pids) - rss0) / sockets
+        figures["kernel_kib_per_connection"] = (kernel_memory_kib() - kernel0) / sockets
+        log(f"hundred: held {', '.join(f'{k} {v}' for k, v in figures.items() if k != 'held')}")
+        log(
+            f"hundred: the checker while held: {figures['held']['counts']}, p50/p99 {figures['held']['during_p50_ms']}"
+            f" / {figures['held']['during_p99_ms']} ms"
+        )
+        if not restart:
+            group.kill()
+            report_held(figures, facts, cfg.command)
+            return 0
+        # The rolling restart, the checker's conversations going on meanwhile.
+        group.go()  # the load generators now wait for every socket to be dropped and back
+        restarts: list[dict[str, Any]] = []
+
+        async def restart_all() -> None:
+            restarts.extend(await asyncio.to_thread(rolling_restart, server, sockets + 2 * CHECKED_PAIRS, 300.0))
+
+        rolling = Fault("a rolling restart of every worker", restart_all, _nothing, 0.0)
+        links = checked_links(server, CHECKED_PAIRS)
+        verdict: Verdict = asyncio.run(exercise(links, rolling, 2.0, before=2.0, after=5.0, connections=False))
+        figures["rolling"] = verdict.__dict__
+        _explain(links, 2.0)
+        figures["restarts"] = restarts
+        backs = group.expect("back", 1300)
+        figures["all_back"] = all(b["complete"] for b in backs)
+        group.go()
+        group.expect("held", cfg.event_timeout)
+        group.go()
+        group.finish(cfg.event_timeout)
+    except BaseException:
+        group.kill()
+        raise
+    report(figures, facts, cfg.command)
+    return 0 if verdict.holds and figures["all_back"] else 1
+
+
+def _explain(links: list[CheckedLink], bound: float) -> None:
+    """Log each message not in time, with the sender's and receiver's reconnections around it."""
+    for link in links:
+        arrived: dict[int, float] = {}
+        for number, at in link.arrivals:
+            arrived.setdefault(number, at)
+        for number, sent in sorted(link.sent.items()):
+            at = arrived.get(number)
+            if at is not None and at - sent <= bound:
+                continue
+            log(
+                f"{link.name} #{number}: sent {sent:.2f}, arrived {'-' if at is None else round(at - sent, 2)}; "
+                f"sender closed {_near(link.sender_closed, sent)}, receiver closed {_near(link.receiver_closed, sent)}, "
+                f"notices {_near(link.notices, sent)}"
+            )
+
+
+def _near(times: list[float], sent: float) -> list[float]:
+    return [round(t - sent, 2) for t in times if -1 <= t - sent <= 3]
+
+
+async def _nothing() -> None:
+    return None
+
+
+def report(figures: dict[str, Any], facts: dict[str, str], command: str) -> None:
+    held, rolling = figures["held"], figures["rolling"]
+    backs = [r["back_s"] for r in figures["restarts"]]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        f"Machine: {facts.get('cpu', '')}; {facts.get('memory', '')}; open-file limit {facts.get('open-file limit', '')}",
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| sockets held (workers, load generators) | {figures['sockets']:,} ({figures['workers']}, {figures['loadgens']}) |",
+        f"| sockets per worker, fewest to most | {', '.join(f'{n:,}' for n in figures['per_worker'])} |",
+        f"| time to open them all (s) | {figures['open_s']:.1f} |",
+        f"| held with heartbeats (s) | {figures['hold_s']:.0f} |",
+        f"| workers' CPU while holding them (% of one core, all workers) | {figures['heartbeat_cpu_pct']:.1f} |",
+        f"| workers' RSS per socket (KiB) | {figures['rss_kib_per_socket']:.2f} |",
+        f"| kernel memory per connection, both ends (KiB; slab and TCP buffers) | {figures['kernel_kib_per_connection']:.2f} |",
+        f"| cross-worker message latency under that load, p50 / p99 (ms) | {held['during_p50_ms']} / {held['during_p99_ms']} |",
+        f"| checker while held: in time / notified / late / lost / twice / out of order / sender closed | {_counts(held)} |",
+        f"| rolling restart: each worker's sockets back after (s) | {', '.join(f'{b:.1f}' for b in backs)} |",
+        f"| rolling restart: checker, the same | {_counts(rolling)} |",
+        f"| every socket back after the rolling restart | {'yes' if figures['all_back'] else 'no'} |",
+    ]
+    print("\n".join(lines), flush=True)
+    log("hundred: done")
+
+
+def report_held(figures: dict[str, Any], facts: dict[str, str], command: str) -> None:
+    held = figures["held"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| figure | value |",
+        "| --- | ---: |",
+        f"| sockets held (workers, load generators) | {figures['sockets']:,} ({figures['workers']}, {figures['loadgens']}) |",
+        f"| sockets per worker, fewest to most | {', '.join(f'{n:,}' for n in figures['per_worker'])} |",
+        f"| time to open them all (s) | {figures['open_s']:.1f} |",
+        f"| held with heartbeats (s) | {figures['hold_s']:.0f} |",
+        f"| workers' CPU while holding them (% of one core, all workers) | {figures['heartbeat_cpu_pct']:.1f} |",
+        f"| workers' RSS per socket (KiB) | {figures['rss_kib_per_socket']:.2f} |",
+        f"| kernel memory per connection, both ends (KiB) | {figures['kernel_kib_per_connection']:.2f} |",
+        f"| cross-worker message latency under that load, p50 / p99 (ms) | {held['during_p50_ms']} / {held['during_p99_ms']} |",
+        f"| checker while held: in time / notified / late / lost / twice / out of order / sender closed | {_counts(held)} |",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+def _counts(verdict: dict[str, Any]) -> str:
+    counts = verdict["counts"]
+    names = ("in_time", "notified", "late", "lost", "duplicated", "out_of_order", "sender_closed")
+    return " / ".join(str(counts[name]) for name in names)
