@@ -142,6 +142,13 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
     gc.collect()
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 20)
+    # The handlers first: a signal sent once the line below is out must not find them missing
+    # (a worker ignores SIGHUP until here, and would miss a key rotation).
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_join_tokens)  # key rotation
     node = app.router.node
     log.info(
         "webrtc_app listening on %s (pid %d%s)",
@@ -157,11 +164,6 @@ async def serve(config: SimpleNamespace, sockets: list[socket.socket], host: str
         else:
             shared = ", this node's own until Redis answers (then the one the nodes share; set ICE_ACCESS_TOKEN to avoid this)"
         log.warning("ICE_ACCESS_TOKEN is not set: using a random token for this run%s", shared)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, app.reload_join_tokens)  # key rotation
     await stop.wait()
     await shutdown(server, app, config.SHUTDOWN_TIMEOUT)
     if app.workers is not None:
