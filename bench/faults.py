@@ -17,7 +17,8 @@ nodes the fault leaves alone (and both ways when the fault is Redis's). Every me
 * ``duplicated`` (arrived more than once) and ``out_of_order`` (after a later one), on top.
 
 Notices carry no message number: each is matched to the earliest message not delivered in time
-that it can answer (sent before it, at most a bound before). ``detect`` is the time from the
+that it can answer (sent at most a bound before it, on the sender's connection it came on, else
+an earlier one: see ``answered``). ``detect`` is the time from the
 fault to the first notice or the first message not in time, whichever told first; ``converge``
 is the time from the fault's end until every link delivers in time again.
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import json
 import os
@@ -129,6 +131,54 @@ class Verdict:
         )
 
 
+def connection_at(link: Link, at: float) -> int:
+    """Which of the sender's connections was open at ``at`` (0 the first): each one ends, and is
+    recorded in ``sender_closed``, before the next opens."""
+    return bisect.bisect_left(link.sender_closed, at)
+
+
+def answered(link: Link, missed: dict[int, float], bound: float) -> dict[int, float]:
+    """The messages among ``missed`` (number: when sent) a notice answers, and when. Each notice answers
+    one: the earliest not answered yet, sent at most a bound before it on the connection the
+    notice came on (the server tells the socket that sent it), else on an earlier connection of
+    the sender (a notice told to the conversation may reach its newer socket on the same node)."""
+    told: dict[int, float] = {}
+    pending = sorted(missed.items(), key=lambda item: item[1])
+    for notice in sorted(link.notices):
+        here = connection_at(link, notice)
+        candidates = [(number, sent) for number, sent in pending if number not in told and 0 <= notice - sent <= bound]
+        same = [number for number, sent in candidates if connection_at(link, sent) == here]
+        earlier = [number for number, sent in candidates if connection_at(link, sent) < here]
+        if same or earlier:
+            told[(same or earlier)[0]] = notice
+    return told
+
+
+def judge(link: Link, bound: float) -> dict[int, tuple[str, float | None]]:
+    """Each message's class (``in_time``, ``notified``, ``late``, ``lost``, ``sender_closed``),
+    and for one notified, when the notice that answered it came."""
+    first: dict[int, float] = {}
+    for number, at in link.arrivals:
+        first.setdefault(number, at)
+    missed = {number: sent for number, sent in link.sent.items() if not (number in first and first[number] - sent <= bound)}
+    told = answered(link, missed, bound)
+    classes: dict[int, tuple[str, float | None]] = {}
+    for number, sent in link.sent.items():
+        if number not in missed:
+            classes[number] = ("in_time", None)
+        elif number in told:
+            classes[number] = ("notified", told[number])
+        elif number in first:
+            classes[number] = ("late", None)
+        elif any(0 <= closed - sent <= bound for closed in link.sender_closed):
+            # Its sender's socket ended before a notice could reach it: nobody is left to
+            # tell (the window of a socket the server closes, its restart or shutdown).
+            classes[number] = ("sender_closed", None)
+        else:
+            classes[number] = ("lost", None)
+    return classes
+
+
 def classify(links: list[Link], bound: float, fault_at: float, healed_at: float, fault: str) -> Verdict:
     counts = dict.fromkeys(CLASSES, 0)
     notified_late = 0
@@ -143,36 +193,19 @@ def classify(links: list[Link], bound: float, fault_at: float, healed_at: float,
             if number < last:
                 counts["out_of_order"] += 1
             last = max(last, number)
-        notices = sorted(link.notices)
-        used = 0
-        for number, sent in sorted(link.sent.items()):
-            arrived = times.get(number, [])
-            if len(arrived) > 1:
-                counts["duplicated"] += 1
-            if arrived and arrived[0] - sent <= bound:
-                counts["in_time"] += 1
+        counts["duplicated"] += sum(len(arrived) > 1 for arrived in times.values())
+        for number, (verdict, notice) in judge(link, bound).items():
+            sent, arrived = link.sent[number], times.get(number, [])
+            counts[verdict] += 1
+            if verdict == "in_time":
                 if fault_at <= sent <= healed_at:
                     during.append(arrived[0] - sent)
                 continue
-            if sent >= fault_at:
-                first_told = min(first_told, sent + bound) if first_told is not None else sent + bound
             converged_at = max(converged_at, sent)
-            while used < len(notices) and notices[used] < sent:
-                used += 1  # a notice before this message answered an earlier one
-            if used < len(notices) and notices[used] - sent <= bound:
-                counts["notified"] += 1
-                if sent >= fault_at:
-                    first_told = min(first_told, notices[used]) if first_told is not None else notices[used]
-                used += 1
-                notified_late += bool(arrived)
-            elif arrived:
-                counts["late"] += 1
-            elif any(0 <= closed - sent <= bound for closed in link.sender_closed):
-                # Its sender's socket ended before a notice could reach it: nobody is left to
-                # tell (the window of a socket the server closes, its restart or shutdown).
-                counts["sender_closed"] += 1
-            else:
-                counts["lost"] += 1
+            if sent >= fault_at:
+                first = sent + bound if notice is None else notice
+                first_told = first if first_told is None else min(first_told, first)
+            notified_late += verdict == "notified" and bool(arrived)
     detect = None if first_told is None else max(0.0, first_told - fault_at)
     lefts = [min(t for t in link.lefts if t >= fault_at) - fault_at for link in links if any(t >= fault_at for t in link.lefts)]
     converge = max(0.0, converged_at - healed_at)

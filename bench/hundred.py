@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import BenchError, log
 from bench.config import Config
-from bench.faults import Fault, Verdict, exercise
+from bench.faults import Fault, Verdict, connection_at, exercise, judge
 from bench.faults import Link as CheckedLink
 from bench.loadgen import LoadGens, split
 from bench.overload import kernel_memory_kib
@@ -190,17 +190,21 @@ def _measure(
 
 
 def _explain(links: list[CheckedLink], bound: float) -> None:
-    """Log each message not in time, with the sender's and receiver's reconnections around it."""
+    """Log each message not in time, its class, and the sender's and receiver's reconnections
+    and the notices around it."""
     for link in links:
         arrived: dict[int, float] = {}
         for number, at in link.arrivals:
             arrived.setdefault(number, at)
-        for number, sent in sorted(link.sent.items()):
-            at = arrived.get(number)
-            if at is not None and at - sent <= bound:
+        for number, (verdict, notice) in sorted(judge(link, bound).items()):
+            if verdict == "in_time":
                 continue
+            sent, at = link.sent[number], arrived.get(number)
+            late = "-" if at is None else round(at - sent, 2)
+            told = "-" if notice is None else round(notice - sent, 2)
             log(
-                f"{link.name} #{number}: sent {sent:.2f}, arrived {'-' if at is None else round(at - sent, 2)}; "
+                f"{link.name} #{number} {verdict}: sent {sent:.2f} on connection {connection_at(link, sent)}, "
+                f"arrived {late}, told {told}; "
                 f"sender closed {_near(link.sender_closed, sent)}, receiver closed {_near(link.receiver_closed, sent)}, "
                 f"notices {_near(link.notices, sent)}"
             )

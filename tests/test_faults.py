@@ -67,3 +67,20 @@ def test_the_classification_of_each_kind_of_outcome():
     assert not verdict.holds
     assert verdict.detect == pytest.approx(1.0)  # the notice of 5, 1 s after the fault
     assert verdict.converge == pytest.approx(0.0)  # 7, sent at the heal, was the last one missed
+
+
+def test_a_notice_answers_a_message_of_the_connection_it_came_on():
+    # A worker's restart: 1-3 were sent on a socket it closed (nobody left to tell), 4 and 5 on
+    # the socket that replaced it, and the two notices came on that one: they answer 4 and 5.
+    link = Link("a>b", "", "")
+    link.sent = {1: 0.0, 2: 0.1, 3: 0.2, 4: 0.5, 5: 0.6}
+    link.sender_closed = [0.3]
+    link.notices = [0.7, 0.8]
+    verdict = classify([link], 2.0, fault_at=0.0, healed_at=1.0, fault="a restart")
+    assert verdict.counts["notified"] == 2 and verdict.counts["sender_closed"] == 3, verdict.counts
+    assert verdict.counts["lost"] == 0
+    # A notice on the newer socket may still answer an older one's message (the same node told
+    # the conversation), when nothing of its own connection is waiting.
+    link.sent = {1: 0.0, 2: 2.5}
+    link.notices = [0.9]
+    assert classify([link], 2.0, fault_at=0.0, healed_at=1.0, fault="a restart").counts["notified"] == 1
