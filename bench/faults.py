@@ -14,7 +14,10 @@ nodes the fault leaves alone (and both ways when the fault is Redis's). Every me
 * ``sender_closed``: neither, but its sender's own socket ended within the bound after it was
   sent, before a notice could reach it (the window of a socket the server closes: a worker's
   restart); counted apart, never in the faults where only the other node fails;
-* ``duplicated`` (arrived more than once) and ``out_of_order`` (after a later one), on top.
+* ``duplicated`` (arrived more than once) and ``out_of_order`` (after a later one sent on the
+  same socket), on top. Order is kept per pair of sockets: a message its sender's socket sent
+  just before the server closed it (a worker's shutdown still relays those) may arrive after
+  the first ones of the socket that replaced it; ``crossed`` counts those apart.
 
 Notices carry no message number: each is matched to the earliest message not delivered in time
 that it can answer (sent at most a bound before it, on the sender's connection it came on, else
@@ -107,6 +110,9 @@ class Verdict:
     #: peer left), and in how many rooms one did.
     left: float | None = None
     rooms_left: int = 0
+    #: Messages of a sender's closed socket that arrived after a later one of the socket that
+    #: replaced it (order is per pair of sockets; not in ``out_of_order``).
+    crossed: int = 0
     #: For a node cut off: seconds from the fault until it said so (/healthz, /metrics).
     said_cut_off: float | None = None
     #: Whether /connections was checked at all (``consistent`` says nothing otherwise).
@@ -135,6 +141,11 @@ def connection_at(link: Link, at: float) -> int:
     """Which of the sender's connections was open at ``at`` (0 the first): each one ends, and is
     recorded in ``sender_closed``, before the next opens."""
     return bisect.bisect_left(link.sender_closed, at)
+
+
+def reconnected_between(link: Link, earlier: int, later: int) -> bool:
+    """Whether the sender sent ``later`` on a newer socket than ``earlier``."""
+    return connection_at(link, link.sent[earlier]) < connection_at(link, link.sent[later])
 
 
 def answered(link: Link, missed: dict[int, float], bound: float) -> dict[int, float]:
@@ -185,13 +196,17 @@ def classify(links: list[Link], bound: float, fault_at: float, healed_at: float,
     first_told: float | None = None
     converged_at = healed_at
     during: list[float] = []
+    crossed = 0
     for link in links:
         times: dict[int, list[float]] = {}
         last = -1
         for number, at in link.arrivals:
             times.setdefault(number, []).append(at)
             if number < last:
-                counts["out_of_order"] += 1
+                if number in link.sent and last in link.sent and reconnected_between(link, number, last):
+                    crossed += 1
+                else:
+                    counts["out_of_order"] += 1
             last = max(last, number)
         counts["duplicated"] += sum(len(arrived) > 1 for arrived in times.values())
         for number, (verdict, notice) in judge(link, bound).items():
@@ -216,6 +231,7 @@ def classify(links: list[Link], bound: float, fault_at: float, healed_at: float,
     verdict = Verdict(fault, counts, notified_late, detect, converge, messages, p50, p99)
     verdict.left = max(lefts) if lefts else None
     verdict.rooms_left = len(lefts)
+    verdict.crossed = crossed
     return verdict
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from bench import BenchError, log
 from bench.config import Config
-from bench.faults import Fault, Verdict, connection_at, exercise, judge
+from bench.faults import Fault, Verdict, connection_at, exercise, judge, reconnected_between
 from bench.faults import Link as CheckedLink
 from bench.loadgen import LoadGens, split
 from bench.overload import kernel_memory_kib
@@ -90,15 +90,23 @@ def rolling_restart(server: Webrtc, total: int, back_within: float) -> list[dict
         os.kill(pid, signal.SIGTERM)
         deadline = t_term + back_within
         lowest = held
+        exited = None
         while time.monotonic() < deadline:
             time.sleep(0.1)
             now_open = open_sockets(server)
             lowest = min(lowest, now_open)
-            if pid not in children(server.pid) and now_open >= total:
+            if exited is None and pid not in children(server.pid):
+                exited = time.monotonic() - t_term
+            if exited is not None and now_open >= total:
                 break
         back = time.monotonic() - t_term
-        restarts.append({"pid": pid, "dropped": held - lowest, "back_s": back, "complete": open_sockets(server) >= total})
-        log(f"hundred: worker {pid} restarted, its {held - lowest:,} sockets back after {back:.1f} s")
+        restarts.append(
+            {"pid": pid, "dropped": held - lowest, "back_s": back, "exited_s": exited, "complete": open_sockets(server) >= total}
+        )
+        log(
+            f"hundred: worker {pid} restarted (exited after {exited or 0:.1f} s), "
+            f"{held - lowest:,} sockets dropped, all back after {back:.1f} s"
+        )
     return restarts
 
 
@@ -179,7 +187,11 @@ def _measure(
         backs = group.expect("back", 1300)
         figures["all_back"] = all(b["complete"] for b in backs)
         group.go()
-        group.expect("held", cfg.event_timeout)
+        helds = group.expect("held", cfg.event_timeout)
+        figures["drops"] = _summed(held["drops"] for held in helds)
+        figures["failures"] = _summed(held["failures"] for held in helds)
+        figures["max_attempt"] = max(held["max_attempt"] for held in helds)
+        log(f"hundred: dropped by close code {figures['drops']}, failed tries {figures['failures']}")
         group.go()
         group.finish(cfg.event_timeout)
     except BaseException:
@@ -194,8 +206,16 @@ def _explain(links: list[CheckedLink], bound: float) -> None:
     and the notices around it."""
     for link in links:
         arrived: dict[int, float] = {}
+        last = -1
         for number, at in link.arrivals:
             arrived.setdefault(number, at)
+            if number < last and number in link.sent and last in link.sent:
+                kind = "crossed a reconnection" if reconnected_between(link, number, last) else "out of order"
+                log(
+                    f"{link.name} #{number} {kind}: sent {link.sent[number]:.2f}, arrived {at:.2f} after "
+                    f"#{last} (sent {link.sent[last]:.2f}); receiver closed {_near(link.receiver_closed, at - 1)}"
+                )
+            last = max(last, number)
         for number, (verdict, notice) in sorted(judge(link, bound).items()):
             if verdict == "in_time":
                 continue
@@ -208,6 +228,14 @@ def _explain(links: list[CheckedLink], bound: float) -> None:
                 f"sender closed {_near(link.sender_closed, sent)}, receiver closed {_near(link.receiver_closed, sent)}, "
                 f"notices {_near(link.notices, sent)}"
             )
+
+
+def _summed(tables: Any) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for table in tables:
+        for kind, n in table.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
 
 
 def _near(times: list[float], sent: float) -> list[float]:
@@ -243,10 +271,19 @@ def report(figures: dict[str, Any], facts: dict[str, str], command: str) -> None
         lines += [
             f"| rolling restart: each worker's sockets back after (s) | {', '.join(f'{b:.1f}' for b in backs)} |",
             f"| rolling restart: checker, the same | {_counts(figures['rolling'])} |",
+            f"| rolling restart: messages of a closed socket that arrived after its replacement's first | "
+            f"{figures['rolling']['crossed']} |",
+            f"| rolling restart: sockets dropped, by close code | {_kinds(figures['drops'])} |",
+            f"| rolling restart: failed reconnection tries, by kind (most tries of one socket) "
+            f"| {_kinds(figures['failures'])} ({figures['max_attempt']}) |",
             f"| every socket back after the rolling restart | {'yes' if figures['all_back'] else 'no'} |",
         ]
     print("\n".join(lines), flush=True)
     log("hundred: done")
+
+
+def _kinds(table: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {n:,}" for kind, n in sorted(table.items(), key=lambda item: -item[1])) or "none"
 
 
 def _counts(verdict: dict[str, Any]) -> str:

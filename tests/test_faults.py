@@ -84,3 +84,14 @@ def test_a_notice_answers_a_message_of_the_connection_it_came_on():
     link.sent = {1: 0.0, 2: 2.5}
     link.notices = [0.9]
     assert classify([link], 2.0, fault_at=0.0, healed_at=1.0, fault="a restart").counts["notified"] == 1
+
+
+def test_order_is_kept_per_pair_of_sockets():
+    # 2 and 3 were sent on a socket the server closed, 4 on its replacement, which arrived first:
+    # crossed a reconnection, not out of order. 6 after 7 on one socket is out of order.
+    link = Link("a>b", "", "")
+    link.sent = {1: 0.0, 2: 0.1, 3: 0.2, 4: 0.6, 5: 0.7, 6: 0.8, 7: 0.9}
+    link.sender_closed = [0.3]
+    link.arrivals = [(1, 0.05), (4, 0.65), (2, 0.7), (3, 0.7), (5, 0.75), (7, 0.95), (6, 1.0)]
+    verdict = classify([link], 2.0, fault_at=0.0, healed_at=1.0, fault="a restart")
+    assert verdict.crossed == 2 and verdict.counts["out_of_order"] == 1, (verdict.crossed, verdict.counts)
