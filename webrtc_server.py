@@ -59,9 +59,13 @@ log = logging.getLogger("webrtc_app")
 
 
 async def shutdown(server: HTTPServer, app: WebRTCApplication, timeout: float) -> None:
-    """Stop accepting, close every socket with 1001, wait for them up to ``timeout`` seconds."""
+    """Stop accepting, leave the other nodes' joins, close every socket with 1001, wait for
+    them up to ``timeout`` seconds."""
     server.stop()
     app.stop_services()
+    # Before any socket closes (and reconnects to another node, whose join would count this
+    # one among those to acknowledge it).
+    await app.router.quiesce()
     sockets = app.signaling_sockets()
     log.info("shutting down: closing %d socket(s)", len(sockets))
     for handler in sockets:

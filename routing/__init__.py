@@ -153,6 +153,10 @@ class Router(Protocol[S]):
     async def start(self) -> None:
         """Prepare the router (connect to a backplane, ...)."""
 
+    async def quiesce(self) -> None:
+        """The server is about to close its sockets for its shutdown: stop taking part in the
+        joins elsewhere (a node that is going away must not be one they wait for)."""
+
     async def stop(self) -> None:
         """Release what start() took."""
 

@@ -24,7 +24,9 @@ counts as a subscriber. So:
 
 The defaults put ``wait`` at 0.7 of the bound, beats at an eighth and ticks at a twentieth:
 with a bound of 2 s, a batch waits 1.4 s for its receipt, the check runs every 0.1 s, and the
-notice leaves by 1.5 s, half a second inside the bound for a loaded event loop.
+notice leaves by 1.5 s, half a second inside the bound for a loaded event loop. A new socket's
+join waits at most half the bound (1 s) for the nodes that mirror its ids, since what the socket
+sends meanwhile is held until then.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from dataclasses import dataclass, field
 #: The default DELIVERY_BOUND (settings.py), and the range it may take, in seconds.
 DEFAULT_BOUND = 2.0
 MIN_BOUND, MAX_BOUND = 0.5, 60.0
+#: The longest a join waits for acknowledgements, whatever the bound.
+JOIN_WAIT = 2.0
 
 
 @dataclass(slots=True)
@@ -51,6 +55,12 @@ class Timing:
     def wait(self) -> float:
         """Longest a batch waits for its receipt, and a node may stay silent."""
         return self.bound * 0.7
+
+    @property
+    def join(self) -> float:
+        """Longest a socket's join waits for the nodes that mirror its ids to acknowledge it:
+        what the socket sent meanwhile is held until then, and must still arrive in time."""
+        return min(JOIN_WAIT, self.bound / 2)
 
     @property
     def beat(self) -> float:

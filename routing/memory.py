@@ -158,5 +158,8 @@ class MemoryRouter(Generic[S]):
     async def start(self) -> None:
         pass
 
+    async def quiesce(self) -> None:
+        pass
+
     async def stop(self) -> None:
         pass

@@ -13,12 +13,14 @@ import urllib.request
 from contextlib import ExitStack
 
 import pytest
+import redis as redis_py
 from conftest import running
 from raw_ws import CLOSE, TEXT, RawWebSocket, frame
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from routing import PEER_UNAVAILABLE_NOTICE
+from routing.redis.common import Keys
 
 from processes import RedisServer, ServerProcess, run_cli, wait_until
 
@@ -333,4 +335,33 @@ def test_what_a_client_sent_before_it_saw_the_shutdowns_close_still_reaches_its_
         alice.send(frame(TEXT, b"sent before alice saw the close"))
         alice.send(frame(CLOSE, payload[:2]))
         assert receive(bob) == "sent before alice saw the close"
+        assert one.proc.wait(15) == 0  # type: ignore[union-attr]
+
+
+def shard_subscribers(redis: RedisServer, channel: str) -> int:
+    with redis_py.Redis.from_url(redis.url) as client:
+        reply = client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
+    return int(reply[1])
+
+
+def test_a_stopping_node_leaves_the_joins_elsewhere_before_it_closes_its_sockets(redis):
+    # A join waits for every node subscribed to its ids' events to acknowledge it; a node that is
+    # shutting down must not be one of them (the sockets it closes reconnect elsewhere at once).
+    events = Keys("webrtc:", "").events("alice")
+    with node(redis) as one, node(redis) as two, ExitStack() as stack:
+        alice = RawWebSocket("127.0.0.1", one.port, "/wscall?id=alice&peer_id=bob")
+        stack.callback(alice.close)
+        assert alice.status == 101
+        wait_until(lambda: any(c["peer"] == "bob" for c in connections(one, "alice")), 10, "alice to be visible")
+        bob = join(stack, two, "bob", "alice", seen_from=one)
+        assert shard_subscribers(redis, events) == 2  # both nodes mirror alice
+        one.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        opcode, payload = alice.read_frame()
+        assert opcode == CLOSE and payload[2:] == b"SERVER-SHUTDOWN"
+        # alice does not answer the close yet: node one waits for it (SHUTDOWN_TIMEOUT), and
+        # meanwhile only node two listens to alice's events.
+        assert shard_subscribers(redis, events) == 1
+        again = join(stack, two, "alice", "bob")
+        assert delivered(again, bob, "alice again, on node two")
+        alice.send(frame(CLOSE, payload[:2]))
         assert one.proc.wait(15) == 0  # type: ignore[union-attr]

@@ -203,3 +203,8 @@ def test_a_node_that_was_not_running_itself_gives_everyone_a_fresh_wait_instead_
     clock.now += one.timing.wait
     one.tick(clock.now)
     assert not one.down and alice.sent == []
+
+
+def test_a_join_waits_half_the_bound_at_most_two_seconds():
+    # What a new socket sends while its join waits is held: it must still arrive within the bound.
+    assert Timing(2.0).join == 1.0 and Timing(0.5).join == 0.25 and Timing(60.0).join == 2.0

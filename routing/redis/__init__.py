@@ -48,7 +48,7 @@ from redis.exceptions import RedisError
 from routing import BackplaneFigures, S, wire
 from routing.liveness import DEFAULT_BOUND, Timing
 from routing.nodes import JoinAcks, NodeRouting
-from routing.redis.common import COMMAND_TIMEOUT, JOIN_WAIT, STOP_WAIT, Keys, Link, log
+from routing.redis.common import COMMAND_TIMEOUT, STOP_WAIT, Keys, Link, log
 from routing.redis.jobs import DirectoryJobs, Register, Unregister
 from routing.redis.presence import Presence
 from routing.redis.publisher import Publisher
@@ -136,6 +136,18 @@ class RedisRouter(Generic[S]):
         if not self.link.connected:
             log.warning("Redis at %s is not reachable yet: serving local sockets, retrying", self.url)
 
+    async def quiesce(self) -> None:
+        """Before the shutdown closes our sockets: unsubscribe from the ids we mirror and wait
+        (bounded) until Redis confirmed it, reading meanwhile. Until then each join elsewhere
+        on one of those ids counted us among the nodes to acknowledge it, and we do; after, no
+        join waits for a node that is going away (the reconnections the shutdown sets off
+        would each have waited for it). The inbox and the control channel stay: what the other
+        nodes send our sockets until they hear we left is still answered."""
+        try:
+            await asyncio.wait_for(self.subscriber.quiesce(), STOP_WAIT)
+        except TimeoutError:
+            log.warning("Redis did not confirm the unsubscriptions within %.1f s: stopping anyway", STOP_WAIT)
+
     async def stop(self) -> None:
         """Leave the cluster: our sockets disappear from every directory at once. Bounded in
         time, as a shutdown must be, whatever state the Redis connections are in."""
@@ -146,7 +158,7 @@ class RedisRouter(Generic[S]):
             await asyncio.wait(self._tasks, timeout=STOP_WAIT)
         self._tasks = []
         # Unsubscribed first: a socket joining elsewhere meanwhile must not count this node
-        # among those that will acknowledge it (it waits for them, up to JOIN_WAIT).
+        # among those that will acknowledge it (it waits for them, up to Timing.join).
         await self.subscriber.disconnect()
         client = self.topology.client
         if client is not None and self.link.connected:
@@ -227,8 +239,9 @@ class RedisRouter(Generic[S]):
     def join(self, session: S) -> asyncio.Future[bool]:
         """Register locally at once; the answer resolves when every node that mirrors the
         socket's id knows it (True), or when the cluster-wide MAX_SOCKETS_PER_ID refused it
-        (False; the caller then leaves and closes it). Each step waits JOIN_WAIT at most: with
-        Redis away, local delivery works meanwhile."""
+        (False; the caller then leaves and closes it). It waits Timing.join at most (half the
+        bound: the socket's messages are held meanwhile): with Redis away, or a node that
+        heard the join gone without a word, local delivery works and the rest goes on."""
         self.local.join(session)
         if session.peer_id:
             self.subscriber.want(session.id)
@@ -237,7 +250,7 @@ class RedisRouter(Generic[S]):
 
     async def _announce(self, session: S) -> bool:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + JOIN_WAIT
+        deadline = loop.time() + self.routing.timing.join
         acknowledged: asyncio.Future[None] = loop.create_future()
 
         def all_acknowledged() -> None:

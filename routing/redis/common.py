@@ -13,8 +13,6 @@ from routing.redis.shards import tag
 
 log = logging.getLogger("routing.redis")
 
-#: Longest a socket's open() waits for the cluster to know it before going on anyway.
-JOIN_WAIT = 2.0
 #: Longest each step of stop() may take.
 STOP_WAIT = 1.0
 #: Longest a round of commands or publications may wait for Redis before it counts as lost.

@@ -65,6 +65,8 @@ class Subscriber:
         #: Set once Redis confirmed this node's inbox subscription (per connection): only then
         #: are its sockets registered, so that a node that sees them can reach them.
         self.inbox_ready = asyncio.Event()
+        #: Set by quiesce(): the node is going away, it subscribes to no more ids.
+        self.quiet = False
         #: Set (with why) to make the connections again.
         self._restart = asyncio.Event()
         self._restart_why = ""
@@ -72,7 +74,7 @@ class Subscriber:
     # --- what the node mirrors ------------------------------------------------------------
 
     def want(self, id: str) -> None:
-        if self.routing.mirror.want(id):
+        if self.routing.mirror.want(id) and not self.quiet:
             channel = self.keys.events(id)
             self.wanted[channel] = id
             self.ready[id] = asyncio.get_running_loop().create_future()
@@ -86,6 +88,19 @@ class Subscriber:
             channel = self.keys.events(id)
             self.wanted.pop(channel, None)
             self.changes.put_nowait(channel)
+
+    async def quiesce(self) -> None:
+        """Unsubscribe from every mirrored id (the node is going away: no join elsewhere
+        should wait for its acknowledgement) and return once Redis confirmed it, reading what
+        arrives meanwhile. The inbox and the control channel stay; the mirror stays as it is,
+        for what the closing sockets still relay."""
+        self.quiet = True
+        for channel, id in list(self.wanted.items()):
+            if id is not None:
+                del self.wanted[channel]
+                self.changes.put_nowait(channel)
+        while self.link.connected and any(channel not in self.wanted for channel in self.confirmed):
+            await asyncio.sleep(0.01)
 
     @property
     def settled(self) -> bool:
