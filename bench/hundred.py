@@ -10,7 +10,8 @@ take to come back after its restart (the pages' own reconnect policy, static/js/
 the checker's classification of every message during the rolling restart (bench/faults.py).
 
 A process here may hold 20,000 descriptors at most (the hard limit of this machine), so the
-sockets are spread over 8 workers and 7 load generators.
+sockets are spread over 8 workers and 7 load generators, each load generator's over 8 source
+addresses (127.0.2.1-8, 127.0.3.1-8, ...).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ from bench.servers import Webrtc, start, start_webrtc
 
 #: How the run is made (``--hundred-*`` options override the first three).
 SOCKETS, WORKERS, HOLD_SECONDS = 100_000, 8, 60.0
-PER_LOADGEN = 15_000  # a load generator's sockets: its descriptors, its source address's ports
+PER_LOADGEN = 15_000  # a load generator's sockets: its descriptors
+#: Source addresses per load generator: with one, each bind() scanned most of its ports in the
+#: kernel (the first 100,000-socket runs opened 210 sockets a second, half the CPU in that scan).
+SOURCES = 8
 CHECKED_PAIRS = 6  # the fault checker's conversations (each side lands on a worker of the kernel's choice)
 #: Longest the load generators may take to open every socket (each registers cluster-wide).
 OPEN_WITHIN = 1500.0
@@ -57,10 +61,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def open_sockets(server: Webrtc) -> int:
-    """Sockets every worker holds together (one scrape reports every worker)."""
-    metrics = server.metrics()
-    return int(sum(value for name, value in metrics.items() if name.split("{")[0] == "webrtc_open_sockets"))
+def open_sockets(server: Webrtc, tries: int = 10, workers: int = 0) -> int:
+    """Sockets every worker holds together (one scrape reports every worker; while a worker is
+    too busy to answer in time the scrape is answered 503, and asked again). With ``workers``,
+    -1 when the scrape did not report that many (a worker did not answer in time)."""
+    for _ in range(tries - 1):
+        try:
+            metrics = server.metrics()
+            break
+        except OSError:  # urllib's HTTPError and URLError included
+            time.sleep(0.5)
+    else:
+        metrics = server.metrics()
+    series = [value for name, value in metrics.items() if name.split("{")[0] == "webrtc_open_sockets"]
+    if workers and len(series) < workers:
+        return -1
+    return int(sum(series))
 
 
 def workers_cpu(pids: list[int]) -> float:
@@ -80,11 +96,23 @@ def checked_links(server: Webrtc, pairs: int) -> list[CheckedLink]:
     ]
 
 
+def closed_by_server(server: Webrtc) -> dict[str, int]:
+    """The sockets the workers closed so far, by reason (a restarted worker's count starts over)."""
+    closed: dict[str, int] = {}
+    for name, value in server.metrics().items():
+        if name.startswith("webrtc_sockets_closed_by_server_total{"):
+            reason = name.split('reason="', 1)[1].split('"', 1)[0]
+            closed[reason] = closed.get(reason, 0) + int(value)
+    return closed
+
+
 def rolling_restart(server: Webrtc, total: int, back_within: float) -> list[dict[str, Any]]:
     """SIGTERM each worker in turn; the parent starts a new one. Waits, after each, until every
     socket is open again; answers, per worker, how long its sockets took to come back."""
     restarts = []
-    for pid in children(server.pid):
+    pids = children(server.pid)
+    workers = len(pids)
+    for pid in pids:
         held = open_sockets(server)
         t_term = time.monotonic()
         os.kill(pid, signal.SIGTERM)
@@ -93,10 +121,12 @@ def rolling_restart(server: Webrtc, total: int, back_within: float) -> list[dict
         exited = None
         while time.monotonic() < deadline:
             time.sleep(0.1)
-            now_open = open_sockets(server)
-            lowest = min(lowest, now_open)
             if exited is None and pid not in children(server.pid):
                 exited = time.monotonic() - t_term
+            now_open = open_sockets(server, workers=workers)
+            if now_open < 0:
+                continue  # a worker did not answer this scrape (or its successor is not up yet)
+            lowest = min(lowest, now_open)
             if exited is not None and now_open >= total:
                 break
         back = time.monotonic() - t_term
@@ -105,7 +135,7 @@ def rolling_restart(server: Webrtc, total: int, back_within: float) -> list[dict
         )
         log(
             f"hundred: worker {pid} restarted (exited after {exited or 0:.1f} s), "
-            f"{held - lowest:,} sockets dropped, all back after {back:.1f} s"
+            f"{held - lowest:,} sockets dropped, all back after {back:.1f} s; closed by the workers: {closed_by_server(server)}"
         )
     return restarts
 
@@ -137,7 +167,7 @@ def _measure(
     log(f"hundred: {sockets:,} sockets from {count} load generators on {workers} workers")
     rss0 = sum(rss_kib(pid) for pid in children(server.pid))
     kernel0 = kernel_memory_kib()
-    group = LoadGens(cfg, server, "storm", parts, "hu")
+    group = LoadGens(cfg, server, "storm", parts, "hu", sources=SOURCES)
     figures: dict[str, Any] = {"sockets": sockets, "workers": workers, "loadgens": count}
     try:
         group.expect("ready", cfg.event_timeout)

@@ -94,12 +94,29 @@ class LoadGen:
             return handle.read()[-3000:]
 
 
+def source_addresses(n: int, sources: int) -> str:
+    """Load generator ``n``'s source addresses: 127.0.0.(2+n), or with several, 127.0.(2+n).1,
+    .2, ... (the kernel searches one address's ports at each bind: bench/loadgen/client.mjs)."""
+    if sources == 1:
+        return f"127.0.0.{2 + n}"
+    return ",".join(f"127.0.{2 + n}.{1 + k}" for k in range(sources))
+
+
 class LoadGens:
     """Load generators on one workload against ``server``, ``shares[i]`` the options of the i-th;
     one runs on ``cpu`` (-1: the load generator's CPU), several on the load generator's CPU or in
     turn on those of --loadgen-cpus."""
 
-    def __init__(self, cfg: Config, server: Any, workload: str, shares: list[dict[str, Any]], name: str, cpu: Cpus = -1) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        server: Any,
+        workload: str,
+        shares: list[dict[str, Any]],
+        name: str,
+        cpu: Cpus = -1,
+        sources: int = 1,
+    ) -> None:
         proto = "webrtc" if server.kind == "webrtc_app" else "peerjs"
         self.shares = shares
         self.procs: list[LoadGen] = []
@@ -108,7 +125,7 @@ class LoadGens:
                 where = cfg.loadgen_cpu if cpu == -1 else cpu
                 self.procs.append(LoadGen(cfg, proto, server.ws, workload, {**shares[0], "tag": name}, name, where))
             for n, args in enumerate(shares if len(shares) > 1 else []):
-                tagged = {**args, "tag": f"{name}g{n}", "local-address": f"127.0.0.{2 + n}"}
+                tagged = {**args, "tag": f"{name}g{n}", "local-address": source_addresses(n, sources)}
                 where = cfg.loadgen_cpus[n % len(cfg.loadgen_cpus)] if cfg.loadgen_cpus else cfg.loadgen_cpu
                 self.procs.append(LoadGen(cfg, proto, server.ws, workload, tagged, f"{name}-{n}", where))
         except BaseException:

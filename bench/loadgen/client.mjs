@@ -14,15 +14,29 @@ const WebSocket = requireWs('ws');
 
 // Cheaper than the servers per message: no compression, no UTF-8 check of what arrives, and an
 // all-zero masking key, whose XOR ws skips (the servers unmask every frame the same way).
-const CLIENT_OPTIONS = {
+const BASE_OPTIONS = {
   perMessageDeflate: false,
   handshakeTimeout: 30000,
   skipUTF8Validation: true,
   generateMask: (mask) => mask.fill(0),
-  ...(opts['local-address'] ? { localAddress: opts['local-address'] } : {}),
 };
 
-export { WebSocket, CLIENT_OPTIONS };
+// --local-address: one source address, or several (comma-separated) that the sockets take in
+// turn. A bind() to an address without a port searches that address's ports (the even ones
+// first), so with some 14,000 sockets on one address every new one scans most of them, in the
+// kernel, under a lock: tens of thousands of sockets spread over several addresses each.
+const SOURCES = opts['local-address'] ? String(opts['local-address']).split(',') : [];
+const PER_SOURCE = SOURCES.map((localAddress) => ({ ...BASE_OPTIONS, localAddress }));
+let nextSource = 0;
+
+/** The options of the next socket (its source address, in turn). */
+function clientOptions() {
+  if (PER_SOURCE.length === 0) return BASE_OPTIONS;
+  nextSource = (nextSource + 1) % PER_SOURCE.length;
+  return PER_SOURCE[nextSource];
+}
+
+export { WebSocket, clientOptions };
 
 /**
  * One client socket. `connect()` resolves once the server registered it (webrtc_app: the
@@ -53,7 +67,7 @@ export class Client {
 
   connect() {
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(this.url(), CLIENT_OPTIONS);
+      const ws = new WebSocket(this.url(), clientOptions());
       this.ws = ws;
       let ready = false;
       this.closed = new Promise((closedResolve) => {

@@ -6,7 +6,7 @@
 
 import { performance } from 'node:perf_hooks';
 
-import { Client, CLIENT_OPTIONS, WebSocket } from './client.mjs';
+import { Client, clientOptions, WebSocket } from './client.mjs';
 import { check, counts, Failure, orFail, pool, summary } from './common.mjs';
 import { event } from './driver.mjs';
 import { opts } from './options.mjs';
@@ -77,7 +77,7 @@ async function overflow(count) {
     return new Promise((resolve) => {
       let done = false;
       let failure = null;
-      const ws = new WebSocket(url(k), CLIENT_OPTIONS);
+      const ws = new WebSocket(url(k), clientOptions());
       const verdict = (kind) => {
         if (done) return;
         done = true;

@@ -8,7 +8,7 @@ export const DEFAULTS = {
   workload: 'relay', // relay | calls | idle | capacity | storm
   tag: 'x', // prefix of every id, so rounds (and the processes of one run) never collide
   timeout: 300, // seconds: the whole run, waits included
-  'local-address': '', // source address of every socket ('' for the system's): one each when several run side by side
+  'local-address': '', // source address(es) of the sockets, comma-separated, taken in turn ('' for the system's)
   raw: 0, // 1: the measured event carries every sample, for the driver to merge several load generators' percentiles
   // relay
   pairs: 50,

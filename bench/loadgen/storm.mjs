@@ -10,7 +10,7 @@ import { performance } from 'node:perf_hooks';
 
 import { RECONNECT, reconnectDelay } from '../../static/js/backoff.js';
 import { classify } from './hold.mjs';
-import { CLIENT_OPTIONS, WebSocket } from './client.mjs';
+import { clientOptions, WebSocket } from './client.mjs';
 import { check, epochMs, Failure, orFail, pool, recordError } from './common.mjs';
 import { event } from './driver.mjs';
 import { log, opts } from './options.mjs';
@@ -92,7 +92,7 @@ class StormSocket {
       }
     };
     let failure = null;
-    const ws = new WebSocket(this.url, CLIENT_OPTIONS);
+    const ws = new WebSocket(this.url, clientOptions());
     this.ws = ws;
     ws.on('open', () => {
       done();
