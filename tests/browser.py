@@ -312,12 +312,18 @@ class CallPage:
     def wait_room_videos_advance(self, ids: list[str], timeout: float = 20.0) -> None:
         """Every one of ``ids``' tiles shows new frames (its video clock moves on)."""
         first = self.room_tiles()
+        # A tile may be gone for a moment (its connection made again): its clock is taken when
+        # it shows up, and must move on from there.
+        since = {id: first[id]["time"] for id in ids if id in first}
         deadline = time.monotonic() + timeout
         waiting = set(ids)
         while waiting and time.monotonic() < deadline:
             time.sleep(0.3)
             now = self.room_tiles()
-            waiting = {id for id in waiting if not (id in now and now[id]["time"] > first[id]["time"])}
+            for id in waiting:
+                if id in now and id not in since:
+                    since[id] = now[id]["time"]
+            waiting = {id for id in waiting if not (id in now and id in since and now[id]["time"] > since[id])}
         assert not waiting, f"videos not advancing: {sorted(waiting)} ({first} then {self.room_tiles()})"
 
     def send_chat(self, text: str) -> None:
