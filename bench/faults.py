@@ -155,9 +155,12 @@ def answered(link: Link, missed: dict[int, float], bound: float) -> dict[int, fl
     the sender (a notice told to the conversation may reach its newer socket on the same node)."""
     told: dict[int, float] = {}
     pending = sorted(missed.items(), key=lambda item: item[1])
+    times = [sent for _, sent in pending]
     for notice in sorted(link.notices):
         here = connection_at(link, notice)
-        candidates = [(number, sent) for number, sent in pending if number not in told and 0 <= notice - sent <= bound]
+        # Those sent within the bound before the notice (pending is in the order they were sent).
+        window = pending[bisect.bisect_left(times, notice - bound) : bisect.bisect_right(times, notice)]
+        candidates = [(number, sent) for number, sent in window if number not in told]
         same = [number for number, sent in candidates if connection_at(link, sent) == here]
         earlier = [number for number, sent in candidates if connection_at(link, sent) < here]
         if same or earlier:

@@ -13,7 +13,6 @@ import urllib.request
 from contextlib import ExitStack
 
 import pytest
-import redis as redis_py
 from conftest import running
 from raw_ws import CLOSE, TEXT, RawWebSocket, frame
 from websockets.exceptions import ConnectionClosed
@@ -321,16 +320,27 @@ def ready(server: ServerProcess) -> bool:
         return False
 
 
+def raw_alice_and_bob(stack: ExitStack, one: ServerProcess, two: ServerProcess):
+    """alice on node one over a raw socket (she answers the close only when told), bob on node two."""
+    alice = RawWebSocket("127.0.0.1", one.port, "/wscall?id=alice&peer_id=bob")
+    stack.callback(alice.close)
+    assert alice.status == 101
+    wait_until(lambda: any(c["peer"] == "bob" for c in connections(one, "alice")), 10, "alice to be visible")
+    return alice, join(stack, two, "bob", "alice", seen_from=one)
+
+
+def shutdown_close(alice: RawWebSocket, one: ServerProcess) -> bytes:
+    """SIGTERM node one; answers the payload of the close alice gets (not answered yet)."""
+    one.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    opcode, payload = alice.read_frame()
+    assert opcode == CLOSE and payload[2:] == b"SERVER-SHUTDOWN"
+    return payload
+
+
 def test_what_a_client_sent_before_it_saw_the_shutdowns_close_still_reaches_its_peer(redis):
     with node(redis) as one, node(redis) as two, ExitStack() as stack:
-        alice = RawWebSocket("127.0.0.1", one.port, "/wscall?id=alice&peer_id=bob")
-        stack.callback(alice.close)
-        assert alice.status == 101
-        wait_until(lambda: any(c["peer"] == "bob" for c in connections(one, "alice")), 10, "alice to be visible")
-        bob = join(stack, two, "bob", "alice", seen_from=one)
-        one.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        opcode, payload = alice.read_frame()
-        assert opcode == CLOSE and payload[2:] == b"SERVER-SHUTDOWN"
+        alice, bob = raw_alice_and_bob(stack, one, two)
+        payload = shutdown_close(alice, one)
         # Frames already on their way when the close came: the server relays them still.
         alice.send(frame(TEXT, b"sent before alice saw the close"))
         alice.send(frame(CLOSE, payload[:2]))
@@ -339,7 +349,7 @@ def test_what_a_client_sent_before_it_saw_the_shutdowns_close_still_reaches_its_
 
 
 def shard_subscribers(redis: RedisServer, channel: str) -> int:
-    with redis_py.Redis.from_url(redis.url) as client:
+    with redis.client() as client:
         reply = client.execute_command("PUBSUB", "SHARDNUMSUB", channel)
     return int(reply[1])
 
@@ -349,15 +359,9 @@ def test_a_stopping_node_leaves_the_joins_elsewhere_before_it_closes_its_sockets
     # shutting down must not be one of them (the sockets it closes reconnect elsewhere at once).
     events = Keys("webrtc:", "").events("alice")
     with node(redis) as one, node(redis) as two, ExitStack() as stack:
-        alice = RawWebSocket("127.0.0.1", one.port, "/wscall?id=alice&peer_id=bob")
-        stack.callback(alice.close)
-        assert alice.status == 101
-        wait_until(lambda: any(c["peer"] == "bob" for c in connections(one, "alice")), 10, "alice to be visible")
-        bob = join(stack, two, "bob", "alice", seen_from=one)
+        alice, bob = raw_alice_and_bob(stack, one, two)
         assert shard_subscribers(redis, events) == 2  # both nodes mirror alice
-        one.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        opcode, payload = alice.read_frame()
-        assert opcode == CLOSE and payload[2:] == b"SERVER-SHUTDOWN"
+        payload = shutdown_close(alice, one)
         # alice does not answer the close yet: node one waits for it (SHUTDOWN_TIMEOUT), and
         # meanwhile only node two listens to alice's events.
         assert shard_subscribers(redis, events) == 1
