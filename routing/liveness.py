@@ -135,6 +135,12 @@ class Liveness:
                 break
             del pending[first]
 
+    def give_up(self) -> list[list[str]]:
+        """The fields of every batch still awaiting a receipt, no longer awaited (this node leaves)."""
+        lost = [fields for pending in self.outstanding.values() for _, fields in pending.values()]
+        self.outstanding.clear()
+        return lost
+
     # --- what this node receives ----------------------------------------------------------
 
     def handled(self, node: str, number: str) -> None:

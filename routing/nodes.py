@@ -178,6 +178,9 @@ class NodeRouting(Generic[S]):
         self.stale = 0
         #: Messages answered PEER-UNAVAILABLE because their node gave no receipt in time.
         self.unreceipted = 0
+        #: Set once the node is shutting down and no longer follows the directory (its
+        #: mirror is as it was): a notice then goes to every live node, not the mirror's.
+        self.leaving = False
         self._last_tick = 0.0
 
     # --- a message from one of this node's sockets ---------------------------------------
@@ -226,7 +229,10 @@ class NodeRouting(Generic[S]):
         and on every other node that holds some."""
         self.undelivered += 1
         self.local.notify(my_id, peer_id, PEER_UNAVAILABLE_NOTICE)
-        for node in self.directory.nodes(my_id, peer_id):
+        # A leaving node's sockets are closed and reconnect elsewhere, where its mirror cannot
+        # say: every node it hears from is told (a rare notice, only for what it answers for).
+        nodes = self.liveness.heard if self.leaving else self.directory.nodes(my_id, peer_id)
+        for node in nodes:
             if node not in self.down:
                 self.batch(node).notice(my_id, peer_id)
 
@@ -377,6 +383,16 @@ class NodeRouting(Generic[S]):
             self.queued = 0
             self.lose(batches.values())
         self.expire(now)
+
+    def unanswered(self) -> bool:
+        """Something of ours has yet to leave or to be receipted, or a receipt we owe is due."""
+        liveness = self.liveness
+        return bool(self.batches or liveness.receipts_due) or any(liveness.outstanding.values())
+
+    def give_up(self) -> None:
+        """Leaving: the batches still without a receipt are answered now (their senders told)."""
+        for fields in self.liveness.give_up():
+            self.unreceipted += self.answer_for(fields)
 
     def beat(self, node: str, deaf: bool) -> None:
         self.liveness.beat(node, deaf, self.clock())

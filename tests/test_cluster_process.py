@@ -369,3 +369,24 @@ def test_a_stopping_node_leaves_the_joins_elsewhere_before_it_closes_its_sockets
         assert delivered(again, bob, "alice again, on node two")
         alice.send(frame(CLOSE, payload[:2]))
         assert one.proc.wait(15) == 0  # type: ignore[union-attr]
+
+
+def test_a_stopping_node_tells_the_senders_of_what_it_could_not_deliver_wherever_they_reconnected(redis):
+    # alice's last message leaves node one for bob's node two, which froze: no receipt comes.
+    # Node one is shutting down and alice is already on node three; node one must not exit
+    # with it unanswered: her conversation hears PEER-UNAVAILABLE there, within the bound.
+    with node(redis) as one, node(redis) as two, node(redis) as three, ExitStack() as stack:
+        alice, bob = raw_alice_and_bob(stack, one, two)
+        pid = two.proc.pid  # type: ignore[union-attr]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            payload = shutdown_close(alice, one)
+            alice.send(frame(TEXT, b"sent as node one closed"))
+            sent = time.monotonic()
+            alice.send(frame(CLOSE, payload[:2]))
+            again = stack.enter_context(connect(f"{three.ws}/wscall?id=alice&peer_id=bob"))
+            assert receive(again, 3.0) == PEER_UNAVAILABLE_NOTICE
+            assert time.monotonic() - sent < 2.0 + 0.5  # the bound, give or take a loaded machine
+            assert one.proc.wait(15) == 0  # type: ignore[union-attr]
+        finally:
+            os.kill(pid, signal.SIGCONT)

@@ -205,3 +205,28 @@ def test_a_full_outbox_sheds_cross_node_copies():
     finally:
         routing.nodes.OUTBOX_LIMIT = limit
     assert one.backplane_errors == 1 and alice.sent == [PEER_UNAVAILABLE_NOTICE]
+
+
+def test_a_leaving_node_answers_what_was_not_receipted_to_every_node_it_hears():
+    one, _ = node("n1")
+    two, _ = node("n2")
+    three, _ = node("n3")
+    alice, bob = Socket("alice", "bob", "s1"), Socket("bob", "alice", "s2")
+    one.local.join(alice)
+    joined(two, bob, seen_by=one)
+    one.relay(alice, "the last word")
+    one.take_batches()  # published to n2, which never answers
+    assert one.unanswered()
+    # Shutting down: alice's socket here closed, she reconnected on n3, which n1's mirror
+    # (no longer following the directory) does not know; n1 hears n2 and n3 beat.
+    one.local.leave(alice)
+    again = Socket("alice", "bob", "s3")
+    three.local.join(again)
+    one.beat("n2", False)
+    one.beat("n3", False)
+    one.leaving = True
+    one.give_up()
+    assert not one.liveness.outstanding and one.unreceipted == 1
+    carry(one, two, three)
+    assert again.sent == [PEER_UNAVAILABLE_NOTICE]
+    assert not one.unanswered()

@@ -142,7 +142,9 @@ class RedisRouter(Generic[S]):
         on one of those ids counted us among the nodes to acknowledge it, and we do; after, no
         join waits for a node that is going away (the reconnections the shutdown sets off
         would each have waited for it). The inbox and the control channel stay: what the other
-        nodes send our sockets until they hear we left is still answered."""
+        nodes send our sockets until they hear we left is still answered. From here the mirror
+        no longer follows the directory, so a notice of ours goes to every live node."""
+        self.routing.leaving = True
         try:
             await asyncio.wait_for(self.subscriber.quiesce(), STOP_WAIT)
         except TimeoutError:
@@ -151,6 +153,7 @@ class RedisRouter(Generic[S]):
     async def stop(self) -> None:
         """Leave the cluster: our sockets disappear from every directory at once. Bounded in
         time, as a shutdown must be, whatever state the Redis connections are in."""
+        await self._settle_outbox()
         self.link.stopping = True
         for task in self._tasks:
             task.cancel()
@@ -170,6 +173,26 @@ class RedisRouter(Generic[S]):
         await self.topology.close()
         self.link.connected = False
         self.link.stopping = False
+
+    async def _settle_outbox(self) -> None:
+        """Before leaving: what our sockets sent (the last of it relayed while they closed) is
+        published, and each batch gets its receipt or its senders their notice, never nothing.
+        The pulse runs meanwhile, so a node that gives no receipt within the wait is counted
+        down and its batches answered as ever; what is still unreceipted after a wait and two
+        ticks is answered then. Bounded by that, and STOP_WAIT for the last notices to leave."""
+        routing = self.routing
+        if not self._tasks:
+            return
+        routing.leaving = True
+        loop = asyncio.get_running_loop()
+        timing = routing.timing
+        deadline = loop.time() + timing.wait + 2 * timing.tick
+        while routing.unanswered() and loop.time() < deadline:
+            await asyncio.sleep(timing.tick / 2)
+        routing.give_up()
+        deadline = loop.time() + STOP_WAIT
+        while (routing.batches or self.publisher.busy) and loop.time() < deadline:
+            await asyncio.sleep(timing.tick / 4)
 
     async def _rejoin(self) -> None:
         """After a (re)connection: Redis may have restarted empty or failed over, so tell it
