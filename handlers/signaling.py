@@ -40,7 +40,7 @@ UNSUPPORTED_DATA_CODE, BINARY_UNSUPPORTED = 1003, "BINARY-UNSUPPORTED"
 GOING_AWAY_CODE, SERVER_SHUTDOWN, PING_TIMEOUT = 1001, "SERVER-SHUTDOWN", "PING-TIMEOUT"
 POLICY_VIOLATION_CODE, RATE_LIMITED = 1008, "RATE-LIMITED"
 INTERNAL_ERROR_CODE, SERVER_ERROR = 1011, "SERVER-ERROR"
-TRY_AGAIN_LATER_CODE, SERVER_FULL = 1013, "SERVER-FULL"
+TRY_AGAIN_LATER_CODE, SERVER_FULL, SERVER_BUSY = 1013, "SERVER-FULL", "SERVER-BUSY"
 FORBIDDEN_CODE, FORBIDDEN = 4403, "FORBIDDEN"
 TOO_MANY_SOCKETS_CODE, TOO_MANY_SOCKETS = 4429, "TOO-MANY-SOCKETS"
 
@@ -268,6 +268,9 @@ class SignalingSocket:
         context = self.context
         if context.open_sockets >= context.socket_limit:
             self.refuse(TRY_AGAIN_LATER_CODE, SERVER_FULL, f"{context.socket_limit} sockets open")
+            return False
+        if context.router.busy:
+            self.refuse(TRY_AGAIN_LATER_CODE, SERVER_BUSY, "the backplane is behind")
             return False
         limit = context.config.MAX_SOCKETS_PER_ID
         if context.count(self.id) >= limit:

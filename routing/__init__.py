@@ -135,6 +135,11 @@ class Router(Protocol[S]):
         """Sockets registered by this process."""
 
     @property
+    def busy(self) -> bool:
+        """The backplane is behind (its round trip slower than it can keep the bound with): a
+        new socket, whose join is work for every node, is asked to come back later."""
+
+    @property
     def ids_online(self) -> int:
         """Ids with at least one socket on this process."""
 

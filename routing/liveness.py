@@ -31,6 +31,7 @@ sends meanwhile is held until then.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +66,14 @@ class Timing:
     @property
     def beat(self) -> float:
         return self.bound / 8
+
+    @property
+    def slow(self) -> float:
+        """A beat of this node's own that takes longer than this to come back says the
+        backplane is behind: for ``wait`` seconds from then, new sockets are asked to come
+        back later (a reconnection storm paces itself instead of starving the conversations
+        already going on)."""
+        return self.bound / 4
 
     @property
     def tick(self) -> float:
@@ -106,6 +115,10 @@ class Liveness:
     nodes_lost: int = 0
     #: The last outages that ended (node, seconds), for the log and /metrics.
     ended: list[tuple[str, float]] = field(default_factory=list)
+    #: When this node's beats not heard back yet were sent, oldest first.
+    beats_out: deque[float] = field(default_factory=lambda: deque(maxlen=16))
+    #: The last time one came back slower than ``timing.slow`` (None: never).
+    slow_at: float | None = None
     _numbers: dict[str, int] = field(default_factory=dict)
 
     # --- what this node sends -------------------------------------------------------------
@@ -150,6 +163,8 @@ class Liveness:
         """A beat of ``node`` (this one's too); ``deaf``: it hears nothing from Redis."""
         if node == self.node:
             self.heard_self = now
+            if self.beats_out and now - self.beats_out.popleft() > self.timing.slow:
+                self.slow_at = now
             if self.cut_off_since is not None:
                 self.cut_off_since = None
             return
@@ -215,3 +230,16 @@ class Liveness:
     def started(self, now: float) -> None:
         """The link to Redis is (again) up: this node's beat is expected from now on."""
         self.heard_self = now
+        self.beats_out.clear()
+
+    def sent_beat(self, now: float, failed: bool = False) -> None:
+        """This node's beat is on its way (``failed``: it could not be published after all)."""
+        if failed:
+            if self.beats_out:
+                self.beats_out.pop()
+        else:
+            self.beats_out.append(now)
+
+    def busy(self, now: float) -> bool:
+        """A beat of ours came back slow within the last ``wait`` seconds (routing.Router.busy)."""
+        return self.slow_at is not None and now - self.slow_at < self.timing.wait

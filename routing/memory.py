@@ -148,6 +148,10 @@ class MemoryRouter(Generic[S]):
     def open_sockets(self) -> int:
         return self._sockets
 
+    @property
+    def busy(self) -> bool:
+        return False
+
     def backplane(self) -> BackplaneFigures | None:
         return None
 

@@ -208,3 +208,26 @@ def test_a_node_that_was_not_running_itself_gives_everyone_a_fresh_wait_instead_
 def test_a_join_waits_half_the_bound_at_most_two_seconds():
     # What a new socket sends while its join waits is held: it must still arrive within the bound.
     assert Timing(2.0).join == 1.0 and Timing(0.5).join == 0.25 and Timing(60.0).join == 2.0
+
+
+def test_a_beat_of_its_own_that_comes_back_slow_makes_a_node_busy_for_the_wait():
+    clock = Clock()
+    one = NodeRouting("n1", lambda: None, clock)
+    liveness, timing = one.liveness, one.timing
+    liveness.sent_beat(clock.now)
+    clock.now += timing.slow / 2
+    one.beat("n1", False)  # back in time
+    assert not liveness.busy(clock.now)
+    liveness.sent_beat(clock.now)
+    liveness.sent_beat(clock.now + 0.1)
+    liveness.sent_beat(0.0, failed=True)  # the second could not be published
+    clock.now += timing.slow * 2
+    one.beat("n1", False)
+    assert liveness.busy(clock.now) and not liveness.beats_out
+    clock.now += timing.wait - 0.01
+    assert liveness.busy(clock.now)
+    clock.now += 0.02
+    assert not liveness.busy(clock.now)
+    liveness.sent_beat(clock.now)
+    liveness.started(clock.now)  # a new connection: what was on its way is not awaited
+    assert not liveness.beats_out

@@ -363,6 +363,10 @@ class RedisRouter(Generic[S]):
         return self.local.ids_online
 
     @property
+    def busy(self) -> bool:
+        return self.routing.liveness.busy(self.routing.clock())
+
+    @property
     def open_sockets(self) -> int:
         return self.local.open_sockets
 

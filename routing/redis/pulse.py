@@ -11,7 +11,6 @@ making every connection again, with every socket registered again, would only ad
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 
 from redis.exceptions import RedisError
@@ -104,10 +103,14 @@ class Pulse:
         client = self.topology.client
         if client is None:
             return
-        deaf = "1" if self.routing.liveness.cut_off_since is not None else "0"
+        liveness = self.routing.liveness
+        deaf = "1" if liveness.cut_off_since is not None else "0"
         beat = wire.SEP.join(("beat", self.keys.node, deaf))
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        liveness.sent_beat(asyncio.get_running_loop().time())
+        try:
             await asyncio.wait_for(client.spublish(self.keys.control, beat), self.reconnect_after)
+        except (RedisError, OSError, TimeoutError):
+            liveness.sent_beat(0.0, failed=True)
 
     def _report(self, now: float) -> None:
         liveness = self.routing.liveness
