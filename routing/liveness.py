@@ -150,9 +150,12 @@ class Liveness:
 
     def give_up(self) -> list[list[str]]:
         """The fields of every batch still awaiting a receipt, no longer awaited (this node leaves)."""
-        lost = [fields for pending in self.outstanding.values() for _, fields in pending.values()]
-        self.outstanding.clear()
-        return lost
+        return [fields for node in list(self.outstanding) for fields in self._unreceipted(node)]
+
+    def _unreceipted(self, node: str) -> list[list[str]]:
+        """The fields of the batches ``node`` has not receipted, no longer awaited."""
+        pending = self.outstanding.pop(node, None)
+        return [fields for _, fields in pending.values()] if pending else []
 
     # --- what this node receives ----------------------------------------------------------
 
@@ -184,8 +187,7 @@ class Liveness:
         self.down.pop(node, None)
         self.receipts_due.pop(node, None)
         self._numbers.pop(node, None)
-        pending = self.outstanding.pop(node, None)
-        return [fields for _, fields in pending.values()] if pending else []
+        return self._unreceipted(node)
 
     # --- every tick -----------------------------------------------------------------------
 
@@ -205,8 +207,7 @@ class Liveness:
                 self.go_down(node, now, f"no beat for {now - last:.1f} s")
 
     def go_down(self, node: str, now: float, why: str) -> None:
-        pending = self.outstanding.pop(node, None)
-        lost = [fields for _, fields in pending.values()] if pending else []
+        lost = self._unreceipted(node)
         if node in self.down:
             if lost:
                 self.lost(node, lost)
@@ -232,13 +233,14 @@ class Liveness:
         self.heard_self = now
         self.beats_out.clear()
 
-    def sent_beat(self, now: float, failed: bool = False) -> None:
-        """This node's beat is on its way (``failed``: it could not be published after all)."""
-        if failed:
-            if self.beats_out:
-                self.beats_out.pop()
-        else:
-            self.beats_out.append(now)
+    def sent_beat(self, now: float) -> None:
+        """This node's beat is on its way."""
+        self.beats_out.append(now)
+
+    def beat_failed(self) -> None:
+        """The beat last sent could not be published after all: none comes back for it."""
+        if self.beats_out:
+            self.beats_out.pop()
 
     def busy(self, now: float) -> bool:
         """A beat of ours came back slow within the last ``wait`` seconds (routing.Router.busy)."""

@@ -391,8 +391,7 @@ class NodeRouting(Generic[S]):
 
     def give_up(self) -> None:
         """Leaving: the batches still without a receipt are answered now (their senders told)."""
-        for fields in self.liveness.give_up():
-            self.unreceipted += self.answer_for(fields)
+        self._answer_unreceipted(self.liveness.give_up())
 
     def beat(self, node: str, deaf: bool) -> None:
         self.liveness.beat(node, deaf, self.clock())
@@ -400,9 +399,12 @@ class NodeRouting(Generic[S]):
     def _lost(self, node: str, outstanding: list[list[str]]) -> None:
         """``node`` is counted down: what it did not receipt is answered, and its room members
         leave for the members here (its directory entries and pairs are kept, for its return)."""
+        self._answer_unreceipted(outstanding)
+        self.rooms.node_changed(node)
+
+    def _answer_unreceipted(self, outstanding: list[list[str]]) -> None:
         for fields in outstanding:
             self.unreceipted += self.answer_for(fields)
-        self.rooms.node_changed(node)
 
     def _back(self, node: str) -> None:
         """``node`` is heard again: its sockets are reachable, its room members back."""

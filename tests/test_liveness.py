@@ -220,7 +220,7 @@ def test_a_beat_of_its_own_that_comes_back_slow_makes_a_node_busy_for_the_wait()
     assert not liveness.busy(clock.now)
     liveness.sent_beat(clock.now)
     liveness.sent_beat(clock.now + 0.1)
-    liveness.sent_beat(0.0, failed=True)  # the second could not be published
+    liveness.beat_failed()  # the second could not be published
     clock.now += timing.slow * 2
     one.beat("n1", False)
     assert liveness.busy(clock.now) and not liveness.beats_out

@@ -43,8 +43,9 @@ function count(table, kind) {
 
 /** Reconnections whose handshake is under way, and those waiting for their turn. */
 const gate = { inFlight: 0, waiting: [] };
-/** How long a socket must stay open before its initial open counts (ms). */
-const CONFIRM_MS = 300;
+/** webrtc_app answers 101 before it checks its limits and its backplane, and closes a socket
+ * it does not take with 1013 right after: an open counts once it stayed open this long (ms). */
+const CONFIRM_MS = 500;
 
 function released() {
   gate.inFlight -= 1;
@@ -101,8 +102,6 @@ class StormSocket {
       done();
       this.openedAt = performance.now();
       if (this.firstOpen) {
-        // webrtc_app answers 101 before it checks its limits and its backplane (1013 right
-        // after): the initial open counts once the socket stayed open a moment.
         const first = this.firstOpen;
         setTimeout(() => {
           if (this.ws === ws && this.isOpen && this.firstOpen === first) {
@@ -140,8 +139,7 @@ class StormSocket {
         // Asked to come back later while the sockets open (SERVER-BUSY: the backplane is
         // behind; SERVER-FULL): as the pages do, after the backoff.
         storm.openRefused += 1;
-        this.timer = setTimeout(() => this.connect(), reconnectDelay(this.attempt, { closeCode: code }));
-        this.attempt += 1;
+        this.retry(code);
         return;
       }
       if (this.firstOpen) {
@@ -169,11 +167,16 @@ class StormSocket {
       }
       // static/js/signaling.js: reset after a stable socket, wait, then one more attempt.
       if (wasOpen && openFor >= RECONNECT.stableMs) this.attempt = 0;
-      const wait = reconnectDelay(this.attempt, { closeCode: code });
-      this.attempt += 1;
+      this.retry(code);
       storm.maxAttempt = Math.max(storm.maxAttempt, this.attempt);
-      this.timer = setTimeout(() => this.connect(), wait);
     });
+  }
+
+  /** Try again after the pages' backoff for this close code, one attempt more. */
+  retry(code) {
+    const wait = reconnectDelay(this.attempt, { closeCode: code });
+    this.attempt += 1;
+    this.timer = setTimeout(() => this.connect(), wait);
   }
 
   close() {
@@ -206,8 +209,7 @@ function allBack() {
 
 function onReconnected() {
   if (!backResolve || confirming || !allBack()) return;
-  // webrtc_app answers 101 before it checks its limits: a socket over the limit is closed
-  // with 1013 right after it opened. Confirm that they are all still open a moment later.
+  // Confirm that they are all still open a moment later (CONFIRM_MS).
   confirming = true;
   setTimeout(() => {
     confirming = false;
@@ -216,7 +218,7 @@ function onReconnected() {
       backResolve = null;
       resolve(true);
     }
-  }, 500);
+  }, CONFIRM_MS);
 }
 
 export async function stormWorkload() {

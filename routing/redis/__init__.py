@@ -183,7 +183,6 @@ class RedisRouter(Generic[S]):
         routing = self.routing
         if not self._tasks:
             return
-        routing.leaving = True
         loop = asyncio.get_running_loop()
         timing = routing.timing
         deadline = loop.time() + timing.wait + 2 * timing.tick
@@ -191,7 +190,7 @@ class RedisRouter(Generic[S]):
             await asyncio.sleep(timing.tick / 2)
         routing.give_up()
         deadline = loop.time() + STOP_WAIT
-        while (routing.batches or self.publisher.busy) and loop.time() < deadline:
+        while not self.publisher.settled and loop.time() < deadline:
             await asyncio.sleep(timing.tick / 4)
 
     async def _rejoin(self) -> None:

@@ -110,7 +110,7 @@ class Pulse:
         try:
             await asyncio.wait_for(client.spublish(self.keys.control, beat), self.reconnect_after)
         except (RedisError, OSError, TimeoutError):
-            liveness.sent_beat(0.0, failed=True)
+            liveness.beat_failed()
 
     def _report(self, now: float) -> None:
         liveness = self.routing.liveness
