@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import threading
@@ -20,10 +21,11 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import require
+from conftest import require, running
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
 
-from processes import PROJECT_DIR, ServerProcess, free_port
+from processes import PROJECT_DIR, RedisServer, ServerProcess, free_port, wait_until
 
 try:
     import webrtc_client
@@ -211,6 +213,46 @@ def test_a_page_waits_at_least_five_seconds_after_server_full(browser, pages):
         first, second = attempt_times(server, "full-page", 2, timeout=5)
     assert int(text.split()[-2]) >= 5, text
     assert second - first >= 5.0 - 0.2, second - first
+
+
+def refused_with(server: ServerProcess, code: int, reason: str) -> bool:
+    """Open a socket; true if the server closes it at once with ``code`` and ``reason``."""
+    with ws_connect(f"{server.ws}/wscall?id=probe&peer_id=nobody") as ws:
+        try:
+            ws.recv(timeout=0.5)
+        except TimeoutError:
+            return False
+        except ConnectionClosed as closed:
+            return closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (code, reason)
+    return False
+
+
+def test_a_page_says_the_server_is_busy_and_waits_five_seconds_while_the_backplane_is_behind(browser, pages):
+    with running(RedisServer()) as redis, ServerProcess("--redis", redis.url, env={"WEBRTC_ICE_SERVERS": "[]"}) as server:
+        stop = threading.Event()
+
+        def stalls() -> None:
+            # Redis stalls 0.8 s at a time: every beat comes back slow, so the node stays
+            # busy (1013 SERVER-BUSY) as long as this goes on.
+            while not stop.is_set():
+                os.kill(redis.pid, signal.SIGSTOP)
+                time.sleep(0.8)
+                os.kill(redis.pid, signal.SIGCONT)
+                time.sleep(0.1)
+
+        stalling = threading.Thread(target=stalls)
+        stalling.start()
+        try:
+            wait_until(lambda: refused_with(server, 1013, "SERVER-BUSY"), 5, "the node to be busy")
+            page = pages(f"{server.http}/call?id=busy-page&peer_id=nobody")
+            busy = "() => /^The server is busy: reconnecting in \\d+ s…$/.test(document.getElementById('status').textContent)"
+            page.wait_for(busy)
+            text = page.status_text
+        finally:
+            stop.set()
+            stalling.join()
+            os.kill(redis.pid, signal.SIGCONT)
+    assert int(text.split()[-2]) >= 5, text
 
 
 def test_media_flows_through_a_server_restart_and_the_pages_reattach_to_the_call(browser, pages):

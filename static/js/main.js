@@ -362,7 +362,8 @@ function wireSignaling() {
     if (detail.retryInMs === null && showRefusal(detail.code, "these ids", detail.reason, joinToken)) return;
     if (detail.retryInMs !== null) {
       const inCall = state.call && state.call.pc.connectionState === "connected";
-      let what = detail.code === 1013 ? "The server is full" : inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
+      const tooMuch = detail.reason === "SERVER-BUSY" ? "The server is busy" : "The server is full";
+      let what = detail.code === 1013 ? tooMuch : inCall ? "Signaling lost (the call goes on)" : "Signaling lost";
       if (detail.code === 4401) what = "The join token expired, asking the site for a new one";
       setStatus(inCall ? "connected" : "reconnecting", `${what}: reconnecting in ${Math.round(detail.retryInMs / 1000)} s…`);
     }
