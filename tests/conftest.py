@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 
 import pytest
 from browser import CHROMIUM_ARGS, PageDriver
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from processes import HelperProcess, MissingProgram, ServerProcess
 
@@ -36,6 +38,18 @@ def require(condition: object, what: str, install: str) -> None:
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(message + " (CI=true: a missing component is a failure)")
     pytest.skip(message)
+
+
+def refused_with(server: ServerProcess, code: int, reason: str) -> bool:
+    """Open a /wscall socket; true if the server closes it at once with ``code`` and ``reason``."""
+    with connect(f"{server.ws}/wscall?id=probe&peer_id=nobody") as ws:
+        try:
+            ws.recv(timeout=0.3)
+        except TimeoutError:
+            return False
+        except ConnectionClosed as closed:
+            return closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (code, reason)
+    return False
 
 
 @contextmanager

@@ -13,7 +13,7 @@ import urllib.request
 from contextlib import ExitStack
 
 import pytest
-from conftest import running
+from conftest import refused_with, running
 from raw_ws import CLOSE, TEXT, RawWebSocket, frame
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -392,30 +392,18 @@ def test_a_stopping_node_tells_the_senders_of_what_it_could_not_deliver_wherever
             os.kill(pid, signal.SIGCONT)
 
 
-def refused_as_busy(server: ServerProcess) -> bool:
-    """Open a socket; true if the server closes it at once with 1013 SERVER-BUSY."""
-    with connect(f"{server.ws}/wscall?id=late&peer_id=early") as ws:
-        try:
-            ws.recv(timeout=0.3)
-        except TimeoutError:
-            return False
-        except ConnectionClosed as closed:
-            return closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (1013, "SERVER-BUSY")
-    return False
-
-
 def test_while_the_backplane_is_behind_new_sockets_are_asked_to_come_back_later(redis):
     # A beat that comes back slow says Redis (or this node) is behind: a reconnection storm
     # must not add every socket's join to it while the conversations going on wait.
     with node(redis) as one, ExitStack() as stack:
         alice = join(stack, one, "alice", "bob")
         bob = join(stack, one, "bob", "alice")
-        assert not refused_as_busy(one)
+        assert not refused_with(one, 1013, "SERVER-BUSY")
         os.kill(redis.pid, signal.SIGSTOP)
         time.sleep(0.9)  # slower than a quarter of the bound, not long enough to be cut off
         os.kill(redis.pid, signal.SIGCONT)
-        wait_until(lambda: refused_as_busy(one), 1.0, "a new socket to be refused as busy")
+        wait_until(lambda: refused_with(one, 1013, "SERVER-BUSY"), 1.0, "a new socket to be refused as busy")
         assert delivered(alice, bob, "the sockets already open go on")
         # For the liveness wait (1.4 s) after the last slow beat; then they are taken again.
-        wait_until(lambda: not refused_as_busy(one), 3.0, "new sockets to be taken again")
+        wait_until(lambda: not refused_with(one, 1013, "SERVER-BUSY"), 3.0, "new sockets to be taken again")
         assert "server-busy" in " ".join(metric_lines(one, "webrtc_sockets_rejected_total"))

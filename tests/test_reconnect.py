@@ -21,8 +21,7 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import require, running
-from websockets.exceptions import ConnectionClosed
+from conftest import refused_with, require, running
 from websockets.sync.client import connect as ws_connect
 
 from processes import PROJECT_DIR, RedisServer, ServerProcess, free_port, wait_until
@@ -213,18 +212,6 @@ def test_a_page_waits_at_least_five_seconds_after_server_full(browser, pages):
         first, second = attempt_times(server, "full-page", 2, timeout=5)
     assert int(text.split()[-2]) >= 5, text
     assert second - first >= 5.0 - 0.2, second - first
-
-
-def refused_with(server: ServerProcess, code: int, reason: str) -> bool:
-    """Open a socket; true if the server closes it at once with ``code`` and ``reason``."""
-    with ws_connect(f"{server.ws}/wscall?id=probe&peer_id=nobody") as ws:
-        try:
-            ws.recv(timeout=0.5)
-        except TimeoutError:
-            return False
-        except ConnectionClosed as closed:
-            return closed.rcvd is not None and (closed.rcvd.code, closed.rcvd.reason) == (code, reason)
-    return False
 
 
 def test_a_page_says_the_server_is_busy_and_waits_five_seconds_while_the_backplane_is_behind(browser, pages):
